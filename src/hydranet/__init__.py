@@ -1,0 +1,1 @@
+"""hydranet: multi-task learning from a laptop to a cluster."""

@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake the user can fix (a bad key, a missing file,
+a wrong column type). The CLI prints its message on one line and exits 2; any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by user input; the message names the culprit and what to do."""
+
+
+class SpecError(UserError):
+    """One or more problems in a Spec, each with its key path."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        parts = [f"{path}: {msg}" if path else msg for path, msg in problems]
+        super().__init__(where + "; ".join(parts))
+
+
+class DataError(UserError):
+    """Bad data: a missing file or column, a wrong type, an empty table."""
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; training stopped and the last good checkpoint is kept."""

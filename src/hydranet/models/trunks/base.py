@@ -1,0 +1,52 @@
+"""The trunk interface and its registry.
+
+A trunk is the multi-task architecture between the fused input features and
+the per-task towers. Every trunk:
+
+* is built as ``Trunk(input_dim, tasks, activation=..., dropout=..., **params)``
+  where ``params`` come from ``[model] params`` in the Spec (checked against the
+  constructor signature, so a typo is an error with its key path);
+* exposes ``out_dims: dict[str, int]`` (the width of each task's output, which
+  feeds that task's tower);
+* splits its forward in two so gradient balancers can use the gradient with
+  respect to a shared representation (DESIGN.md principle 4):
+  ``shared(x) -> rep`` and ``task_outputs(x, rep) -> dict[task, Tensor]``, with
+  ``forward(x) == task_outputs(x, shared(x))``. Trunks without a natural shared
+  representation return ``x`` itself from ``shared``.
+* says which of its parameters are shared between tasks
+  (``shared_parameters()``); gradient aggregation combines task gradients on those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from hydranet.registry import Registry
+
+
+class Trunk(nn.Module):
+    out_dims: dict[str, int]
+
+    def __init__(self, input_dim: int, tasks: list[str]):
+        super().__init__()
+        self.input_dim = input_dim
+        self.tasks = list(tasks)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.task_outputs(x, self.shared(x))
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters every task's loss depends on (default: all of them)."""
+        return self.parameters()
+
+
+TRUNKS: Registry[type[Trunk]] = Registry("architecture")

@@ -1,0 +1,262 @@
+"""The Spec: one experiment as one validated document (TOML or YAML).
+
+Every field has a default where a sensible one exists. Unknown keys are
+rejected, and all problems are collected and raised together as one
+:class:`~hydranet.errors.SpecError`, each with its key path and what is allowed.
+Registry-backed names (architecture, task kind, balance method, loss) and the
+architecture's own hyper-parameters are checked against what they build.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hydranet.errors import SpecError
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EarlyStopping(_Part):
+    metric: str = Field(description="'task.metric' to watch on the validation split, e.g. 'income.auc'; 'loss' for the mean validation loss")
+    patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
+    mode: Literal["auto", "max", "min"] = Field("auto", description="'auto' picks from the metric")
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class DataSpec(_Part):
+    dataset: str | None = Field(None, description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given")
+    train: str | None = Field(None, description="training rows: a Parquet/CSV file, a directory or a glob")
+    validation: str | None = None
+    test: str | None = None
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="split off from train when no validation file")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="split off from train when no test file")
+    split_seed: int = 0
+    numeric: list[str] = Field(default_factory=list, description="numeric feature columns")
+    categorical: list[str] = Field(default_factory=list, description="categorical feature columns")
+    log1p: list[str] = Field(default_factory=list, description="numeric columns to transform with sign(x)*log1p(|x|) before scaling")
+    min_count: int = Field(1, ge=1, description="categories seen fewer times in train go to the out-of-vocabulary bucket")
+    params: dict[str, Any] = Field(default_factory=dict, description="parameters of the bundled dataset generator")
+
+
+class TaskSpec(_Part):
+    name: str
+    kind: str = Field(description="binary, multiclass, multilabel or regression")
+    column: str | None = Field(None, description="label column (defaults to the task name)")
+    columns: list[str] | None = Field(None, description="label columns of a multilabel task")
+    positive: str | int | float | bool | None = Field(None, description="the positive value of a binary label given as text")
+    loss: str | None = Field(None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'")
+    metrics: list[str] | None = Field(None, description="metrics to report (default: all of the kind's)")
+    weight: float = Field(1.0, ge=0.0, description="static loss weight")
+    pos_weight: float | Literal["auto"] | None = Field(None, description="binary: weight of positives in the loss; 'auto' = negatives/positives")
+    huber_delta: float = Field(1.0, gt=0.0)
+    standardize: bool = Field(True, description="regression: train on the standardized target; predictions and metrics stay in the original units")
+
+    @property
+    def label_columns(self) -> list[str]:
+        if self.columns:
+            return list(self.columns)
+        return [self.column or self.name]
+
+
+class ModelSpec(_Part):
+    architecture: str = Field("mmoe", description="trunk: single_task, shared_bottom, mmoe, cgc, ple, cross_stitch or 'pkg.mod:Trunk'")
+    embedding_dim: int = Field(4, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the architecture's hyper-parameters")
+    tower: list[int] = Field(default_factory=lambda: [8], description="hidden sizes of each task tower")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+class ScheduleSpec(_Part):
+    kind: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainSpec(_Part):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(65536, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+    early_stopping: EarlyStopping | None = None
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch")
+    deterministic: bool = False
+
+
+class BalanceSpec(_Part):
+    method: str = Field("ew", description="loss weighting or gradient aggregation method")
+    params: dict[str, Any] = Field(default_factory=dict)
+    rep_grad: bool = Field(False, description="gradient methods: use gradients w.r.t. the shared representation")
+
+
+class Spec(_Part):
+    name: str = "experiment"
+    data: DataSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    balance: BalanceSpec = Field(default_factory=BalanceSpec)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> Spec:
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def load(cls, path: str | Path) -> Spec:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError([("", f"spec file not found: {path}")])
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                raw = yaml.safe_load(text) or {}
+            elif path.suffix == ".json":
+                raw = json.loads(text)
+            else:
+                raw = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+            msg = str(e).splitlines()[0]
+            raise SpecError([("", f"cannot parse: {msg}")], source=str(path)) from None
+        if not isinstance(raw, dict):
+            raise SpecError([("", "the top level must be a table of keys")], source=str(path))
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> Spec:
+        try:
+            spec = cls.model_validate(raw)
+        except ValidationError as e:
+            raise SpecError(_problems(e, cls), source=source) from None
+        problems = spec._check_references()
+        if problems:
+            raise SpecError(problems, source=source)
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # ------------------------------------------------------- cross checks
+    def _check_references(self) -> list[tuple[str, str]]:
+        """Names that point into registries, and architecture params against its signature."""
+        from hydranet.balance import BALANCERS
+        from hydranet.models.trunks import TRUNKS
+        from hydranet.tasks import LOSSES, TASK_KINDS
+
+        problems: list[tuple[str, str]] = []
+        for i, task in enumerate(self.tasks):
+            if task.kind not in TASK_KINDS:
+                problems.append((f"tasks[{i}].kind", f"unknown task kind {task.kind!r}; allowed: {', '.join(TASK_KINDS.names())}"))
+            if task.loss is not None and task.loss not in LOSSES and ":" not in task.loss:
+                problems.append((f"tasks[{i}].loss", f"unknown loss {task.loss!r}; allowed: {', '.join(LOSSES.names())} or 'pkg.mod:Loss'"))
+            if task.kind == "multilabel" and not task.columns:
+                problems.append((f"tasks[{i}].columns", "a multilabel task needs 'columns', one 0/1 column per label"))
+            if task.kind != "multilabel" and task.columns:
+                problems.append((f"tasks[{i}].columns", "only multilabel tasks take 'columns'; use 'column'"))
+        problems += _check_named(TRUNKS, self.model.architecture, self.model.params, "model.architecture", "model.params", skip=_TRUNK_BUILT_ARGS)
+        problems += _check_named(BALANCERS, self.balance.method, self.balance.params, "balance.method", "balance.params", skip=_BALANCER_BUILT_ARGS)
+        return problems
+
+
+# Constructor arguments filled by hydranet itself, not by the user's params.
+_TRUNK_BUILT_ARGS = {"self", "input_dim", "tasks", "activation", "dropout"}
+_BALANCER_BUILT_ARGS = {"self", "tasks", "weights", "rep_grad"}
+
+
+def _check_named(registry, name: str, params: dict[str, Any], name_key: str, params_key: str, skip: set[str]) -> list[tuple[str, str]]:
+    from hydranet.errors import UserError
+
+    try:
+        cls = registry.get(name)
+    except UserError as e:
+        return [(name_key, str(e))]
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return []
+    accepted = {n: p for n, p in sig.parameters.items() if n not in skip}
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return []
+    allowed = sorted(n for n, p in accepted.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return [
+        (f"{params_key}.{key}", f"unknown parameter of {name!r}; allowed: {', '.join(allowed) or '(none)'}")
+        for key in params
+        if key not in allowed
+    ]
+
+
+def _problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        path = _loc(e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, e["loc"][:-1])
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        else:
+            msg = e["msg"]
+            if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        out.append((path, msg))
+    return out
+
+
+def _loc(loc: tuple) -> str:
+    s = ""
+    for part in loc:
+        if isinstance(part, int):
+            s += f"[{part}]"
+        else:
+            s += ("." if s else "") + str(part)
+    return s
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        model = _model_in(ann)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
