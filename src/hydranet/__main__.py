@@ -1,0 +1,5 @@
+import sys
+
+from hydranet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""The command line: parses, calls the library, prints. User errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hydranet.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every user error
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hydranet", description="Multi-task learning: one trunk, many heads.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="print the resolved spec, the model and the data, without training")
+    plan.add_argument("spec")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=2")
+
+    tr = sub.add_parser("train", help="train a spec into a run directory")
+    tr.add_argument("spec")
+    tr.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    tr.add_argument("--diagnose", action="store_true", help="log task-gradient cosine similarities and conflicts per epoch")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=2")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
+
+    ev = sub.add_parser("evaluate", help="metrics of a run on a split")
+    ev.add_argument("run")
+    ev.add_argument("--split", default="test", help="train, validation, test, or a data file")
+    ev.add_argument("--json", action="store_true", help="print {task: {metric: value}} as JSON")
+    ev.add_argument("--baseline", help="a single-task run to report Δm%% against")
+
+    pr = sub.add_parser("predict", help="per-task predictions for a table of features")
+    pr.add_argument("run")
+    pr.add_argument("input", help="Parquet or CSV file, directory or glob")
+    pr.add_argument("--output", required=True, help="output file (.parquet or .csv)")
+    pr.add_argument("--keep", nargs="*", default=[], metavar="COLUMN", help="input columns to copy into the output (e.g. an id)")
+
+    demo = sub.add_parser("demo", help="train the bundled census MMoE example and print test metrics")
+    demo.add_argument("--out", default="runs/census-demo", help="run directory (replaced if it holds an earlier demo)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"hydranet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hydranet: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------- helpers
+def _load_spec(path: str, overrides: list[str]):
+    from hydranet.errors import SpecError
+    from hydranet.spec import Spec
+
+    if not overrides:
+        return Spec.load(path)
+    spec = Spec.load(path)
+    raw = spec.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        try:
+            parsed: Any = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = parsed
+    try:
+        return Spec.from_dict(raw, source=path)
+    except SpecError as e:
+        raise SpecError(e.problems, source=f"{path} with --set") from None
+
+
+def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics: list[str] = []
+    for ms in results.values():
+        metrics += [m for m in ms if m not in metrics]
+    table = Table(title=title)
+    table.add_column("task")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for task, ms in results.items():
+        table.add_row(task, *[_fmt(ms.get(m)) for m in metrics])
+    Console(width=max(80, 12 * (len(metrics) + 2))).print(table)
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+# ---------------------------------------------------------------- commands
+def _plan(args) -> int:
+    from hydranet.train.plan import plan
+
+    print(plan(_load_spec(args.spec, args.set)))
+    return 0
+
+
+def _train(args) -> int:
+    import hydranet
+
+    spec = None if args.resume else _load_spec(args.spec, args.set)
+    if args.resume and args.set:
+        raise UserError("--set cannot be combined with --resume: a resumed run keeps its spec")
+    if args.resume and not Path(args.spec).is_file():
+        raise UserError(f"spec file not found: {args.spec}")
+    run = hydranet.train(spec if spec is not None else args.spec, args.out, resume=args.resume, diagnose=args.diagnose, progress=args.progress)
+    final = run.final_metrics
+    for split in ("validation", "test"):
+        if split in final:
+            _print_table(final[split], f"{split} metrics ({run.path})")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from hydranet.run import Run
+
+    run = Run.load(args.run)
+    results = run.evaluate(args.split)
+    delta = None
+    if args.baseline:
+        from hydranet.evaluate.delta import delta_m
+
+        base = Run.load(args.baseline).evaluate(args.split)
+        delta = delta_m(results, base)
+    if args.json:
+        out: dict[str, Any] = dict(results)
+        if delta is not None:
+            out = {"metrics": results, "delta_m_pct": delta}
+        print(json.dumps(out, indent=2))
+    else:
+        _print_table(results, f"{args.split} metrics ({args.run})")
+        if delta is not None:
+            print(f"Δm% vs {args.baseline}: {delta:+.3f}")
+    return 0
+
+
+def _predict(args) -> int:
+    from hydranet.serve.batch import predict_file
+
+    n = predict_file(args.run, args.input, args.output, keep=args.keep)
+    print(f"wrote {n:,} rows of predictions to {args.output}")
+    return 0
+
+
+def _demo(args) -> int:
+    import shutil
+
+    import hydranet
+    from hydranet import rundir
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "census.toml"
+    if not example.is_file():
+        raise UserError(f"the census example is not found at {example}; run the demo from a source checkout")
+    out = Path(args.out)
+    if (out / rundir.SPEC).exists():
+        shutil.rmtree(out)
+    run = hydranet.train(_load_spec(str(example), args.set), out)
+    _print_table(run.evaluate("test"), f"census MMoE — test metrics ({out})")
+    return 0
+
+
+_COMMANDS = {"plan": _plan, "train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The run directory: what a finished (or interrupted) training leaves behind.
+
+``spec.json`` (resolved Spec), ``preprocessor.json``, ``tasks.json`` (fitted
+label state), ``model.safetensors``, ``checkpoint.safetensors`` (full training
+state), ``best.safetensors`` (early stopping), ``metrics.jsonl`` (one line per
+epoch) and ``final_metrics.json``. JSON and safetensors only: nothing unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hydranet.errors import UserError
+
+SPEC = "spec.json"
+PREPROCESSOR = "preprocessor.json"
+TASKS = "tasks.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+METRICS = "metrics.jsonl"
+FINAL = "final_metrics.json"
+FORMAT_VERSION = "1"
+
+
+def prepare_dir(out: Path, *, resume: bool) -> Path:
+    """Create (or, for resume, find) the run directory; fail early if it is not writable."""
+    if resume:
+        if not (out / SPEC).is_file():
+            raise UserError(f"cannot resume: {out} is not a hydranet run directory (no {SPEC})")
+        return out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if (out / SPEC).exists():
+            raise UserError(f"output directory {out} already holds a run; pass --resume to continue it or choose another --out")
+        raise UserError(f"output directory {out} is not empty; choose an empty or new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    return out
+
+
+def _clean(obj: Any) -> Any:
+    # JSON has no NaN; an undefined metric (AUC of a split with one class) is null
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_meta(out: Path, spec, preprocessor, tasks) -> None:
+    write_json(out / SPEC, spec.to_dict())
+    write_json(out / PREPROCESSOR, preprocessor.to_dict())
+    write_json(out / TASKS, {t.name: t.state for t in tasks})
+
+
+def write_weights(out: Path, model: torch.nn.Module) -> None:
+    from hydranet.train.state_io import atomic_save_tensors
+
+    atomic_save_tensors(model.state_dict(), out / WEIGHTS, metadata={"format": "hydranet", "version": FORMAT_VERSION})
+
+
+def append_metrics(out: Path, record: dict[str, Any]) -> None:
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(_clean(record)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(out: Path, keep_before_epoch: int) -> None:
+    """On resume, drop epoch lines written after the checkpoint being resumed from."""
+    kept = [r for r in read_metrics(out) if r["epoch"] <= keep_before_epoch]
+    tmp = out / (METRICS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, out / METRICS)

@@ -1,0 +1,80 @@
+"""From a Spec to fitted tasks, a fitted preprocessor and prepared splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from hydranet.data.loader import TensorData, build_tensor_data
+from hydranet.data.preprocess import Preprocessor
+from hydranet.data.sources import load_splits, resolve_dataset
+from hydranet.errors import DataError, SpecError
+from hydranet.spec import Spec
+from hydranet.tasks import Task, build_task
+
+
+@dataclass
+class Split:
+    """One split, prepared: tensors for the model and the raw labels for metrics."""
+
+    data: TensorData
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def encode_split(table: pa.Table, preprocessor: Preprocessor, tasks: list[Task]) -> Split:
+    data = build_tensor_data(table, preprocessor, tasks)
+    labels, masks = {}, {}
+    for t in tasks:
+        labels[t.name], masks[t.name] = t.encode(table)
+    return Split(data=data, labels=labels, masks=masks)
+
+
+def resolve_spec(spec: Spec) -> Spec:
+    """The Spec with a bundled dataset's paths and columns filled in."""
+    if spec.data.dataset is None:
+        data = spec.data
+    else:
+        data = resolve_dataset(spec.data)
+    resolved = spec.model_copy(update={"data": data})
+    if not data.train:
+        raise SpecError([("data.train", "no training data: give 'train' (a file, directory or glob) or a bundled 'dataset'")])
+    if not data.numeric and not data.categorical:
+        raise SpecError([("data.numeric", "no feature columns: list 'numeric' and/or 'categorical' columns")])
+    overlap = set(data.numeric) & set(data.categorical)
+    if overlap:
+        raise SpecError([("data.categorical", f"column(s) listed as both numeric and categorical: {', '.join(sorted(overlap))}")])
+    labels = {c for t in spec.tasks for c in t.label_columns}
+    leak = labels & (set(data.numeric) | set(data.categorical))
+    if leak:
+        raise SpecError([("data", f"label column(s) also used as features: {', '.join(sorted(leak))}")])
+    bad_log = set(data.log1p) - set(data.numeric)
+    if bad_log:
+        raise SpecError([("data.log1p", f"not numeric feature(s): {', '.join(sorted(bad_log))}")])
+    return resolved
+
+
+def needed_columns(spec: Spec) -> list[str]:
+    cols = list(spec.data.numeric) + list(spec.data.categorical)
+    for t in spec.tasks:
+        cols += [c for c in t.label_columns if c not in cols]
+    return cols
+
+
+def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
+    """Load splits, fit tasks and the preprocessor on train, encode every split."""
+    tables = load_splits(spec.data, needed_columns(spec))
+    train = tables["train"]
+    tasks = [build_task(ts).fit(train) for ts in spec.tasks]
+    for t in tasks:
+        _, mask = t.encode(train)
+        if not mask.any():
+            raise DataError(f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data")
+    prep = Preprocessor(spec.data.numeric, spec.data.categorical, log1p=spec.data.log1p, min_count=spec.data.min_count).fit(train)
+    splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
+    return tasks, prep, splits

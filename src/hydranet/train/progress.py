@@ -1,0 +1,48 @@
+"""Progress reporting: a rich progress bar on a terminal, one log line per epoch otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+class _Bar:
+    def __init__(self, progress, task_id):
+        self._progress, self._task = progress, task_id
+
+    def advance(self, fields: str | None = None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, fields=fields or "")
+
+
+class Progress:
+    def __init__(self, enabled: bool | None = None, stream=None):
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if enabled is None else enabled
+        self.quiet = enabled is False
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> Iterator[_Bar]:
+        if not self.interactive:
+            yield _Bar(None, None)
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        columns = [TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[fields]}")]
+        with RichProgress(*columns, console=Console(file=self.stream), transient=True) as p:
+            task_id = p.add_task("train", total=steps, completed=start, fields="")
+            yield _Bar(p, task_id)
+
+    def epoch_line(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        parts = [f"epoch {record['epoch']}"]
+        parts.append("loss " + " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items()))
+        for task, ms in record.get("val", {}).items():
+            parts.append(f"{task}: " + " ".join(f"{m}={v:.4f}" for m, v in ms.items() if v is not None))
+        parts.append(f"{record['rows_per_s']:,.0f} rows/s")
+        print(" | ".join(parts), file=self.stream, flush=True)

@@ -1,0 +1,303 @@
+"""The training loop: setup, epochs of steps, validation, checkpoints, the final Run.
+
+Reads top to bottom: :func:`train` prepares data and model, then runs
+:class:`Trainer.fit`. Every ``checkpoint_every`` steps (or at each epoch end)
+the whole state (model, optimizer, scheduler, balancer, RNG, loader position,
+running sums, early-stopping state) goes to ``checkpoint.safetensors`` through
+an atomic rename, so ``--resume`` after a kill continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hydranet import rundir
+from hydranet.balance import BALANCERS, BalanceContext, Balancer
+from hydranet.data.loader import BatchLoader
+from hydranet.errors import SpecError, TrainingDiverged, UserError
+from hydranet.evaluate.inference import predict_arrays, split_metrics
+from hydranet.models.model import MultiTaskModel
+from hydranet.spec import Spec
+from hydranet.tasks import HIGHER_IS_BETTER, Task
+from hydranet.train.optim import build_optimizer, build_scheduler
+from hydranet.train.prepare import Split, prepare, resolve_spec
+from hydranet.train.progress import Progress
+from hydranet.train.state_io import atomic_save_tensors, load_state, save_state
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SpecError([("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError([("train.device", f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")])
+    return dev
+
+
+def build_model(spec: Spec, cardinalities: list[int], n_numeric: int, tasks: list[Task]) -> MultiTaskModel:
+    return MultiTaskModel(cardinalities, n_numeric, {t.name: t.out_dim for t in tasks}, spec.model)
+
+
+def build_balancer(spec: Spec) -> Balancer:
+    import inspect
+
+    cls = BALANCERS.get(spec.balance.method)
+    kwargs = dict(spec.balance.params)
+    accepted = inspect.signature(cls).parameters
+    if "rep_grad" in accepted:
+        kwargs["rep_grad"] = spec.balance.rep_grad
+    if "weights" in accepted and "weights" not in kwargs:
+        kwargs["weights"] = {t.name: t.weight for t in spec.tasks}
+    return cls([t.name for t in spec.tasks], **kwargs)
+
+
+def train(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, diagnose: bool = False, progress: bool | None = None, stop_after_steps: int | None = None):
+    """Train ``spec`` into the run directory ``out`` and return the :class:`~hydranet.Run`."""
+    from hydranet.run import Run
+
+    if not isinstance(spec, Spec):
+        spec = Spec.load(spec)
+    out = rundir.prepare_dir(Path(out), resume=resume)
+    if resume:
+        spec = Spec.from_dict(json.loads((out / rundir.SPEC).read_text()))
+    else:
+        spec = resolve_spec(spec)
+    torch.manual_seed(spec.train.seed)
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    if spec.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    tasks, prep, splits = prepare(spec)
+    _check_early_stopping(spec, tasks, splits)
+    if not resume:
+        rundir.write_meta(out, spec, prep, tasks)
+    trainer = Trainer(spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress)
+    if resume:
+        trainer.restore()
+    trainer.fit(stop_after_steps=stop_after_steps)
+    return Run.load(out)
+
+
+class Trainer:
+    def __init__(self, spec: Spec, tasks: list[Task], splits: dict[str, Split], prep, out: Path, *, diagnose: bool = False, progress: bool | None = None):
+        cfg = spec.train
+        self.spec, self.cfg, self.tasks, self.splits, self.out = spec, cfg, tasks, splits, out
+        self.device = select_device(cfg.device)
+        self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(self.device)
+        self.balancer = build_balancer(spec).to(self.device)
+        self.train_data = splits["train"].data.to(self.device)
+        self.loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        params = list(self.model.parameters()) + [p for p in self.balancer.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        self.need_rep = self.balancer.family == "gradient" and spec.balance.rep_grad
+        self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in self.shared_params}
+        self.task_params = [p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad]
+        self.diagnostics = None
+        if diagnose:
+            from hydranet.balance.diagnostics import ConflictTracker
+
+            self.diagnostics = ConflictTracker([t.name for t in tasks])
+        self.progress = Progress(enabled=progress)
+        # loop state (all of it goes into checkpoints)
+        self.epoch = 0
+        self.step = 0
+        self.loss_sums = torch.zeros(len(tasks), dtype=torch.float64)
+        self.loss_steps = 0
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.stopped_early = False
+
+    # ------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": torch.get_rng_state(),
+            "loop": {"epoch": self.epoch, "step": self.step, "loss_steps": self.loss_steps, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early},
+            "loss_sums": self.loss_sums,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def checkpoint(self) -> None:
+        save_state(self.state(), self.out / rundir.CHECKPOINT)
+
+    def restore(self) -> None:
+        path = self.out / rundir.CHECKPOINT
+        if not path.exists():
+            raise UserError(f"cannot resume: no checkpoint in {self.out} (train without --resume to start afresh)")
+        s = load_state(path)
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.balancer.load_state_dict(s["balancer"])
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.loader.load_state_dict(s["loader"])
+        torch.set_rng_state(s["rng"])
+        if "cuda_rng" in s and self.device.type == "cuda":
+            torch.cuda.set_rng_state(s["cuda_rng"], self.device)
+        loop = s["loop"]
+        self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
+        self.best, self.best_epoch, self.bad_epochs, self.stopped_early = loop["best"], loop["best_epoch"], loop["bad_epochs"], loop["stopped_early"]
+        self.loss_sums = s["loss_sums"]
+        rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
+
+    # ------------------------------------------------------------ loop
+    def fit(self, stop_after_steps: int | None = None) -> None:
+        cfg = self.cfg
+        self.model.train()
+        while self.epoch < cfg.epochs and not self.stopped_early:
+            resuming_mid_epoch = self.loader.state_dict()["position"] > 0 and self.loader.state_dict()["epoch"] == self.epoch
+            if not resuming_mid_epoch:
+                self.loader.set_epoch(self.epoch)
+            t0 = time.perf_counter()
+            rows = 0
+            with self.progress.epoch(self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]) as bar:
+                for batch in self.loader:
+                    self.train_step(batch)
+                    rows += batch.size
+                    bar.advance(self._progress_fields())
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                    if stop_after_steps is not None and self.step >= stop_after_steps:
+                        return
+            seconds = time.perf_counter() - t0
+            self.end_epoch(rows / max(seconds, 1e-9), seconds)
+        self.finish()
+
+    def train_step(self, batch) -> None:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            if self.need_rep:
+                outputs, rep = self.model.forward_with_rep(batch.cat, batch.num)
+            else:
+                outputs, rep = self.forward(batch.cat, batch.num), None
+        losses = {t.name: t.loss(outputs[t.name].float(), batch.labels[t.name], batch.masks[t.name]) for t in self.tasks}
+        stacked = torch.stack([l.detach() for l in losses.values()])
+        finite = torch.isfinite(stacked)
+        if not bool(finite.all()):
+            bad = [t.name for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
+            raise TrainingDiverged(
+                f"loss of task {bad[0]!r} is {float(stacked[finite.logical_not()][0])} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
+            )
+        present = {t.name: bool(batch.masks[t.name].any()) for t in self.tasks} if self.balancer.family == "gradient" or self.diagnostics else {}
+        if self.diagnostics is not None:
+            self.diagnostics.observe(losses, self.shared_params, present)
+        ctx = BalanceContext(shared_params=self.shared_params, task_params=self.task_params, rep=rep, present=present, step=self.step, epoch=self.epoch, scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.balancer.backward(losses, ctx)
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.loss_sums += stacked.double().cpu()
+        self.loss_steps += 1
+        self.step += 1
+
+    def _progress_fields(self) -> str:
+        n = max(self.loss_steps, 1)
+        parts = [f"{t.name} {float(v) / n:.4f}" for t, v in zip(self.tasks, self.loss_sums, strict=True)]
+        if self.balancer.family != "weighting" or type(self.balancer).__name__ != "EqualWeighting":
+            parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
+        return "  ".join(parts)
+
+    def end_epoch(self, rows_per_s: float, seconds: float) -> None:
+        n = max(self.loss_steps, 1)
+        train_loss = {t.name: float(v) / n for t, v in zip(self.tasks, self.loss_sums, strict=True)}
+        self.balancer.end_epoch(train_loss)
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss}
+        if "validation" in self.splits:
+            metrics, val_loss = self.evaluate("validation")
+            record["val_loss"] = val_loss
+            record["val"] = metrics
+            self.update_early_stopping(metrics, val_loss)
+        record["weights"] = dict(self.balancer.last_weights)
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        if self.diagnostics is not None:
+            record["diagnostics"] = self.diagnostics.epoch_summary()
+        record["rows_per_s"] = rows_per_s
+        record["seconds"] = seconds
+        rundir.append_metrics(self.out, record)
+        self.progress.epoch_line(record)
+        self.epoch += 1
+        self.loss_sums.zero_()
+        self.loss_steps = 0
+        self.checkpoint()
+
+    def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        s = self.splits[split]
+        preds, losses = predict_arrays(self.model, s.data.cat, s.data.num, self.tasks, self.cfg.eval_batch_size, self.device, targets=s.data.labels, masks=s.data.masks)
+        return split_metrics(self.tasks, preds, s.labels, s.masks), losses
+
+    def update_early_stopping(self, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]) -> None:
+        es = self.cfg.early_stopping
+        if es is None:
+            return
+        value, higher = _watched(es.metric, es.mode, metrics, val_loss)
+        improved = self.best is None or (value > self.best + es.min_delta if higher else value < self.best - es.min_delta)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
+            atomic_save_tensors(self.model.state_dict(), self.out / rundir.BEST)
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= es.patience:
+                self.stopped_early = True
+
+    def finish(self) -> None:
+        """Restore the best weights (early stopping), write the model and the final metrics."""
+        if self.cfg.early_stopping is not None and (self.out / rundir.BEST).exists():
+            from hydranet.train.state_io import load_tensors
+
+            self.model.load_state_dict(load_tensors(self.out / rundir.BEST)[0])
+        rundir.write_weights(self.out, self.model)
+        final: dict[str, Any] = {"epochs": self.epoch, "steps": self.step, "best_epoch": self.best_epoch if self.cfg.early_stopping else self.epoch, "stopped_early": self.stopped_early}
+        for split in ("validation", "test"):
+            if split in self.splits:
+                final[split] = self.evaluate(split)[0]
+        rundir.write_json(self.out / rundir.FINAL, final)
+
+
+def _check_early_stopping(spec: Spec, tasks: list[Task], splits: dict[str, Split]) -> None:
+    es = spec.train.early_stopping
+    if es is None:
+        return
+    if "validation" not in splits:
+        raise SpecError([("train.early_stopping", "needs a validation split: give data.validation or data.validation_fraction")])
+    options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss"]
+    if es.metric not in options:
+        raise SpecError([("train.early_stopping.metric", f"unknown metric {es.metric!r}; allowed: {', '.join(options)}")])
+
+
+def _watched(metric: str, mode: str, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]) -> tuple[float, bool]:
+    if metric == "loss":
+        vals = [v for v in val_loss.values()]
+        return sum(vals) / len(vals), mode == "max"
+    task, _, name = metric.partition(".")
+    if task not in metrics or name not in metrics[task]:
+        options = [f"{t}.{m}" for t, ms in metrics.items() for m in ms] + ["loss"]
+        raise SpecError([("train.early_stopping.metric", f"unknown metric {metric!r}; allowed: {', '.join(options)}")])
+    higher = HIGHER_IS_BETTER.get(name, True) if mode == "auto" else mode == "max"
+    return metrics[task][name], higher
+

@@ -1,0 +1,95 @@
+import os
+
+import pytest
+import torch
+
+# keep the suite predictable on the 2-core CI machine
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory, monkeypatch):
+    """Bundled datasets go to a per-session temporary cache, never the user's."""
+    if "HYDRANET_TEST_REAL_CACHE" not in os.environ:
+        monkeypatch.setenv("HYDRANET_DATA_DIR", str(tmp_path_factory.getbasetemp() / "hydranet-cache"))
+
+
+def make_table(n: int, seed: int = 0, missing_frac: float = 0.0):
+    """A small learnable table: 3 numeric, 2 categorical features; binary, regression, multiclass labels."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.normal(size=(3, n))
+    color = rng.choice(["red", "green", "blue", "black"], size=n)
+    size = rng.integers(0, 5, size=n)
+    color_effect = np.select([color == "red", color == "green"], [1.0, -1.0], 0.0)
+    logit = 1.5 * a - b + color_effect
+    click = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    value = 2.0 * a + 0.5 * size + rng.normal(scale=0.3, size=n)
+    kind = np.where(b + 0.3 * c > 0.5, "x", np.where(a > 0, "y", "z"))
+    click_col = pa.array(click, type=pa.int64())
+    if missing_frac:
+        miss = rng.random(n) < missing_frac
+        click_col = pa.array([None if m else int(v) for m, v in zip(miss, click, strict=True)], type=pa.int64())
+    return pa.table({
+        "a": a, "b": b, "c": c,
+        "color": color, "size": size,
+        "click": click_col, "value": value, "kind": kind,
+    })
+
+
+SPEC_TEMPLATE = """
+name = "tiny"
+[data]
+train = "{train}"
+validation = "{validation}"
+test = "{test}"
+numeric = ["a", "b", "c"]
+categorical = ["color", "size"]
+
+[[tasks]]
+name = "click"
+kind = "binary"
+
+[[tasks]]
+name = "value"
+kind = "regression"
+
+[[tasks]]
+name = "kind"
+kind = "multiclass"
+
+[model]
+architecture = "{arch}"
+embedding_dim = 3
+tower = [8]
+
+[train]
+epochs = {epochs}
+batch_size = 64
+lr = 0.01
+seed = 0
+checkpoint_every = {checkpoint_every}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Writes train/validation/test Parquet files and returns a spec writer."""
+    import pyarrow.parquet as pq
+
+    paths = {}
+    for i, (split, n) in enumerate([("train", 600), ("validation", 200), ("test", 200)]):
+        paths[split] = tmp_path / f"{split}.parquet"
+        pq.write_table(make_table(n, seed=i), paths[split])
+
+    def write_spec(arch: str = "mmoe", epochs: int = 3, checkpoint_every: int = 0, extra: str = "", name: str = "spec.toml"):
+        text = SPEC_TEMPLATE.format(arch=arch, epochs=epochs, checkpoint_every=checkpoint_every, **{k: str(v) for k, v in paths.items()}) + extra
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+
+    write_spec.paths = paths
+    write_spec.dir = tmp_path
+    return write_spec
