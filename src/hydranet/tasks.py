@@ -207,7 +207,7 @@ class BinaryTask(Task):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"label column {self.spec.label_columns[0]!r} of binary task {self.name!r} must be 0/1; row {row} has {values[row]!r} (set 'positive' to map a value to 1)"
+                f"label column {self.spec.label_columns[0]!r} of binary task {self.name!r} must be 0/1; row {row} has {float(values[row])!r} (set 'positive' to map a value to 1)"
             )
         return np.where(mask, values, 0.0), mask
 
@@ -305,7 +305,7 @@ class MultilabelTask(Task):
         bad = mask & (values != 0) & (values != 1)
         if bad.any():
             r, c = map(int, np.argwhere(bad)[0])
-            raise DataError(f"label column {self.spec.label_columns[c]!r} of multilabel task {self.name!r} must be 0/1; row {r} has {values[r, c]!r}")
+            raise DataError(f"label column {self.spec.label_columns[c]!r} of multilabel task {self.name!r} must be 0/1; row {r} has {float(values[r, c])!r}")
         return np.where(mask, values, 0.0), mask
 
     def predict(self, out):
