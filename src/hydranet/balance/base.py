@@ -56,7 +56,9 @@ class Balancer(nn.Module):
 class LossWeighting(Balancer):
     family = "weighting"
 
-    def weights(self, losses: dict[str, torch.Tensor], ctx: BalanceContext) -> dict[str, torch.Tensor | float]:
+    def weights(
+        self, losses: dict[str, torch.Tensor], ctx: BalanceContext
+    ) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError
 
     def backward(self, losses, ctx):

@@ -1,0 +1,89 @@
+"""Gradient-conflict diagnostics: pairwise cosine similarities of the task gradients.
+
+``pairwise_cosine(G)`` gives the K x K cosine matrix of the rows of G; a pair conflicts when its
+cosine is negative. :class:`ConflictAccumulator` collects them step by step (on the device, no
+host sync per step) and returns per-epoch means, ``{"cos/a~b": mean, "conflict_frac": ...}``,
+``conflict_frac`` being the fraction of steps in which at least one pair conflicted.
+
+Gradient-aggregation balancers feed it the G they already computed when
+``balancer.diagnostics`` is set to an accumulator (no extra cost); for a loss-weighting balancer
+the trainer computes G itself with :func:`task_gradients` (one extra batched backward).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hydranet.balance._jacobian import task_jacobian
+
+
+def pairwise_cosine(G: Tensor, eps: float = 1e-12) -> Tensor:
+    """Cosine similarity of every pair of rows of ``G`` [K, P]; a zero row has cosine 0."""
+    Gf = G.detach().float()
+    unit = Gf / Gf.norm(dim=1, keepdim=True).clamp_min(eps)
+    return unit @ unit.T
+
+
+def has_conflict(cos: Tensor) -> bool:
+    """True if some pair of distinct tasks has a negative cosine."""
+    k = cos.shape[0]
+    off = ~torch.eye(k, dtype=torch.bool, device=cos.device)
+    return bool((cos[off] < 0).any())
+
+
+def task_gradients(
+    losses: dict[str, Tensor], params: list[Tensor], tasks: list[str] | None = None
+) -> tuple[list[str], Tensor]:
+    """(names, G): the gradients of each loss w.r.t. ``params`` as rows; keeps the graph."""
+    names = [t for t in (tasks or list(losses)) if t in losses and losses[t].requires_grad]
+    G = task_jacobian([losses[t] for t in names], list(params), retain_graph=True)
+    return names, G
+
+
+class ConflictAccumulator:
+    """Per-epoch means of pairwise task-gradient cosines and the fraction of conflicting steps."""
+
+    def __init__(self, tasks: list[str]):
+        self.tasks = list(tasks)
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.tasks)
+        self._sum = torch.zeros(k, k, dtype=torch.float64)
+        self._count = torch.zeros(k, k, dtype=torch.float64)
+        self._conflicts = torch.zeros((), dtype=torch.float64)
+        self._steps = 0
+
+    def update(self, G: Tensor, names: list[str] | None = None) -> None:
+        """Add one step's gradients; row i of ``G`` belongs to ``names[i]`` (default: all tasks)."""
+        names = list(names) if names is not None else self.tasks
+        idx = torch.tensor([self.tasks.index(t) for t in names], dtype=torch.long)
+        cos = pairwise_cosine(G).double()
+        if self._sum.device != cos.device:
+            self._sum, self._count = self._sum.to(cos.device), self._count.to(cos.device)
+            self._conflicts = self._conflicts.to(cos.device)
+        idx = idx.to(cos.device)
+        ii, jj = torch.meshgrid(idx, idx, indexing="ij")
+        self._sum.index_put_((ii, jj), cos, accumulate=True)
+        self._count.index_put_((ii, jj), torch.ones_like(cos), accumulate=True)
+        off = ~torch.eye(len(names), dtype=torch.bool, device=cos.device)
+        self._conflicts += (cos[off] < 0).any().double()
+        self._steps += 1
+
+    def compute(self) -> dict[str, float]:
+        """Means over the steps since the last reset; pairs never seen together are left out."""
+        out: dict[str, float] = {}
+        s, c = self._sum.cpu(), self._count.cpu()
+        for i, a in enumerate(self.tasks):
+            for j in range(i + 1, len(self.tasks)):
+                if c[i, j] > 0:
+                    out[f"cos/{a}~{self.tasks[j]}"] = float(s[i, j] / c[i, j])
+        out["conflict_frac"] = float(self._conflicts) / self._steps if self._steps else 0.0
+        return out
+
+    def epoch_means(self) -> dict[str, float]:
+        """``compute()`` then ``reset()``: call once at the end of each epoch."""
+        out = self.compute()
+        self.reset()
+        return out
