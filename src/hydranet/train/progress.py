@@ -20,8 +20,8 @@ class _Bar:
 class Progress:
     def __init__(self, enabled: bool | None = None, stream=None):
         self.stream = stream or sys.stderr
+        # a bar on a terminal; otherwise (or with enabled=False) one line per epoch
         self.interactive = self.stream.isatty() if enabled is None else enabled
-        self.quiet = enabled is False
 
     @contextlib.contextmanager
     def epoch(self, epoch: int, epochs: int, steps: int, start: int = 0) -> Iterator[_Bar]:
@@ -38,8 +38,6 @@ class Progress:
             yield _Bar(p, task_id)
 
     def epoch_line(self, record: dict[str, Any]) -> None:
-        if self.quiet:
-            return
         parts = [f"epoch {record['epoch']}"]
         parts.append("loss " + " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items()))
         for task, ms in record.get("val", {}).items():
