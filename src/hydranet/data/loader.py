@@ -1,0 +1,195 @@
+"""Prepared tensors and the batch loader.
+
+A split is held as a few contiguous tensors (categorical indices, numeric
+values, a label and a mask per task). A batch is one ``index_select`` per
+tensor with a block of a per-epoch permutation, so an epoch costs a handful of
+kernel calls per batch and no Python per row, and the whole split can live on
+the GPU when it fits.
+
+The permutation of epoch ``e`` comes from its own generator seeded with
+``seed + e``, so any epoch can be reproduced alone, and ``state_dict`` (epoch,
+batches already yielded) is enough to resume mid-epoch with exactly the
+remaining batches. The order depends on the device the data lives on (CPU and
+CUDA generators differ); resume on the same kind of device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import torch
+
+if TYPE_CHECKING:
+    from hydranet.data.preprocess import Preprocessor
+    from hydranet.tasks import Task
+
+__all__ = ["Batch", "BatchLoader", "TensorData", "build_tensor_data"]
+
+
+@dataclass
+class Batch:
+    """One batch: features, and a target and label mask per task."""
+
+    cat: torch.Tensor  # [B, C] int64
+    num: torch.Tensor  # [B, F] float32
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # bool, True where labeled
+    size: int = 0
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            move(self.cat),
+            move(self.num),
+            {k: move(v) for k, v in self.labels.items()},
+            {k: move(v) for k, v in self.masks.items()},
+            self.size,
+        )
+
+
+@dataclass
+class TensorData:
+    """A whole split as contiguous tensors that share their first dimension."""
+
+    cat: torch.Tensor  # [N, C] int64
+    num: torch.Tensor  # [N, F] float32
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.cat.shape[0]
+        for name, t in [("num", self.num), *self.labels.items(), *self.masks.items()]:
+            if t.shape[0] != n:
+                raise ValueError(f"TensorData: {name!r} has {t.shape[0]} rows, cat has {n}")
+
+    def __len__(self) -> int:
+        return self.cat.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.cat.device
+
+    def _tensors(self) -> Iterator[torch.Tensor]:
+        yield self.cat
+        yield self.num
+        yield from self.labels.values()
+        yield from self.masks.values()
+
+    def _map(self, fn) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        return (
+            fn(self.cat),
+            fn(self.num),
+            {k: fn(v) for k, v in self.labels.items()},
+            {k: fn(v) for k, v in self.masks.items()},
+        )
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(*self._map(lambda t: t.to(device)))
+
+    def pin_memory(self) -> TensorData:
+        """Page-locked copies, so host-to-GPU copies of batches can overlap compute."""
+        return TensorData(*self._map(lambda t: t.pin_memory()))
+
+    def take(self, idx: torch.Tensor) -> Batch:
+        """The rows at ``idx`` (a LongTensor on the data's device), gathered."""
+        return Batch(*self._map(lambda t: t.index_select(0, idx)), size=int(idx.shape[0]))
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` as views, no copy (for evaluation in file order)."""
+        stop = min(stop, len(self))
+        return Batch(*self._map(lambda t: t[start:stop]), size=max(0, stop - start))
+
+
+class BatchLoader:
+    """Batches of a TensorData in a seeded per-epoch order, resumable mid-epoch.
+
+    Iterating yields the batches of the current epoch from the current position,
+    then moves to the next epoch. ``state_dict`` taken after the ``k``-th batch
+    of an epoch records ``position = k``; a loader restored from it yields the
+    remaining ``len(loader) - k`` batches of that epoch, in the same order.
+    """
+
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch."""
+        self.epoch = int(epoch)
+        self.position = 0
+
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        """The row order of an epoch (a permutation when shuffling), on the data's device."""
+        epoch = self.epoch if epoch is None else epoch
+        device = self.data.device
+        n = len(self.data)
+        if not self.shuffle:
+            return torch.arange(n, device=device)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.seed + epoch)
+        return torch.randperm(n, generator=gen, device=device)
+
+    def __iter__(self) -> Iterator[Batch]:
+        bs = self.batch_size
+        order = self.order() if self.shuffle else None
+        for b in range(self.position, len(self)):
+            if order is None:
+                batch = self.data.slice(b * bs, (b + 1) * bs)
+            else:
+                batch = self.data.take(order[b * bs : (b + 1) * bs])
+            # counted before the yield: a checkpoint taken while the consumer
+            # holds batch b must resume at b + 1
+            self.position = b + 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(
+                f"loader position {position} is outside this epoch's {len(self)} batches"
+            )
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.position = position
+
+
+def build_tensor_data(
+    table: pa.Table, preprocessor: Preprocessor, tasks: Sequence[Task]
+) -> TensorData:
+    """Features through the fitted preprocessor, and each task's targets and label mask."""
+    cat, num = preprocessor.transform(table)
+    labels: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for task in tasks:
+        values, mask = task.encode(table)
+        labels[task.name] = task.targets(values).contiguous()
+        masks[task.name] = torch.as_tensor(mask, dtype=torch.bool).contiguous()
+    return TensorData(cat, num, labels, masks)

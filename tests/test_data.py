@@ -1,0 +1,323 @@
+"""Sources, splits, the preprocessor and the batch loader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hydranet.data.loader import BatchLoader, TensorData, build_tensor_data
+from hydranet.data.preprocess import Preprocessor
+from hydranet.data.sources import iter_batches, load_splits, read_table
+from hydranet.errors import DataError
+from hydranet.spec import DataSpec, TaskSpec
+from hydranet.tasks import build_task
+
+
+def _table(n: int = 100, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "id": np.arange(n),
+            "x": rng.normal(5.0, 2.0, n),
+            "k": rng.choice(["a", "b", "c"], n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+
+
+# ---------------------------------------------------------------- sources
+def test_read_parquet_file_with_columns(tmp_path):
+    pq.write_table(_table(), tmp_path / "d.parquet")
+    t = read_table(str(tmp_path / "d.parquet"), columns=["x", "id"])
+    assert t.column_names == ["x", "id"]
+    assert t.num_rows == 100
+
+
+def test_read_directory_skips_markers_and_reads_all_parts(tmp_path):
+    d = tmp_path / "parts"
+    d.mkdir()
+    pq.write_table(_table(30, seed=1), d / "part-0.parquet")
+    pq.write_table(_table(20, seed=2), d / "part-1.parquet")
+    (d / "_SUCCESS").write_text("")
+    (d / ".part-0.parquet.crc").write_text("junk")
+    assert read_table(str(d)).num_rows == 50
+
+
+def test_read_glob_and_csv(tmp_path):
+    for i in range(3):
+        pacsv.write_csv(_table(10, seed=i), tmp_path / f"chunk{i}.csv")
+    t = read_table(str(tmp_path / "chunk*.csv"))
+    assert t.num_rows == 30
+    assert pa.types.is_floating(t.schema.field("x").type)
+    one = read_table(str(tmp_path / "chunk0.csv"), format="csv", columns=["k"])
+    assert one.column("k").to_pylist() == _table(10, seed=0).column("k").to_pylist()
+
+
+def test_explicit_format_overrides_the_extension(tmp_path):
+    pacsv.write_csv(_table(5), tmp_path / "rows.txt")
+    with pytest.raises(DataError, match="cannot tell the format"):
+        read_table(str(tmp_path / "rows.txt"))
+    assert read_table(str(tmp_path / "rows.txt"), format="csv").num_rows == 5
+
+
+@pytest.mark.parametrize("name", ["missing.parquet", "nothing*.parquet", "nodir/"])
+def test_not_found(tmp_path, name):
+    with pytest.raises(DataError, match="data file not found"):
+        read_table(str(tmp_path / name))
+
+
+def test_corrupt_empty_and_missing_column(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError, match=r"cannot read .*bad\.parquet"):
+        read_table(str(tmp_path / "bad.parquet"))
+    pq.write_table(_table(0), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="has no rows"):
+        read_table(str(tmp_path / "empty.parquet"))
+    pq.write_table(_table(), tmp_path / "d.parquet")
+    with pytest.raises(
+        DataError, match=r"column 'nope' not found in .*d\.parquet; columns: id, x, k, y"
+    ):
+        read_table(str(tmp_path / "d.parquet"), columns=["x", "nope"])
+
+
+def test_iter_batches_bounded_and_complete(tmp_path):
+    pq.write_table(_table(1000), tmp_path / "d.parquet", row_group_size=300)
+    batches = list(iter_batches(str(tmp_path / "d.parquet"), columns=["id"], batch_rows=128))
+    assert max(b.num_rows for b in batches) <= 128
+    ids = pa.Table.from_batches(batches).column("id").to_numpy()
+    np.testing.assert_array_equal(ids, np.arange(1000))
+    with pytest.raises(DataError, match="column 'zz' not found"):
+        iter_batches(str(tmp_path / "d.parquet"), columns=["zz"])  # checked at call time
+
+
+# ---------------------------------------------------------------- splits
+def test_fraction_splits_partition_train(tmp_path):
+    pq.write_table(_table(1000), tmp_path / "d.parquet")
+    spec = DataSpec(
+        train=str(tmp_path / "d.parquet"), validation_fraction=0.1, test_fraction=0.2, split_seed=7
+    )
+    s = load_splits(spec, ["id", "x"])
+    assert list(s) == ["train", "validation", "test"]
+    sizes = {k: v.num_rows for k, v in s.items()}
+    assert sizes == {"train": 700, "validation": 100, "test": 200}
+    ids = np.concatenate([v.column("id").to_numpy() for v in s.values()])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(1000))
+    again = load_splits(spec, ["id", "x"])
+    assert again["test"].equals(s["test"])
+    other = load_splits(spec.model_copy(update={"split_seed": 8}), ["id", "x"])
+    assert not other["test"].equals(s["test"])
+
+
+def test_split_files_win_and_absent_splits(tmp_path):
+    pq.write_table(_table(100), tmp_path / "tr.parquet")
+    pq.write_table(_table(40, seed=3), tmp_path / "va.parquet")
+    spec = DataSpec(
+        train=str(tmp_path / "tr.parquet"),
+        validation=str(tmp_path / "va.parquet"),
+        validation_fraction=0.5,
+    )
+    s = load_splits(spec, ["x", "x", "y"])
+    assert list(s) == ["train", "validation"]
+    assert s["train"].num_rows == 100 and s["validation"].num_rows == 40
+    assert s["train"].column_names == ["x", "y"]
+
+
+def test_fractions_leaving_no_train_rows(tmp_path):
+    pq.write_table(_table(3), tmp_path / "d.parquet")
+    spec = DataSpec(train=str(tmp_path / "d.parquet"), validation_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(DataError, match="leave no training rows"):
+        load_splits(spec, ["x"])
+
+
+# ---------------------------------------------------------------- preprocessor
+def _mixed() -> pa.Table:
+    return pa.table(
+        {
+            "a": [1.0, None, 3.0, float("nan"), 5.0, 7.0],
+            "b": pa.array([10, -100, 0, 1000, 5, 6], pa.int32()),
+            "c": ["x", "y", None, "x", "z", "x"],
+            "d": [3, 3, 1, 2, 2, 9],
+        }
+    )
+
+
+def test_numeric_scaling_missing_and_indicator():
+    t = _mixed()
+    pre = Preprocessor(["a", "b"], [], log1p=["b"]).fit(t)
+    cat, num = pre.transform(t)
+    assert cat.shape == (6, 0) and num.dtype == torch.float32 and num.is_contiguous()
+    assert pre.numeric_names_out == ["a", "b", "a__missing"] and pre.n_numeric_out == 3
+    np.testing.assert_allclose(pre.mean_[0], 4.0)
+    np.testing.assert_allclose(num[[0, 2, 4, 5], 0].mean().item(), 0.0, atol=1e-6)
+    assert num[1, 0] == 0 and num[3, 0] == 0  # null and NaN → the mean
+    assert num[:, 2].tolist() == [0, 1, 0, 1, 0, 0]
+    b = np.array([10, -100, 0, 1000, 5, 6], dtype=np.float64)
+    lb = np.sign(b) * np.log1p(np.abs(b))
+    np.testing.assert_allclose(num[:, 1].numpy(), (lb - lb.mean()) / lb.std(), rtol=1e-5)
+
+
+def test_constant_column_and_non_numeric_type():
+    t = pa.table({"c": [2.0, 2.0, 2.0], "s": ["1", "2", "3"]})
+    pre = Preprocessor(["c"], []).fit(t)
+    assert pre.scale_ == [1.0] and pre.transform(t)[1].abs().sum() == 0
+    with pytest.raises(DataError, match="numeric column 's' has type string"):
+        Preprocessor(["s"], []).fit(t)
+
+
+def test_categorical_vocab_oov_missing_min_count():
+    t = _mixed()
+    pre = Preprocessor([], ["c", "d"]).fit(t)
+    # by descending count then value
+    assert pre.vocabularies_ == {"c": ["x", "y", "z"], "d": ["2", "3", "1", "9"]}
+    assert pre.cardinalities == [5, 6]
+    cat, num = pre.transform(t)
+    assert cat.dtype == torch.int64 and cat.is_contiguous() and num.shape == (6, 0)
+    assert cat[:, 0].tolist() == [2, 3, 1, 2, 4, 2]
+    new = pa.table({"c": ["z", "never", None], "d": [9, 4, None]})
+    assert pre.transform(new)[0].tolist() == [[4, 5], [0, 0], [1, 1]]
+    pre2 = Preprocessor([], ["c", "d"], min_count=2).fit(t)
+    assert pre2.vocabularies_ == {"c": ["x"], "d": ["2", "3"]}
+    assert pre2.transform(t)[0][:, 1].tolist() == [3, 3, 0, 2, 2, 0]
+    assert pre2.feature_names_out == ["c", "d"]
+
+
+def test_missing_feature_column_and_not_fitted():
+    pre = Preprocessor(["a"], ["c"])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        pre.transform(_mixed())
+    pre.fit(_mixed())
+    with pytest.raises(DataError, match="feature column 'c' not found"):
+        pre.transform(_mixed().drop_columns(["c"]))
+
+
+def test_json_round_trip_identical_transform(tmp_path):
+    t = _mixed()
+    pre = Preprocessor(["a", "b"], ["c", "d"], log1p=["b"], min_count=1).fit(t)
+    pre.save(tmp_path / "pre.json")
+    json.loads((tmp_path / "pre.json").read_text())  # plain JSON, no pickle
+    back = Preprocessor.load(tmp_path / "pre.json")
+    for x, y in zip(pre.transform(t), back.transform(t), strict=True):
+        assert torch.equal(x, y)
+    assert back.to_dict() == pre.to_dict()
+
+
+def test_streaming_partial_fit_equals_fit():
+    rng = np.random.default_rng(0)
+    n = 5000
+    x = rng.normal(1e4, 3.0, n)
+    x[rng.random(n) < 0.05] = np.nan
+    t = pa.table(
+        {
+            "x": x,
+            "k": rng.choice(list("abcdefgh"), n, p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.04, 0.01]),
+        }
+    )
+    one = Preprocessor(["x"], ["k"], min_count=40).fit(t)
+    stream = Preprocessor(["x"], ["k"], min_count=40)
+    for batch in t.to_batches(max_chunksize=333):
+        stream.partial_fit(batch)
+    stream.finish()
+    assert stream.vocabularies_ == one.vocabularies_ and stream.n_rows_seen_ == n
+    np.testing.assert_allclose(stream.mean_, one.mean_, rtol=1e-12)
+    np.testing.assert_allclose(stream.scale_, one.scale_, rtol=1e-9)
+    np.testing.assert_allclose(one.scale_[0], np.nanstd(x), rtol=1e-9)
+    assert torch.equal(one.transform(t)[0], stream.transform(t)[0])
+
+
+# ---------------------------------------------------------------- loader
+def _data(n: int = 103) -> TensorData:
+    ids = torch.arange(n)
+    return TensorData(
+        cat=ids[:, None].repeat(1, 2).contiguous(),
+        num=ids[:, None].float(),
+        labels={"t": ids.float()},
+        masks={"t": ids % 3 != 0},
+    )
+
+
+def _ids(batches) -> list[list[int]]:
+    return [b.cat[:, 0].tolist() for b in batches]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_row_once_per_epoch(drop_last):
+    loader = BatchLoader(_data(), batch_size=10, seed=3, drop_last=drop_last)
+    assert len(loader) == (10 if drop_last else 11)
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        seen = sum(_ids(batches), [])
+        assert len(seen) == len(set(seen)) == (100 if drop_last else 103)
+        for b in batches:  # every field gathered with the same indices
+            assert torch.equal(b.num[:, 0].long(), b.cat[:, 0]) and b.size == b.cat.shape[0]
+            assert torch.equal(b.masks["t"], b.cat[:, 0] % 3 != 0)
+    assert loader.epoch == 2
+
+
+def test_determinism_by_seed_and_epoch():
+    a, b, c = (BatchLoader(_data(), 16, seed=s) for s in (1, 1, 2))
+    ea, eb, ec = _ids(a), _ids(b), _ids(c)
+    assert ea == eb and ea != ec
+    assert _ids(a) != ea  # the next epoch has its own order
+    b.set_epoch(1)
+    a.set_epoch(1)
+    assert _ids(b) == _ids(a)
+    assert _ids(BatchLoader(_data(), 16, shuffle=False)) == [
+        list(range(i, min(i + 16, 103))) for i in range(0, 103, 16)
+    ]
+
+
+def test_resume_mid_epoch_yields_exactly_the_rest():
+    ref = BatchLoader(_data(), 10, seed=5)
+    ref.set_epoch(4)
+    full = _ids(ref)
+    live = BatchLoader(_data(), 10, seed=5)
+    live.set_epoch(4)
+    it = iter(live)
+    head = [next(it) for _ in range(4)]
+    state = live.state_dict()
+    assert state == {"epoch": 4, "position": 4, "seed": 5}
+    restored = BatchLoader(_data(), 10, seed=0)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert _ids(head) + _ids(restored) == full
+    assert restored.state_dict() == {"epoch": 5, "position": 0, "seed": 5}
+
+
+def test_build_tensor_data_with_tasks():
+    t = pa.table(
+        {"x": [1.0, 2.0, 3.0], "k": ["a", "b", "a"], "y": [1, None, 0], "r": [0.5, 1.5, None]}
+    )
+    pre = Preprocessor(["x"], ["k"]).fit(t)
+    tasks = [
+        build_task(TaskSpec(name="y", kind="binary")).fit(t),
+        build_task(TaskSpec(name="r", kind="regression", standardize=False)).fit(t),
+    ]
+    data = build_tensor_data(t, pre, tasks)
+    assert len(data) == 3 and data.cat.shape == (3, 1) and data.num.shape == (3, 1)
+    assert data.masks["y"].dtype == torch.bool and data.masks["y"].tolist() == [True, False, True]
+    assert data.labels["y"].tolist() == [1.0, 0.0, 0.0]
+    assert data.masks["r"].tolist() == [True, True, False]
+    batch = data.take(torch.tensor([2, 0]))
+    assert batch.size == 2 and batch.labels["r"].tolist() == [0.0, 0.5]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loader_on_cuda_permutes_on_the_device_and_resumes():
+    data = _data().to("cuda")
+    loader = BatchLoader(data, 10, seed=2)
+    assert loader.order().device.type == "cuda"
+    full = _ids(loader)
+    assert sorted(sum(full, [])) == list(range(103))
+    loader.set_epoch(0)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    restored = BatchLoader(data, 10)
+    restored.load_state_dict(loader.state_dict())
+    assert _ids(head) + _ids(restored) == full
