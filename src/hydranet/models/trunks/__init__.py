@@ -1,5 +1,17 @@
-"""Trunks (multi-task architectures), registered by the name a Spec uses."""
+"""Trunks (multi-task architectures), registered by the name a Spec uses.
 
+Importing this package registers the built-in trunks: single_task,
+shared_bottom, mmoe, cgc, ple and cross_stitch.
+"""
+
+from hydranet.models.trunks import (  # noqa: F401  (imported to register)
+    cgc,
+    cross_stitch,
+    mmoe,
+    ple,
+    shared_bottom,
+    single_task,
+)
 from hydranet.models.trunks.base import TRUNKS, Trunk
 
 __all__ = ["TRUNKS", "Trunk"]

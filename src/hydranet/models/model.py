@@ -1,0 +1,172 @@
+"""MultiTaskModel: feature encoder → trunk (the MTL architecture) → one tower per task.
+
+The trunk is looked up by ``ModelSpec.architecture`` in ``TRUNKS`` (a built-in
+name or a ``"package.module:Class"`` import path) and built with the Spec's
+``[model] params``. Towers are ``MLP(spec.tower)`` followed by a ``Linear`` to
+the task's output width; when every trunk output has the same width (all
+built-in trunks) the towers run batched, one matmul per layer for all tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
+from hydranet.models.embedding import FeatureEncoder
+from hydranet.models.trunks import TRUNKS
+from hydranet.spec import ModelSpec
+
+
+class Towers(nn.Module):
+    """Per-task ``MLP(hidden) → Linear(out_dim)``, batched across tasks where shapes allow.
+
+    Same maths as one ``nn.Sequential(MLP, nn.Linear)`` per task in every case;
+    only the execution differs:
+
+    * equal trunk widths: hidden layers are one :class:`BatchedMLP`; the final
+      layer is one :class:`BatchedLinear` when all heads have the same width, else
+      one ``nn.Linear`` per task (ragged widths cannot share a matmul without
+      padding, and this is a single small layer);
+    * unequal trunk widths (some user trunks): one ``nn.Sequential`` per task.
+    """
+
+    def __init__(
+        self,
+        in_dims: dict[str, int],
+        heads: dict[str, int],
+        hidden: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.tasks = list(heads)
+        widths = {in_dims[t] for t in self.tasks}
+        self.batched = len(widths) == 1
+        self.hidden: BatchedMLP | None = None
+        self.final: BatchedLinear | None = None
+        self.finals: nn.ModuleDict | None = None
+        self.per_task: nn.ModuleDict | None = None
+        if self.batched:
+            self.hidden = BatchedMLP(len(self.tasks), widths.pop(), hidden, activation, dropout)
+            outs = {heads[t] for t in self.tasks}
+            if len(outs) == 1:
+                self.final = BatchedLinear(len(self.tasks), self.hidden.out_dim, outs.pop())
+            else:
+                self.finals = nn.ModuleDict(
+                    {t: nn.Linear(self.hidden.out_dim, heads[t]) for t in self.tasks}
+                )
+        else:
+            self.per_task = nn.ModuleDict()
+            for t in self.tasks:
+                mlp = MLP(in_dims[t], hidden, activation, dropout)
+                self.per_task[t] = nn.Sequential(mlp, nn.Linear(mlp.out_dim, heads[t]))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.per_task is not None:
+            return {t: self.per_task[t](features[t]) for t in self.tasks}
+        first = features[self.tasks[0]]
+        if all(features[t] is first for t in self.tasks):
+            h = first  # one tensor for all tasks (shared-bottom): one GEMM, no stacking
+        else:
+            h = torch.stack([features[t] for t in self.tasks])  # [T, B, H]
+        h = self.hidden(h)  # [T, B, H']
+        if self.final is not None:
+            y = self.final(h)  # [T, B, out]
+            return {t: y[i] for i, t in enumerate(self.tasks)}
+        return {t: self.finals[t](h[i]) for i, t in enumerate(self.tasks)}
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder → trunk → towers; ``forward(cat, num) -> {task: [B, out_dim]}``.
+
+    ``heads`` maps each task to its output width (1 for binary and regression,
+    the number of classes or labels otherwise), in the order tasks are reported.
+    """
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        n_numeric: int,
+        heads: dict[str, int],
+        spec: ModelSpec,
+    ):
+        super().__init__()
+        self.tasks = list(heads)
+        self.heads = dict(heads)
+        self.encoder = FeatureEncoder(cardinalities, n_numeric, spec.embedding_dim)
+        trunk_cls = TRUNKS.get(spec.architecture)
+        self.trunk = trunk_cls(
+            self.encoder.out_dim,
+            self.tasks,
+            activation=spec.activation,
+            dropout=spec.dropout,
+            **spec.params,
+        )
+        self.towers = Towers(
+            self.trunk.out_dims, self.heads, spec.tower, spec.activation, spec.dropout
+        )
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_with_rep(cat, num)[0]
+
+    def forward_with_rep(
+        self, cat: torch.Tensor, num: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Outputs plus the trunk's shared representation ``rep = trunk.shared(x)``.
+
+        ``rep`` is a live node of the graph: every output is computed from it, so
+        ``torch.autograd.grad(loss_t, rep, retain_graph=True)`` gives task ``t``'s
+        gradient w.r.t. it, and ``rep.backward(g)`` sends a combined gradient on
+        to everything computed before it. The shared parameters
+        (:meth:`shared_parameters`) are all computed before ``rep``, so a
+        representation-gradient balancer does::
+
+            outputs, rep = model.forward_with_rep(cat, num)
+            losses = [loss_t(outputs[t], y_t) for t in tasks]
+            grads = [torch.autograd.grad(l, rep, retain_graph=True)[0] for l in losses]
+            torch.autograd.backward(sum(losses), inputs=list(model.task_parameters()),
+                                    retain_graph=True)
+            rep.backward(combine(grads), inputs=list(model.shared_parameters()))
+
+        (``inputs=`` keeps each parameter to one of the two passes.) This is exact
+        except where a task-specific part reads the trunk input ``x`` directly: the
+        MMoE/CGC gates (and single-level PLE's) read the encoder output, and that
+        path's share of the encoder gradient is left out under rep gradients, as in
+        LibMTL. Everything downstream of ``rep`` gets the ordinary sum.
+        """
+        x = self.encoder(cat, num)
+        rep = self.trunk.shared(x)
+        if not rep.requires_grad and torch.is_grad_enabled():
+            # Nothing shared before rep (e.g. numeric-only input into single_task):
+            # make it a leaf so rep gradients are still defined (they flow nowhere).
+            rep = rep.detach().requires_grad_()
+        features = self.trunk.task_outputs(x, rep)
+        return self.towers(features), rep
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Encoder parameters and the trunk's shared ones: all computed before ``rep``."""
+        yield from self.encoder.parameters()
+        seen = {id(p) for p in self.encoder.parameters()}
+        for p in self.trunk.shared_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield p
+
+    def task_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter not in :meth:`shared_parameters` (gates, task columns, towers)."""
+        shared = {id(p) for p in self.shared_parameters()}
+        return (p for p in self.parameters() if id(p) not in shared)
+
+    def parameter_summary(self) -> dict[str, int]:
+        """Number of parameters per part: ``encoder``, ``trunk``, ``towers``."""
+        return {
+            name: sum(p.numel() for p in part.parameters())
+            for name, part in (
+                ("encoder", self.encoder),
+                ("trunk", self.trunk),
+                ("towers", self.towers),
+            )
+        }

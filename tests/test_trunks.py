@@ -1,0 +1,254 @@
+"""Contract tests for every registered trunk, generated from ``TRUNKS.names()``.
+
+A new architecture registered in ``hydranet.models.trunks`` is picked up here
+without anyone writing a test: shapes, gradients reaching every parameter,
+safetensors round trip, determinism, a short training run, the shared/task split
+and its representation-gradient protocol, and dtype moves.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hydranet.errors import UserError
+from hydranet.models.model import MultiTaskModel
+from hydranet.models.trunks import TRUNKS, Trunk
+from hydranet.spec import ModelSpec
+
+ARCHITECTURES = TRUNKS.names()
+CARDS = [3, 5, 4]
+N_NUMERIC = 3
+HEADS = {"click": 1, "value": 1, "kind": 3}
+
+# Trunks whose task-specific gates read the trunk input x directly: under rep
+# gradients the gates' share of the encoder gradient is (knowingly) dropped.
+GATES_READ_INPUT = {"mmoe", "cgc"}
+
+
+def build(architecture: str, heads=HEADS, seed: int = 0, **spec) -> MultiTaskModel:
+    torch.manual_seed(seed)
+    model_spec = ModelSpec(architecture=architecture, embedding_dim=3, tower=[8], **spec)
+    return MultiTaskModel(CARDS, N_NUMERIC, heads, model_spec)
+
+
+def batch(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    cat = torch.stack([torch.randint(0, c, (n,), generator=g) for c in CARDS], dim=1)
+    return cat, torch.randn(n, N_NUMERIC, generator=g)
+
+
+def total_loss(outputs: dict[str, torch.Tensor], seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return sum(
+        F.mse_loss(out, torch.randn(out.shape, generator=g, dtype=out.dtype))
+        for out in outputs.values()
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_output_shapes(arch):
+    cat, num = batch(5)
+    for dropout in (0.0, 0.2):
+        model = build(arch, dropout=dropout).train()
+        out = model(cat, num)
+        assert list(out) == list(HEADS)
+        assert {t: tuple(y.shape) for t, y in out.items()} == {t: (5, d) for t, d in HEADS.items()}
+    assert set(model.trunk.out_dims) == set(HEADS)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_parameter_gets_a_gradient(arch):
+    model = build(arch)
+    total_loss(model(*batch(64))).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_safetensors_round_trip(arch, tmp_path):
+    model = build(arch).eval()
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    fresh = build(arch, seed=123).eval()
+    fresh.load_state_dict(load_file(str(path)))
+    cat, num = batch()
+    expected, got = model(cat, num), fresh(cat, num)
+    for t in HEADS:
+        torch.testing.assert_close(got[t], expected[t], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_deterministic_under_seed(arch):
+    cat, num = batch()
+    first, second = build(arch, seed=7)(cat, num), build(arch, seed=7)(cat, num)
+    for t in HEADS:
+        torch.testing.assert_close(first[t], second[t], rtol=0, atol=0)
+    other = build(arch, seed=8)(cat, num)
+    assert not all(torch.equal(first[t], other[t]) for t in HEADS)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_trains_on_a_tiny_problem(arch):
+    torch.manual_seed(0)
+    n = 256
+    cat, num = batch(n, seed=3)
+    logit = 2.0 * num[:, 0] - 1.5 * (cat[:, 0] == 1).float() + 0.5
+    click = (logit + 0.3 * torch.randn(n) > 0).float().unsqueeze(1)
+    value = (num[:, 1] * num[:, 2] + cat[:, 1].float() / 2 + 0.1 * torch.randn(n)).unsqueeze(1)
+    model = build(arch, heads={"click": 1, "value": 1})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss() -> torch.Tensor:
+        out = model(cat, num)
+        return F.binary_cross_entropy_with_logits(out["click"], click) + F.mse_loss(
+            out["value"], value
+        )
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_then_task_outputs_equals_forward(arch):
+    model = build(arch).eval()
+    cat, num = batch()
+    x = model.encoder(cat, num)
+    split = model.trunk.task_outputs(x, model.trunk.shared(x))
+    whole = model.trunk(x)
+    assert list(split) == list(whole) == list(HEADS)
+    for t in HEADS:
+        torch.testing.assert_close(split[t], whole[t], rtol=0, atol=0)
+        assert split[t].shape == (len(cat), model.trunk.out_dims[t])
+    outputs, _ = model.forward_with_rep(cat, num)
+    plain = model(cat, num)
+    for t in HEADS:
+        torch.testing.assert_close(outputs[t], plain[t], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_dtype_and_device_moves(arch):
+    model = build(arch).eval()
+    cat, num = batch()
+    expected = model(cat, num)
+    moved = copy.deepcopy(model).to("cpu").to(torch.float64)
+    got = moved(cat.to("cpu"), num.to(torch.float64))
+    for t in HEADS:
+        assert got[t].dtype == torch.float64
+        torch.testing.assert_close(got[t].float(), expected[t], rtol=1e-4, atol=1e-5)
+    total_loss(got).backward()  # still differentiable after the move
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_parameters_are_exactly_those_before_rep(arch):
+    model = build(arch)
+    shared = {id(p) for p in model.shared_parameters()}
+    task = {id(p) for p in model.task_parameters()}
+    assert not shared & task
+    assert shared | task == {id(p) for p in model.parameters()}
+    counts = model.parameter_summary()
+    assert set(counts) == {"encoder", "trunk", "towers"}
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+
+    _, rep = model.forward_with_rep(*batch(64))
+    rep.backward(torch.randn_like(rep))
+    reached = {id(p) for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert reached == shared, sorted(names[i] for i in reached ^ shared)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_rep_gradient_protocol_reproduces_backward(arch):
+    """The protocol in ``forward_with_rep``'s docstring, with the plain sum as combiner."""
+    cat, num = batch(32)
+    model = build(arch)
+    total_loss(model(cat, num)).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    outputs, rep = model.forward_with_rep(cat, num)
+    g = torch.Generator().manual_seed(2)
+    losses = [F.mse_loss(y, torch.randn(y.shape, generator=g)) for y in outputs.values()]
+    grads = [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses]
+    torch.autograd.backward(sum(losses), inputs=list(model.task_parameters()), retain_graph=True)
+    rep.backward(sum(grads), inputs=list(model.shared_parameters()))
+    for name, p in model.named_parameters():
+        if arch in GATES_READ_INPUT and name.startswith("encoder."):
+            continue
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
+# ------------------------------------------------------------- user trunks
+
+
+class TinyTrunk(Trunk):
+    """A user's trunk, named by import path: a shared Linear, then one Linear per task."""
+
+    def __init__(self, input_dim, tasks, *, activation="relu", dropout=0.0, width: int = 6):
+        super().__init__(input_dim, tasks)
+        self.bottom = nn.Linear(input_dim, width)
+        self.per_task = nn.ModuleDict({t: nn.Linear(width, width + i) for i, t in enumerate(tasks)})
+        self.out_dims = {t: width + i for i, t in enumerate(tasks)}
+
+    def shared(self, x):
+        return torch.relu(self.bottom(x))
+
+    def task_outputs(self, x, rep):
+        return {t: layer(rep) for t, layer in self.per_task.items()}
+
+    def shared_parameters(self):
+        return self.bottom.parameters()
+
+
+def test_user_trunk_by_import_path():
+    path = f"{__name__}:TinyTrunk"
+    model = build(path, params={"width": 5})
+    assert isinstance(model.trunk, TinyTrunk)
+    assert model.trunk.out_dims == {"click": 5, "value": 6, "kind": 7}
+    assert model.towers.per_task is not None  # unequal widths: per-task towers
+    out = model(*batch(4))
+    assert {t: tuple(y.shape) for t, y in out.items()} == {t: (4, d) for t, d in HEADS.items()}
+    total_loss(out).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert path not in TRUNKS.names()  # import paths stay out of the contract list
+
+
+def test_unknown_architecture_lists_the_valid_ones():
+    with pytest.raises(UserError, match="mmoe"):
+        build("no_such_trunk")
+
+
+@pytest.mark.parametrize(
+    ("arch", "params", "key"),
+    [
+        ("mmoe", {"num_experts": 0}, "num_experts"),
+        ("mmoe", {"expert_hidden": []}, "expert_hidden"),
+        ("cgc", {"num_shared_experts": -1}, "num_shared_experts"),
+        ("ple", {"num_levels": 0}, "num_levels"),
+        ("cross_stitch", {"hidden": []}, "hidden"),
+    ],
+)
+def test_bad_hyper_parameters_name_their_key(arch, params, key):
+    with pytest.raises(UserError, match=f"model.params.{key}"):
+        build(arch, params=params)
+
+
+def test_numeric_only_single_task_still_has_a_rep_gradient():
+    torch.manual_seed(0)
+    model = MultiTaskModel([], 4, {"a": 1, "b": 1}, ModelSpec(architecture="single_task"))
+    outputs, rep = model.forward_with_rep(torch.empty(3, 0, dtype=torch.long), torch.randn(3, 4))
+    (grad,) = torch.autograd.grad(outputs["a"].sum(), rep)
+    assert grad.shape == rep.shape == (3, 4)
