@@ -74,3 +74,46 @@ def box_qp(A: Tensor, u: Tensor, max_iters: int = 200, tol: float = 1e-12) -> Te
             v[block] = u[block]
             fixed[block] = True
     return v
+
+
+def simplex_qp(A: Tensor, max_iters: int = 200, tol: float = 1e-12) -> Tensor:
+    """argmin_a a^T A a subject to a >= 0, sum a = 1, for a positive definite A (primal active set).
+
+    Exact up to rounding and finite, like :func:`box_qp` with the one equality constraint added:
+    each step solves the KKT system of the free coordinates, [[2 A_FF, 1], [1^T, 0]].
+    """
+    k = A.shape[0]
+    j0 = int(torch.argmin(A.diagonal()))
+    a = torch.zeros(k, dtype=A.dtype)
+    a[j0] = 1.0
+    fixed = torch.ones(k, dtype=torch.bool)
+    fixed[j0] = False
+    for _ in range(max_iters):
+        grad = 2 * A @ a
+        idx = (~fixed).nonzero().flatten()
+        n = idx.numel()
+        kkt = torch.zeros(n + 1, n + 1, dtype=A.dtype)
+        kkt[:n, :n] = 2 * A[idx][:, idx]
+        kkt[:n, n] = 1.0
+        kkt[n, :n] = 1.0
+        rhs = torch.cat([-grad[idx], torch.zeros(1, dtype=A.dtype)])
+        p = torch.zeros_like(a)
+        p[idx] = torch.linalg.solve(kkt, rhs)[:n]
+        if float(p.abs().max()) <= tol:
+            nu = float(grad[idx].mean())
+            lam = torch.where(fixed, grad - nu, torch.zeros_like(grad))
+            j = int(torch.argmin(lam))
+            if not fixed[j] or float(lam[j]) >= -tol * (1.0 + float(grad.abs().max())):
+                return a
+            fixed[j] = False
+            continue
+        alpha, block = 1.0, -1
+        for i in (~fixed & (p < 0)).nonzero().flatten().tolist():
+            step = float(-a[i] / p[i])
+            if step < alpha:
+                alpha, block = step, i
+        a = a + alpha * p
+        if block >= 0:
+            a[block] = 0.0
+            fixed[block] = True
+    return a
