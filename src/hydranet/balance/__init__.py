@@ -30,13 +30,14 @@ from hydranet.balance import (  # noqa: F401  (each module registers its methods
 from hydranet.balance import weighting as _weighting  # noqa: F401  (registers ew, static)
 from hydranet.balance.aggregation import GradientAggregation
 from hydranet.balance.base import BALANCERS, BalanceContext, Balancer, LossWeighting
-from hydranet.balance.diagnostics import ConflictAccumulator, pairwise_cosine
+from hydranet.balance.diagnostics import ConflictAccumulator, ConflictTracker, pairwise_cosine
 
 __all__ = [
     "BALANCERS",
     "BalanceContext",
     "Balancer",
     "ConflictAccumulator",
+    "ConflictTracker",
     "GradientAggregation",
     "LossWeighting",
     "pairwise_cosine",

@@ -6,7 +6,8 @@ weighted by w_t = (z_t / (L_t - b_t)) / c (a convex combination of the log-loss 
 After the model step, the logits take one Adam step (lr 0.025, weight decay gamma = 1e-3, the
 paper's Algorithm 2) on the gradient J_softmax(xi)^T delta, where
 delta_t = log(L_t(theta_t) - b_t) - log(L_t(theta_{t+1}) - b_t) is how much each log-loss fell.
-The lower bounds b_t are 0 (losses must be positive).
+The lower bounds b_t are 0 (losses must be positive; a loss of exactly 0, the trainer's masked
+loss over no labeled rows, is treated as an absent task).
 
 delta needs the losses after the step. The paper's code recomputes them on the same batch with
 an extra forward pass: a trainer that does so calls ``balancer.update(new_losses)`` after

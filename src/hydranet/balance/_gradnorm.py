@@ -53,6 +53,8 @@ class GradNorm(LossWeighting):
             for t in self.tasks
             if ctx.present.get(t, True) and t in losses and losses[t].requires_grad
         ]
+        # a loss of exactly 0 (masked loss over no labels) has no rate to compare: leave it out
+        names = [t for t in names if float(losses[t].detach()) > 0]
         idx = [self.tasks.index(t) for t in names]
         norms = self._norms([losses[t] for t in names], ctx) if len(names) > 1 else None
         super().backward(losses, ctx)  # model step with the current weights

@@ -5,9 +5,10 @@ cosine is negative. :class:`ConflictAccumulator` collects them step by step (on 
 host sync per step) and returns per-epoch means, ``{"cos/a~b": mean, "conflict_frac": ...}``,
 ``conflict_frac`` being the fraction of steps in which at least one pair conflicted.
 
-Gradient-aggregation balancers feed it the G they already computed when
-``balancer.diagnostics`` is set to an accumulator (no extra cost); for a loss-weighting balancer
-the trainer computes G itself with :func:`task_gradients` (one extra batched backward).
+:class:`ConflictTracker` (what the trainer uses) computes G itself from the losses with
+:func:`task_gradients` (one extra batched backward per step). Alternatively, a
+gradient-aggregation balancer feeds an accumulator the G it already computed when
+``balancer.diagnostics`` is set to one (no extra cost).
 """
 
 from __future__ import annotations
@@ -87,3 +88,30 @@ class ConflictAccumulator:
         out = self.compute()
         self.reset()
         return out
+
+
+class ConflictTracker(ConflictAccumulator):
+    """What the trainer uses under ``--diagnose``: computes G itself from the losses each step.
+
+    ``observe`` differentiates each present task's loss w.r.t. the shared parameters (one
+    batched backward that keeps the graph, so the balancer's backward can follow); steps with
+    fewer than two present tasks are skipped. ``epoch_summary`` returns the epoch's means and
+    starts a new epoch.
+    """
+
+    def observe(
+        self,
+        losses: dict[str, Tensor],
+        params: list[Tensor],
+        present: dict[str, bool] | None = None,
+    ) -> None:
+        present = present or {}
+        names = [t for t in self.tasks if present.get(t, True)]
+        names = [t for t in names if t in losses and losses[t].requires_grad]
+        if len(names) < 2:
+            return
+        names, G = task_gradients(losses, params, names)
+        self.update(G, names)
+
+    def epoch_summary(self) -> dict[str, float]:
+        return self.epoch_means()
