@@ -232,3 +232,50 @@ def test_overflow_reaches_grad_scaler():
     ys["a"] = ys["a"] * float("inf")
     step(model, build("mgda", tasks), x, ys)
     assert not all(torch.isfinite(p.grad).all() for p in model.trunk.parameters())
+
+
+def test_nash_mtl_reuses_weights_between_solves():
+    tasks = ["a", "b", "c"]
+    torch.manual_seed(0)
+    model = TinyMTL(tasks)
+    x, ys = make_data(tasks)
+    bal = build("nash_mtl", tasks, update_weights_every=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    for _ in range(4):
+        opt.zero_grad()
+        step(model, bal, x, ys)
+        opt.step()
+        seen.append(dict(bal.last_weights))
+    assert (
+        seen[0] == seen[1] == seen[2]
+    )  # solved at step 0, reused at 1 and 2 though the model moved
+    assert seen[3] != seen[0]  # solved again at step 3
+
+
+def test_mgda_ub_without_rep_warns_and_uses_parameters():
+    tasks = ["a", "b"]
+    torch.manual_seed(0)
+    model = TinyMTL(tasks)
+    x, ys = make_data(tasks)
+    _, out = model(x)
+    losses = {t: (out[t] - ys[t]).pow(2).mean() for t in tasks}
+    ctx = BalanceContext(shared_params=list(model.trunk.parameters()), rep=None)
+    with pytest.warns(UserWarning, match="rep_grad=True"):
+        build("mgda_ub", tasks).backward(losses, ctx)
+    assert all(p.grad is not None for p in model.trunk.parameters())
+
+
+def test_famo_automatic_update_equals_explicit_update():
+    tasks = ["a", "b"]
+    ctx = BalanceContext(shared_params=[])
+    L0 = {"a": torch.tensor(2.0), "b": torch.tensor(0.5)}
+    L1 = {"a": torch.tensor(1.5), "b": torch.tensor(0.49)}
+    auto, explicit = build("famo", tasks), build("famo", tasks)
+    auto.weights(L0, ctx)
+    auto.weights(L1, ctx)  # updates the logits from L0 -> L1 first
+    explicit.weights(L0, ctx)
+    explicit.update(L1)
+    explicit.weights(L1, ctx)
+    torch.testing.assert_close(auto.logits, explicit.logits)
+    assert not torch.equal(auto.logits, torch.zeros(2, dtype=torch.float64))

@@ -87,7 +87,8 @@ class NashMTL(GradientAggregation):
         names = self.present_tasks(losses, ctx)
         idx = [self.tasks.index(t) for t in names]
         reuse = (
-            self.update_weights_every > 1
+            bool(names)
+            and self.update_weights_every > 1
             and int(self.calls) % self.update_weights_every != 0
             and bool((self.alpha[idx] > 0).all())
         )
