@@ -33,6 +33,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--diagnose", action="store_true", help="log task-gradient cosine similarities and conflicts per epoch")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=2")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
+    tr.add_argument("--nproc", type=int, default=None, metavar="N", help="train with N data-parallel processes (launches torchrun; train.batch_size is the global batch)")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on a split")
     ev.add_argument("run")
@@ -124,14 +125,19 @@ def _plan(args) -> int:
 
 def _train(args) -> int:
     import hydranet
+    from hydranet.train import distributed
 
+    if args.nproc is not None and distributed.env_world_size() == 1:
+        argv = ["train", args.spec, "--out", args.out, *(["--resume"] if args.resume else []), *(["--diagnose"] if args.diagnose else [])]
+        argv += [f"--set={item}" for item in args.set] + ([] if args.progress is None else ["--progress" if args.progress else "--no-progress"])
+        return distributed.launch(args.nproc, argv)  # rank 0 prints the metrics
     spec = None if args.resume else _load_spec(args.spec, args.set)
     if args.resume and args.set:
         raise UserError("--set cannot be combined with --resume: a resumed run keeps its spec")
     if args.resume and not Path(args.spec).is_file():
         raise UserError(f"spec file not found: {args.spec}")
     run = hydranet.train(spec if spec is not None else args.spec, args.out, resume=args.resume, diagnose=args.diagnose, progress=args.progress)
-    final = run.final_metrics
+    final = run.final_metrics if distributed.is_main_process() else {}
     for split in ("validation", "test"):
         if split in final:
             _print_table(final[split], f"{split} metrics ({run.path})")

@@ -46,6 +46,9 @@ class DataSpec(_Part):
     log1p: list[str] = Field(default_factory=list, description="numeric columns to transform with sign(x)*log1p(|x|) before scaling")
     min_count: int = Field(1, ge=1, description="categories seen fewer times in train go to the out-of-vocabulary bucket")
     params: dict[str, Any] = Field(default_factory=dict, description="parameters of the bundled dataset generator")
+    streaming: bool = Field(False, description="read the training data in bounded chunks (out of core) instead of into memory; validation/test stay in memory")
+    shuffle_buffer_rows: int = Field(262_144, ge=1, description="streaming: rows shuffled together (row groups are also visited in a random order)")
+    chunk_rows: int = Field(65_536, ge=1, description="streaming: rows read and encoded at a time")
 
 
 class TaskSpec(_Part):

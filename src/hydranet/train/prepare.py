@@ -37,10 +37,7 @@ def encode_split(table: pa.Table, preprocessor: Preprocessor, tasks: list[Task])
 
 def resolve_spec(spec: Spec) -> Spec:
     """The Spec with a bundled dataset's paths and columns filled in."""
-    if spec.data.dataset is None:
-        data = spec.data
-    else:
-        data = resolve_dataset(spec.data)
+    data = spec.data if spec.data.dataset is None else resolve_dataset(spec.data)
     resolved = spec.model_copy(update={"data": data})
     if not data.train:
         raise SpecError([("data.train", "no training data: give 'train' (a file, directory or glob) or a bundled 'dataset'")])
@@ -67,7 +64,13 @@ def needed_columns(spec: Spec) -> list[str]:
 
 
 def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
-    """Load splits, fit tasks and the preprocessor on train, encode every split."""
+    """Load splits, fit tasks and the preprocessor on train, encode every split.
+
+    With ``data.streaming`` the 'train' entry is a :class:`~hydranet.data.stream.StreamingSplit`
+    (fitted in one streaming pass, never loaded whole) and validation/test are in memory.
+    """
+    if spec.data.streaming:
+        return prepare_streaming(spec)
     tables = load_splits(spec.data, needed_columns(spec))
     train = tables["train"]
     tasks = [build_task(ts).fit(train) for ts in spec.tasks]
@@ -78,3 +81,23 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
     prep = Preprocessor(spec.data.numeric, spec.data.categorical, log1p=spec.data.log1p, min_count=spec.data.min_count).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
     return tasks, prep, splits
+
+
+def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:
+    from hydranet.data.sources import read_table
+    from hydranet.data.stream import open_streaming
+
+    data = resolve_dataset(spec.data)
+    fractions = [f"data.{s}_fraction" for s in ("validation", "test") if getattr(data, f"{s}_fraction") > 0 and not getattr(data, s)]
+    if fractions:
+        raise SpecError([(fractions[0], "cannot carve a split out of streamed training data; give the split as its own file (data.validation / data.test)")])
+    columns = list(dict.fromkeys(needed_columns(spec)))
+    tasks = [build_task(ts) for ts in spec.tasks]
+    prep = Preprocessor(data.numeric, data.categorical, log1p=data.log1p, min_count=data.min_count)
+    train = open_streaming(data.train, data.format, columns, prep, tasks, shuffle_buffer_rows=data.shuffle_buffer_rows, chunk_rows=data.chunk_rows)
+    splits: dict = {"train": train}
+    for name in ("validation", "test"):
+        path = getattr(data, name)
+        if path:
+            splits[name] = encode_split(read_table(path, data.format, columns), prep, tasks)
+    return tasks, prep, {s: splits[s] for s in ("train", "validation", "test") if s in splits}

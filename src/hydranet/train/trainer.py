@@ -24,6 +24,7 @@ from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.model import MultiTaskModel
 from hydranet.spec import Spec
 from hydranet.tasks import HIGHER_IS_BETTER, Task
+from hydranet.train.distributed import APPROXIMATE, Distributed, ShardedLoader
 from hydranet.train.optim import build_optimizer, build_scheduler
 from hydranet.train.prepare import Split, prepare, resolve_spec
 from hydranet.train.progress import Progress
@@ -60,16 +61,34 @@ def build_balancer(spec: Spec) -> Balancer:
 
 
 def train(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, diagnose: bool = False, progress: bool | None = None, stop_after_steps: int | None = None):
-    """Train ``spec`` into the run directory ``out`` and return the :class:`~hydranet.Run`."""
+    """Train ``spec`` into the run directory ``out`` and return the :class:`~hydranet.Run`.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes the run and every
+    rank returns it once it is complete.
+    """
     from hydranet.run import Run
 
+    trainer = setup(spec, out, resume=resume, diagnose=diagnose, progress=progress)
+    try:
+        trainer.fit(stop_after_steps=stop_after_steps)
+        trainer.dist.barrier()  # rank 0's files are complete before any rank loads them
+    finally:
+        trainer.dist.close()
+    return Run.load(trainer.out)
+
+
+def setup(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, diagnose: bool = False, progress: bool | None = None) -> Trainer:
+    """Everything before the first step: run directory, data, preprocessor, model, optimizer."""
     if not isinstance(spec, Spec):
         spec = Spec.load(spec)
-    out = rundir.prepare_dir(Path(out), resume=resume)
+    dist = Distributed.from_env(_device_type(spec.train.device))
+    out = Path(out)
+    dist.on_main(lambda: rundir.prepare_dir(out, resume=resume))
     if resume:
         spec = Spec.from_dict(json.loads((out / rundir.SPEC).read_text()))
     else:
         spec = resolve_spec(spec)
+    dist.check_spec(spec)
     torch.manual_seed(spec.train.seed)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
@@ -78,27 +97,37 @@ def train(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, dia
     tasks, prep, splits = prepare(spec)
     _check_early_stopping(spec, tasks, splits)
     if not resume:
-        rundir.write_meta(out, spec, prep, tasks)
-    trainer = Trainer(spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress)
+        dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks))
+    trainer = Trainer(spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress, dist=dist)
     if resume:
         trainer.restore()
-    trainer.fit(stop_after_steps=stop_after_steps)
-    return Run.load(out)
+    return trainer
+
+
+def _device_type(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
 
 
 class Trainer:
-    def __init__(self, spec: Spec, tasks: list[Task], splits: dict[str, Split], prep, out: Path, *, diagnose: bool = False, progress: bool | None = None):
+    def __init__(self, spec: Spec, tasks: list[Task], splits: dict[str, Split], prep, out: Path, *, diagnose: bool = False, progress: bool | None = None, dist: Distributed | None = None):
         cfg = spec.train
         self.spec, self.cfg, self.tasks, self.splits, self.out = spec, cfg, tasks, splits, out
-        self.device = select_device(cfg.device)
+        self.dist = dist or Distributed()
+        self.device = self.dist.device(select_device(cfg.device))
         self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(self.device)
         self.balancer = build_balancer(spec).to(self.device)
-        self.train_data = splits["train"].data.to(self.device)
-        self.loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        self.loader = self._train_loader(splits["train"])
         params = list(self.model.parameters()) + [p for p in self.balancer.parameters() if p.requires_grad]
+        self.balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
+        # the wrapped one only runs the training forward
+        self.ddp = self.dist.wrap(self.model, self.device)
+        self.dist.reduce_task_gradients(self.balancer)
+        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda")
         self.need_rep = self.balancer.family == "gradient" and spec.balance.rep_grad
@@ -110,7 +139,7 @@ class Trainer:
             from hydranet.balance.diagnostics import ConflictTracker
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
-        self.progress = Progress(enabled=progress)
+        self.progress = Progress(enabled=progress if self.dist.is_main else False)
         # loop state (all of it goes into checkpoints)
         self.epoch = 0
         self.step = 0
@@ -138,8 +167,19 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def _train_loader(self, split):
+        from hydranet.data.stream import StreamingSplit
+
+        cfg = self.cfg
+        if isinstance(split, StreamingSplit):
+            return split.loader(cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_data = split.data.to(self.device)
+        loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        return ShardedLoader(loader, self.dist.rank, self.dist.world_size) if self.dist.enabled else loader
+
     def checkpoint(self) -> None:
-        save_state(self.state(), self.out / rundir.CHECKPOINT)
+        if self.dist.is_main:
+            save_state(self.state(), self.out / rundir.CHECKPOINT)
 
     def restore(self) -> None:
         path = self.out / rundir.CHECKPOINT
@@ -160,7 +200,8 @@ class Trainer:
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
         self.best, self.best_epoch, self.bad_epochs, self.stopped_early = loop["best"], loop["best_epoch"], loop["bad_epochs"], loop["stopped_early"]
         self.loss_sums = s["loss_sums"]
-        rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
+        if self.dist.is_main:
+            rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
 
     # ------------------------------------------------------------ loop
     def fit(self, stop_after_steps: int | None = None) -> None:
@@ -174,6 +215,8 @@ class Trainer:
             rows = 0
             with self.progress.epoch(self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]) as bar:
                 for batch in self.loader:
+                    if batch.cat.device != self.device:
+                        batch = batch.to(self.device, non_blocking=True)
                     self.train_step(batch)
                     rows += batch.size
                     bar.advance(self._progress_fields())
@@ -182,17 +225,37 @@ class Trainer:
                     if stop_after_steps is not None and self.step >= stop_after_steps:
                         return
             seconds = time.perf_counter() - t0
+            if self.dist.enabled:
+                rows = int(self.dist.sum(torch.tensor([rows], dtype=torch.float64))[0])
             self.end_epoch(rows / max(seconds, 1e-9), seconds)
         self.finish()
 
     def train_step(self, batch) -> None:
+        if not self.dist.enabled:
+            self._step(batch)
+            return
+        import contextlib
+
+        # label counts first (K numbers). Presence decisions are global, identical on every
+        # rank; DDP's reducer runs the step unless a parameter would get no gradient (a task
+        # left out as absent) or the gradients come from autograd.grad (gradient methods)
+        counts = torch.stack([batch.masks[t.name].sum() for t in self.tasks]).double().cpu()
+        global_counts = self.dist.sum(counts.clone())
+        self._sync_grads = self.balancer.family == "gradient" or (self.diagnostics is not None and bool((global_counts == 0).any()))
+        with self.ddp.no_sync() if self._sync_grads else contextlib.nullcontext():
+            self._step(batch, (counts, global_counts))
+
+    def _step(self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             if self.need_rep:
                 outputs, rep = self.model.forward_with_rep(batch.cat, batch.num)
             else:
                 outputs, rep = self.forward(batch.cat, batch.num), None
         losses = {t.name: t.loss(outputs[t.name].float(), batch.labels[t.name], batch.masks[t.name]) for t in self.tasks}
-        stacked = torch.stack([l.detach() for l in losses.values()])
+        global_present = None
+        if counts is not None:
+            losses, global_present = self.dist.global_losses(losses, *counts)
+        stacked = torch.stack([loss.detach() for loss in losses.values()])
         finite = torch.isfinite(stacked)
         if not bool(finite.all()):
             bad = [t.name for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
@@ -200,21 +263,35 @@ class Trainer:
                 f"loss of task {bad[0]!r} is {float(stacked[finite.logical_not()][0])} at step {self.step + 1} (epoch {self.epoch + 1}); "
                 f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
             )
-        present = {t.name: bool(batch.masks[t.name].any()) for t in self.tasks} if self.balancer.family == "gradient" or self.diagnostics else {}
+        present = {}
+        if self.balancer.family == "gradient" or self.diagnostics:
+            present = global_present if global_present is not None else {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
         if self.diagnostics is not None:
             self.diagnostics.observe(losses, self.shared_params, present)
         ctx = BalanceContext(shared_params=self.shared_params, task_params=self.task_params, rep=rep, present=present, step=self.step, epoch=self.epoch, scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         self.balancer.backward(losses, ctx)
+        if self.dist.enabled:
+            self._average_gradients()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.dist.enabled and self.spec.balance.method in APPROXIMATE:
+            self.dist.broadcast_buffers_(self.balancer)  # rank 0's weights on every rank
         self.loss_sums += stacked.double().cpu()
         self.loss_steps += 1
         self.step += 1
+
+    def _average_gradients(self) -> None:
+        if self._sync_grads:
+            # gradient methods: the shared .grad is the aggregate of the rank-averaged G,
+            # already identical on every rank; the heads' gradients are local
+            params = self.task_params if self.balancer.family == "gradient" else list(self.model.parameters())
+            self.dist.average_grads_(params)
+        self.dist.average_grads_(self.balancer_params)  # outside DDP (uw's log-variances)
 
     def _progress_fields(self) -> str:
         n = max(self.loss_steps, 1)
@@ -228,19 +305,23 @@ class Trainer:
         train_loss = {t.name: float(v) / n for t, v in zip(self.tasks, self.loss_sums, strict=True)}
         self.balancer.end_epoch(train_loss)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss}
-        if "validation" in self.splits:
+        if "validation" in self.splits and self.dist.is_main:
             metrics, val_loss = self.evaluate("validation")
             record["val_loss"] = val_loss
             record["val"] = metrics
             self.update_early_stopping(metrics, val_loss)
+        if self.dist.enabled:
+            # rank 0 alone evaluates; its decision is every rank's
+            self.best, self.best_epoch, self.bad_epochs, self.stopped_early = self.dist.broadcast((self.best, self.best_epoch, self.bad_epochs, self.stopped_early))
         record["weights"] = dict(self.balancer.last_weights)
         record["lr"] = self.scheduler.get_last_lr()[0]
         if self.diagnostics is not None:
             record["diagnostics"] = self.diagnostics.epoch_summary()
         record["rows_per_s"] = rows_per_s
         record["seconds"] = seconds
-        rundir.append_metrics(self.out, record)
-        self.progress.epoch_line(record)
+        if self.dist.is_main:
+            rundir.append_metrics(self.out, record)
+            self.progress.epoch_line(record)
         self.epoch += 1
         self.loss_sums.zero_()
         self.loss_steps = 0
@@ -267,6 +348,8 @@ class Trainer:
 
     def finish(self) -> None:
         """Restore the best weights (early stopping), write the model and the final metrics."""
+        if not self.dist.is_main:
+            return
         if self.cfg.early_stopping is not None and (self.out / rundir.BEST).exists():
             from hydranet.train.state_io import load_tensors
 

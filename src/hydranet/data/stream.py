@@ -1,0 +1,311 @@
+"""Out-of-core training data: a Parquet (or CSV) source read in bounded chunks.
+
+With ``data.streaming = true`` the training split is never held in memory:
+
+* fitting is one streaming pass: ``Preprocessor.partial_fit`` per record batch, and the
+  tasks' label statistics (positive counts, class sets, target moments) merged chunk by
+  chunk (:func:`fit_streaming`), so the fitted state equals an in-memory fit up to float
+  summation order;
+* each epoch (:class:`StreamingLoader`) visits the row groups of every Parquet file (whole
+  files for CSV) in a seeded random order, reads them ``chunk_rows`` at a time on a
+  background thread, encodes each chunk to tensors, and fills a shuffle buffer of
+  ``shuffle_buffer_rows`` rows; a full buffer is permuted and cut into batches, and the
+  rows short of a whole batch are carried into the next buffer. Rows therefore mix within
+  a buffer and across row groups only through the row-group order: set the buffer to a few
+  row groups' worth for a good shuffle.
+
+Memory is bounded by the buffer (twice, while it is concatenated), the prefetch queue
+(``prefetch`` chunks) and one row group's column chunks in the Parquet reader, whatever
+the number of rows. An epoch has ``ceil(rows / batch_size)`` batches, as in memory;
+resuming mid-epoch replays the epoch's deterministic stream up to the saved position
+without training on it (I/O only). Under DDP every rank reads the same stream and takes
+its slice of each global batch, as the in-memory loader does.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+
+from hydranet.data.loader import Batch, TensorData, build_tensor_data
+from hydranet.data.preprocess import Preprocessor
+from hydranet.data.sources import _first_line, _open, iter_batches
+from hydranet.errors import DataError, UserError
+from hydranet.tasks import BinaryTask, MulticlassTask, RegressionTask, Task
+
+__all__ = ["StreamingLoader", "StreamingSplit", "concat", "fit_streaming"]
+
+
+# ---------------------------------------------------------------- fitting
+class _LabelStats:
+    """One task's label statistics, merged chunk by chunk; ``finish`` sets ``task.state``
+    to what ``task.fit`` computes on the whole table."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.labeled = 0
+        self.pos = 0.0
+        self.classes: set[Any] = set()
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        if not isinstance(task, (BinaryTask, MulticlassTask, RegressionTask)) and type(task).fit is not Task.fit:
+            raise UserError(f"task {task.name!r}: kind {task.kind!r} fits on the whole table and cannot be fitted in a streaming pass; set data.streaming = false")
+
+    def update(self, table: pa.Table) -> None:
+        t = self.task
+        if isinstance(t, MulticlassTask):
+            col = t._column(table, t.spec.label_columns[0]).drop_null()
+            self.labeled += len(col)
+            self.classes.update(pa.compute.unique(col).to_pylist())
+            return
+        y, m = t.encode(table)  # also validates the labels (0/1, numeric)
+        self.labeled += int(m.sum())
+        if isinstance(t, BinaryTask):
+            self.pos += float(y[m].sum())
+        elif isinstance(t, RegressionTask) and m.any():
+            v = y[m]
+            n_b, mean_b = v.size, float(v.mean())
+            m2_b = float(((v - mean_b) ** 2).sum())
+            total = self.n + n_b
+            delta = mean_b - self.mean
+            self.mean += delta * n_b / total
+            self.m2 += m2_b + delta * delta * self.n * n_b / total
+            self.n = total
+
+    def finish(self) -> Task:
+        t = self.task
+        if self.labeled == 0:
+            raise DataError(f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data")
+        if isinstance(t, BinaryTask):
+            pw = t.spec.pos_weight
+            if pw == "auto":
+                pw = (self.labeled - self.pos) / max(self.pos, 1.0)
+            t.state = {"pos_weight": pw}
+        elif isinstance(t, MulticlassTask):
+            if len(self.classes) < 2:
+                raise DataError(f"multiclass task {t.name!r}: label column {t.spec.label_columns[0]!r} has {len(self.classes)} distinct value(s) in train; need at least 2")
+            t.state = {"classes": sorted(self.classes, key=lambda v: (str(type(v)), v))}
+        elif isinstance(t, RegressionTask):
+            if t.spec.standardize and self.n:
+                std = math.sqrt(self.m2 / self.n)
+                t.state = {"mean": self.mean, "std": std if std > 0 else 1.0}
+            else:
+                t.state = {"mean": 0.0, "std": 1.0}
+        return t
+
+
+def fit_streaming(preprocessor: Preprocessor, tasks: Sequence[Task], batches: Iterator[pa.RecordBatch]) -> int:
+    """Fit the preprocessor and the tasks in one pass over ``batches``; the number of rows."""
+    stats = [_LabelStats(t) for t in tasks]
+    rows = 0
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        preprocessor.partial_fit(table)
+        for s in stats:
+            s.update(table)
+        rows += table.num_rows
+    preprocessor.finish()
+    for s in stats:
+        s.finish()
+    return rows
+
+
+# ---------------------------------------------------------------- the split
+@dataclass
+class StreamingSplit:
+    """The training split as a source to stream from, with the fitted transforms."""
+
+    path: str
+    format: str
+    columns: list[str]
+    preprocessor: Preprocessor
+    tasks: list[Task]
+    rows: int
+    shuffle_buffer_rows: int = 262_144
+    chunk_rows: int = 65_536
+    pieces: list[ds.Fragment] = field(default_factory=list, repr=False)
+    schema: pa.Schema | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str, format: str, columns: list[str], preprocessor: Preprocessor, tasks: list[Task], rows: int, **kwargs: int) -> StreamingSplit:
+        dataset = _open(path, format, columns)
+        pieces: list[ds.Fragment] = []
+        try:
+            for frag in dataset.get_fragments():
+                if isinstance(frag, ds.ParquetFileFragment):
+                    pieces += frag.split_by_row_group()  # one piece per row group
+                else:
+                    pieces.append(frag)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"cannot read {path}: {_first_line(e)}") from None
+        return cls(path, format, columns, preprocessor, tasks, rows, pieces=pieces, schema=dataset.schema, **kwargs)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def loader(self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> StreamingLoader:
+        return StreamingLoader(self, batch_size, seed=seed, rank=rank, world_size=world_size)
+
+    def chunks(self, order: Sequence[int]) -> Iterator[TensorData]:
+        """Encoded chunks of the pieces in ``order``, ``chunk_rows`` rows at most each."""
+        for i in order:
+            scanner = ds.Scanner.from_fragment(
+                self.pieces[i], schema=self.schema, columns=self.columns,
+                batch_size=self.chunk_rows, batch_readahead=1, fragment_readahead=1,
+            )  # fmt: skip
+            try:
+                for rb in scanner.to_batches():
+                    if rb.num_rows:
+                        yield build_tensor_data(pa.Table.from_batches([rb]), self.preprocessor, self.tasks)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"cannot read {self.path}: {_first_line(e)}") from None
+
+
+def open_streaming(path: str, format: str, columns: list[str], preprocessor: Preprocessor, tasks: list[Task], *, shuffle_buffer_rows: int, chunk_rows: int) -> StreamingSplit:
+    """Fit ``preprocessor`` and ``tasks`` in one streaming pass over ``path``; the split to train on."""
+    rows = fit_streaming(preprocessor, tasks, iter_batches(path, format, columns, chunk_rows))
+    return StreamingSplit.open(path, format, columns, preprocessor, tasks, rows, shuffle_buffer_rows=shuffle_buffer_rows, chunk_rows=chunk_rows)
+
+
+# ---------------------------------------------------------------- the loader
+def concat(parts: Sequence[TensorData]) -> TensorData:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return TensorData(
+        torch.cat([p.cat for p in parts]),
+        torch.cat([p.num for p in parts]),
+        {k: torch.cat([p.labels[k] for p in parts]) for k in first.labels},
+        {k: torch.cat([p.masks[k] for p in parts]) for k in first.masks},
+    )
+
+
+class StreamingLoader:
+    """Shuffled batches streamed from a :class:`StreamingSplit`; the BatchLoader interface.
+
+    ``state_dict`` is ``{"epoch", "position", "seed"}`` like BatchLoader's, and an epoch's
+    stream depends only on ``(seed, epoch)``, so a restored loader yields exactly the
+    remaining batches of the epoch.
+    """
+
+    def __init__(self, split: StreamingSplit, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, prefetch: int = 2):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.prefetch = prefetch
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.split.rows / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader position {position} is outside this epoch's {len(self)} batches")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
+
+    def __iter__(self) -> Iterator[Batch]:
+        skip = self.position
+        for b, (data, idx) in enumerate(self._blocks(self.epoch)):
+            if b < skip:
+                continue  # replaying up to a resumed position
+            if self.world_size > 1:
+                idx = torch.tensor_split(idx, self.world_size)[self.rank]
+            self.position = b + 1  # before the yield: a checkpoint now resumes at b + 1
+            yield data.take(idx)
+        self.set_epoch(self.epoch + 1)
+
+    def _blocks(self, epoch: int) -> Iterator[tuple[TensorData, torch.Tensor]]:
+        """(buffer, row indices of one global batch) for every batch of the epoch."""
+        bs, cap = self.batch_size, max(self.split.shuffle_buffer_rows, self.batch_size)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split.pieces))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        pending: list[TensorData] = []
+        rows = 0
+        for chunk in _prefetched(self.split.chunks(order.tolist()), self.prefetch):
+            pending.append(chunk)
+            rows += len(chunk)
+            if rows < cap:
+                continue
+            data = concat(pending)
+            perm = torch.randperm(len(data), generator=gen)
+            full = len(data) // bs * bs
+            for start in range(0, full, bs):
+                yield data, perm[start : start + bs]
+            pending = [data.take(perm[full:])] if full < len(data) else []
+            pending = [TensorData(p.cat, p.num, p.labels, p.masks) for p in pending]  # Batch -> TensorData
+            rows = len(data) - full
+            del data, perm
+        if rows:
+            data = concat(pending)
+            perm = torch.randperm(len(data), generator=gen)
+            for start in range(0, len(data), bs):
+                yield data, perm[start : start + bs]
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced on a background thread, at most ``depth`` ahead (bounded memory).
+
+    Arrow decoding and the numpy/torch encoding release the GIL, so reading the next chunk
+    overlaps the training step. Stopping early (a break, an exception) stops the thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="hydranet-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

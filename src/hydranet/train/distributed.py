@@ -1,0 +1,282 @@
+"""Data-parallel training under ``torchrun``: the same Trainer, one process per rank.
+
+``torchrun --nproc-per-node N -m hydranet train SPEC --out DIR`` (or ``hydranet train
+--nproc N``, which launches exactly that) starts N copies of the ordinary training. Each
+reads RANK / WORLD_SIZE / LOCAL_RANK from its environment and joins one process group:
+gloo on CPU, NCCL on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).
+
+What makes N ranks train the *same* model as one process with the same spec:
+
+* Data. Every rank builds the same per-epoch permutation (same seed) and takes its
+  contiguous slice of every global batch, so ``train.batch_size`` is the GLOBAL batch size,
+  ``train.lr`` applies to that global batch, and there is no learning-rate scaling.
+* Losses. A task's loss is the mean over the labeled rows of the global batch, not the
+  mean of per-rank means: per-rank label counts and loss sums are all-reduced once per
+  step (2K numbers). Each rank's loss tensor carries the global value (so every rank's
+  balancer sees identical numbers and keeps identical state) and a gradient that, averaged
+  over ranks, is the gradient of the global mean (:meth:`Distributed.global_losses`).
+* Gradients. Loss-weighting methods (one backward) run under DistributedDataParallel,
+  whose reducer averages ``.grad`` during the backward. Gradient-aggregation methods
+  compute per-task gradients with ``autograd.grad``, which DDP never sees, so for them
+  the step runs under ``model.no_sync()``: the per-task gradient matrix ``G`` [K, P] is
+  averaged across ranks *before* aggregating (so MGDA, PCGrad, ... aggregate the
+  global-batch gradients, bit-identical on every rank), and the task-specific parameters'
+  ``.grad`` are averaged after the balancer's backward. The same no-sync path is taken by
+  loss weighting in a step where some task has no labeled row on any rank (DDP's reducer
+  would wait forever for that tower's gradients).
+
+Exact under DDP (same update as one process on the global batch, up to float summation
+order): ew, static, uw, dwa, rlw, famo, gls, and every gradient-aggregation method with
+``rep_grad = false`` (mgda, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl,
+graddrop). Approximate: gradnorm (its weight update uses gradient norms of rank 0's
+shard; rank 0's balancer state is broadcast after every step, so ranks stay consistent).
+Refused: ``rep_grad = true`` and mgda_ub (gradients w.r.t. the representation are per-row,
+so they do not average across ranks). Also not bit-exact: dropout masks (drawn per rank)
+and ``--diagnose`` statistics (computed on rank 0's shard).
+
+Only rank 0 writes the run directory, checkpoints and metrics, and evaluates; its
+early-stopping decision is broadcast so every rank stops at the same epoch. ``--resume``
+loads the checkpoint on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hydranet.errors import SpecError, UserError
+
+__all__ = ["Distributed", "ShardedLoader", "is_main_process", "launch"]
+
+T = TypeVar("T")
+
+# balance methods whose DDP update is not exactly the single-process one (see above)
+APPROXIMATE = frozenset({"gradnorm"})
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun launch (they print and write nothing)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class Distributed:
+    """This process's place in the process group; ``world_size == 1`` is plain training."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------ set-up
+    @classmethod
+    def from_env(cls, device_type: str) -> Distributed:
+        """Join the group described by torchrun's environment (no-op for a single process)."""
+        world = env_world_size()
+        if world <= 1:
+            return cls()
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        owns = False
+        if not dist.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            if device_type == "cuda":
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend=backend, init_method="env://")
+            owns = True
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise RuntimeError(f"process group ({dist.get_rank()}/{dist.get_world_size()}) does not match RANK/WORLD_SIZE ({rank}/{world})")
+        return cls(rank, world, local, owns)
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per rank: ``cuda:LOCAL_RANK`` whatever CUDA index the spec named."""
+        if self.enabled and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def check_spec(self, spec) -> None:
+        if not self.enabled:
+            return
+        if spec.balance.method == "mgda_ub" or spec.balance.rep_grad:
+            raise SpecError([("balance.rep_grad", "gradients w.r.t. the shared representation (rep_grad = true, mgda_ub) are per row and cannot be averaged across DDP ranks; use parameter gradients (rep_grad = false) or train in one process")])
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    # ------------------------------------------------------------ collectives
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (small picklable values: decisions, messages)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` on rank 0 only; a UserError there is raised on every rank (none hangs)."""
+        if not self.enabled:
+            return fn()
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except UserError as e:
+                error = e
+        message = self.broadcast(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise UserError(message)
+        return result
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def average_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average tensors in place across ranks: one all-reduce per dtype over their concatenation."""
+        if not self.enabled or not tensors:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            for t in group:
+                n = t.numel()
+                t.copy_(flat[offset : offset + n].view_as(t))
+                offset += n
+
+    def average_grads_(self, params: Sequence[nn.Parameter]) -> None:
+        """Average ``.grad`` across ranks (parameters without a gradient are skipped: which
+        ones have one is the same on every rank, since presence decisions are global)."""
+        self.average_([p.grad for p in params if p.grad is not None])
+
+    def broadcast_buffers_(self, module: nn.Module) -> None:
+        if self.enabled:
+            for b in module.buffers():
+                dist.broadcast(b, src=0)
+
+    # ------------------------------------------------------------ the loss
+    def global_losses(self, losses: dict[str, torch.Tensor], counts: torch.Tensor, global_counts: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+        """Per-task losses whose value is the global-batch mean and whose gradient, averaged
+        over ranks, is that mean's gradient; and which tasks have a label on some rank.
+
+        ``counts`` / ``global_counts`` are this rank's and all ranks' labeled elements per
+        task (float64, in ``losses`` order). Task.loss is ``sum_local / max(n_local, 1)``;
+        with the global sum S and count N the global mean is ``S / max(N, 1)``. The gradient
+        part is ``a = loss_local * W * max(n_local, 1) / max(N, 1)`` (its rank average is
+        d(S/N)); the tensor is ``value + (a - a.detach())``, whose value is exactly the
+        global mean, the same float on every rank.
+        """
+        names = list(losses)
+        local_n = counts.clamp_min(1.0)
+        sums = self.sum(torch.stack([losses[t].detach() for t in names]).double().cpu() * local_n)
+        total_n = global_counts.clamp_min(1.0)
+        value = sums / total_n
+        factor = self.world_size * local_n / total_n
+        out = {}
+        for i, t in enumerate(names):
+            loss = losses[t]
+            a = loss * float(factor[i])
+            out[t] = torch.as_tensor(float(value[i]), dtype=loss.dtype, device=loss.device) + (a - a.detach())
+        return out, {t: bool(global_counts[i] > 0) for i, t in enumerate(names)}
+
+    # ------------------------------------------------------------ model
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids, output_device=device.index if ids else None)
+
+    def reduce_task_gradients(self, balancer: nn.Module) -> None:
+        """Make a gradient-aggregation balancer aggregate the rank-averaged ``G``.
+
+        ``GradientAggregation._aggregate_unscaled(J, scale)`` is the one place every
+        aggregation method receives the per-task gradient matrix (exact parameter-gradient
+        formulation; rep_grad is refused under DDP), so averaging J there gives every rank
+        the global-batch G and the same aggregated direction.
+        """
+        if not self.enabled or getattr(balancer, "family", "") != "gradient":
+            return
+        inner = balancer._aggregate_unscaled
+
+        def aggregate_reduced(J: torch.Tensor, scale: float) -> torch.Tensor:
+            J = J.contiguous().clone()
+            self.average_([J])
+            return inner(J, scale)
+
+        balancer._aggregate_unscaled = aggregate_reduced  # instance attribute; the class is untouched
+
+
+class ShardedLoader:
+    """A BatchLoader's global batches, this rank's contiguous slice of each.
+
+    The permutation, the batch boundaries, ``len``, ``set_epoch`` and ``state_dict`` are the
+    wrapped loader's (identical on every rank), so a checkpoint from rank 0 resumes every rank.
+    """
+
+    def __init__(self, loader, rank: int, world_size: int):
+        self.inner, self.rank, self.world_size = loader, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def __iter__(self) -> Iterator:
+        inner = self.inner
+        bs, n = inner.batch_size, len(inner.data)
+        order = inner.order() if inner.shuffle else torch.arange(n, device=inner.data.device)
+        for b in range(inner.position, len(inner)):
+            block = order[b * bs : (b + 1) * bs]
+            mine = torch.tensor_split(block, self.world_size)[self.rank]
+            inner.position = b + 1  # before the yield, as BatchLoader does
+            yield inner.data.take(mine)
+        inner.set_epoch(inner.epoch + 1)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``torchrun --standalone --nproc-per-node nproc -m hydranet <argv>``; its exit code."""
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1; got {nproc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "hydranet", *argv]
+    return subprocess.call(cmd)

@@ -1,0 +1,135 @@
+"""Two gloo ranks on CPU against one process with the same global batch.
+
+Sources of difference from the single-process run: the global loss is rebuilt from
+per-rank sums (float32 mean x count, summed in float64), and gradients are averaged
+across ranks (a different summation order than one backward over the whole batch);
+both are float rounding, ~1e-7 relative per step. The ranks themselves must agree
+bit for bit (all-reduce results are identical on every rank).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from hydranet import Spec, rundir
+from hydranet.train.state_io import load_tensors
+from hydranet.train.trainer import setup
+
+STEPS = 12  # 600 rows / 63 per batch = 10 batches per epoch: crosses an epoch boundary
+METHODS = ["ew", "uw", "rlw", "mgda", "pcgrad", "gradnorm"]
+EXACT = [m for m in METHODS if m != "gradnorm"]
+
+
+def _spec(path: Path, method: str, **train) -> Spec:
+    spec = Spec.load(path)
+    spec.balance.method = method
+    spec.train.batch_size = 63  # uneven slices (32 + 31) and a short last batch
+    for k, v in train.items():
+        setattr(spec.train, k, v)
+    return spec
+
+
+def _params(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    for method in METHODS:
+        trainer = setup(_spec(Path(spec_path), method), out / method, progress=False)
+        trainer.fit(stop_after_steps=STEPS)
+        save_file(_params(trainer), str(out / method / f"rank{rank}.safetensors"))
+    # resume under DDP: checkpoint at step 7 (rank 0 writes), every rank restores it
+    trainer = setup(_spec(Path(spec_path), "ew", checkpoint_every=7), out / "resumed", progress=False)
+    trainer.fit(stop_after_steps=7)
+    trainer = setup(spec_path, out / "resumed", resume=True, progress=False)
+    trainer.fit()
+    trainer.dist.barrier()
+    trainer = setup(_spec(Path(spec_path), "ew", checkpoint_every=7), out / "whole", progress=False)
+    trainer.fit()
+    trainer.dist.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def missing_labels(tiny):
+    """The tiny data with 30% of click labels missing (per-rank label counts differ)."""
+    from conftest import make_table
+
+    pq.write_table(make_table(600, seed=0, missing_frac=0.3), tiny.paths["train"])
+    return tiny
+
+
+def test_two_ranks_hold_identical_parameters_equal_to_one_process(missing_labels, tmp_path):
+    spec_path = missing_labels(arch="mmoe", epochs=2)
+    out = tmp_path / "ddp"
+    mp.spawn(_worker, args=(2, _free_port(), str(spec_path), str(out)), nprocs=2, join=True)
+
+    for method in METHODS:
+        r0, _ = load_tensors(out / method / "rank0.safetensors")
+        r1, _ = load_tensors(out / method / "rank1.safetensors")
+        for k in r0:
+            assert torch.equal(r0[k], r1[k]), f"{method}: ranks differ in {k}"
+        if method not in EXACT:
+            continue
+        single = setup(_spec(spec_path, method), tmp_path / f"single-{method}", progress=False)
+        single.fit(stop_after_steps=STEPS)
+        for k, v in _params(single).items():
+            torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k, method=method: f"{method} {k}: {m}")
+
+    # a DDP run resumed from a mid-epoch checkpoint ends exactly where the uninterrupted one does
+    whole = json.loads((out / "whole" / rundir.FINAL).read_text())
+    resumed = json.loads((out / "resumed" / rundir.FINAL).read_text())
+    assert resumed == whole
+    assert [r["epoch"] for r in rundir.read_metrics(out / "resumed")] == [1, 2]
+
+
+def test_torchrun_launch_matches_one_process(missing_labels, tmp_path):
+    """`hydranet train --nproc 2` (torchrun, gloo): whole-split metrics as one process's."""
+    spec_path = missing_labels(arch="mmoe", epochs=3, extra='early_stopping = { metric = "click.auc", patience = 2 }\n')
+    spec_path.write_text(spec_path.read_text().replace("batch_size = 64", "batch_size = 63"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hydranet", "train", str(spec_path), "--no-progress"]
+    res = subprocess.run([*cmd, "--out", str(tmp_path / "ddp"), "--nproc", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("test metrics") == 1  # rank 0 alone prints
+    subprocess.run([*cmd, "--out", str(tmp_path / "one")], env=env, check=True, capture_output=True, timeout=300)
+
+    ddp = json.loads((tmp_path / "ddp" / rundir.FINAL).read_text())
+    one = json.loads((tmp_path / "one" / rundir.FINAL).read_text())
+    assert {k: ddp[k] for k in ("epochs", "steps", "best_epoch", "stopped_early")} == {k: one[k] for k in ("epochs", "steps", "best_epoch", "stopped_early")}
+    for split in ("validation", "test"):
+        for task, metrics in one[split].items():
+            for name, value in metrics.items():
+                tol = 1e-5 if name == "auc" else 1e-5 * max(1.0, abs(value))
+                assert ddp[split][task][name] == pytest.approx(value, abs=tol), (split, task, name)
+    # only rank 0 wrote: one line per epoch
+    assert len(rundir.read_metrics(tmp_path / "ddp")) == ddp["epochs"]
+
+
+def test_rep_grad_is_refused_under_ddp(tiny, tmp_path, monkeypatch):
+    from hydranet.errors import SpecError
+    from hydranet.train.distributed import Distributed
+
+    spec = Spec.load(tiny())
+    spec.balance.method = "mgda_ub"
+    with pytest.raises(SpecError, match="rep_grad"):
+        Distributed(rank=0, world_size=2).check_spec(spec)
