@@ -1,13 +1,14 @@
 """Trunks (multi-task architectures), registered by the name a Spec uses.
 
 Importing this package registers the built-in trunks: single_task,
-shared_bottom, mmoe, cgc, ple and cross_stitch.
+shared_bottom, mmoe, omoe, cgc, ple and cross_stitch.
 """
 
 from hydranet.models.trunks import (  # noqa: F401  (imported to register)
     cgc,
     cross_stitch,
     mmoe,
+    omoe,
     ple,
     shared_bottom,
     single_task,

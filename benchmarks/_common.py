@@ -1,0 +1,326 @@
+"""Shared helpers of the benchmark scripts: the provenance header, RESULTS.md sections, specs.
+
+Every table in ``benchmarks/RESULTS.md`` sits in a section of its own between
+``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers, written by one script
+with :func:`write_section`, which replaces that section only (or appends it) and
+leaves everyone else's text alone. A section starts with :func:`provenance`: the
+command that produced it, the machine, the versions and the date.
+
+Smoke runs (``--smoke``) are for the test suite: tiny data, seconds, and they
+must never touch the real RESULTS.md (the tests pass ``--results`` into a
+temporary directory; :func:`results_path` refuses the default under ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Before torch loads libgomp: with the default (active) wait policy, two OpenMP threads
+# spin at every barrier, and on a shared 2-core machine (other processes running) a
+# training step measured 10-18x slower with 2 threads than with 1. Passive waiting
+# removes that. setdefault: a caller's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+DEFAULT_RESULTS = BENCH_DIR / "RESULTS.md"
+CENSUS_EXAMPLE = ROOT / "examples" / "census.toml"
+
+
+# ------------------------------------------------------------------ command line
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every benchmark shares: --smoke, --device, --threads, --results, --out."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for the test suite (seconds)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"Markdown file to write the section into (default: {DEFAULT_RESULTS.relative_to(ROOT)}; "
+        "--smoke needs an explicit path); '-' prints it only",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="working directory for runs and raw results"
+    )
+    return p
+
+
+def results_path(args: argparse.Namespace) -> Path | None:
+    """Where the section goes; ``None`` means print only. Smoke runs never get the real file."""
+    if args.results is not None and str(args.results) == "-":
+        return None
+    if args.results is None:
+        if args.smoke:
+            return None
+        return DEFAULT_RESULTS
+    if args.smoke and Path(args.results).resolve() == DEFAULT_RESULTS.resolve():
+        raise SystemExit(
+            "--smoke must not write benchmarks/RESULTS.md; pass --results into a temporary directory"
+        )
+    return Path(args.results)
+
+
+def work_dir(args: argparse.Namespace, name: str) -> Path:
+    """``--out`` or ``runs/bench/<name>`` (``runs/`` is git-ignored); a temporary one for smoke runs."""
+    if args.out is not None:
+        path = Path(args.out)
+    elif args.smoke:
+        path = Path(tempfile.mkdtemp(prefix=f"hydranet-bench-{name}-"))
+    else:
+        path = ROOT / "runs" / "bench" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed from the repository root, for the section header."""
+    args = sys.argv[1:] if argv is None else argv
+    script = Path(sys.argv[0])
+    try:
+        script_s = str(script.resolve().relative_to(ROOT))
+    except ValueError:
+        script_s = str(script)
+    if not script_s.endswith(".py"):  # called as a function (tests)
+        script_s = "benchmarks/<script>.py"
+    return " ".join([".venv/bin/python", script_s, *map(shlex.quote, args)])
+
+
+def setup_torch(threads: int, device: str) -> None:
+    """Same thread count for everything timed in one process; fail early on a missing GPU."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: CUDA is not available on this machine")
+
+
+# ------------------------------------------------------------------ provenance
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        commit = out.stdout.strip() or "unknown"
+        return commit + ("+local changes in src/" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def machine(device: str = "cpu", threads: int | None = None) -> str:
+    import torch
+
+    cores = os.cpu_count()
+    where = f"{platform.system()} {platform.machine()}, {_cpu_model()}, {cores} cores"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    else:
+        where += ", no GPU used"
+    if threads is not None:
+        where += f", torch threads {threads}"
+    where += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    try:
+        load = os.getloadavg()[0]
+        where += (
+            f", 1-min load average {load:.1f} when written (the cores are shared with other work)"
+        )
+    except OSError:
+        pass
+    return where
+
+
+def versions(extra: tuple[str, ...] = ()) -> str:
+    import numpy
+    import torch
+
+    parts = [
+        f"python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"numpy {numpy.__version__}",
+        f"hydranet {_version('hydranet') or '?'} (git {_git_commit()})",
+    ]
+    for name in extra:
+        v = _version(name)
+        parts.append(f"{name} {v if v else 'not installed'}")
+    return ", ".join(parts)
+
+
+def provenance(
+    command: str, *, device: str = "cpu", threads: int | None = None, extra: tuple[str, ...] = ()
+) -> str:
+    """The lines that head every section: command, machine, versions, date."""
+    today = _dt.date.today().isoformat()
+    return (
+        f"Command: `{command}`\n\n"
+        f"- Machine: {machine(device, threads)}\n"
+        f"- Versions: {versions(extra)}\n"
+        f"- Date: {today}\n"
+    )
+
+
+# ------------------------------------------------------------------ RESULTS.md
+def _markers(name: str) -> tuple[str, str]:
+    if not re.fullmatch(r"[a-z0-9_.-]+", name):
+        raise ValueError(
+            f"section name must be lower-case letters, digits, '_', '-', '.'; got {name!r}"
+        )
+    return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+
+
+def write_section(path: Path | None, name: str, body: str) -> str:
+    """Replace section ``name`` of ``path`` (or append it); everything else stays byte for byte.
+
+    Returns the section text. ``path=None`` only returns it (print-only runs).
+    The file is rewritten through a temporary name and an atomic rename, and
+    re-read just before, so a concurrent append by another script is kept.
+    """
+    begin, end = _markers(name)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    if path is None:
+        return section
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    matches = pattern.findall(text)
+    if len(matches) > 1:
+        raise RuntimeError(f"{path}: section {name!r} appears {len(matches)} times; fix by hand")
+    if matches:
+        new = pattern.sub(lambda _m: section, text, count=1)
+    else:
+        new = text.rstrip("\n") + "\n\n" + section + "\n"
+    if not new.endswith("\n"):
+        new += "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+    return section
+
+
+# ------------------------------------------------------------------ statistics, tables
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------ census data
+def census_data(smoke: bool, scratch: Path) -> dict[str, Any]:
+    """The ``[data]`` table of a census spec: the bundled dataset, or for smoke runs a tiny
+    random table with the census columns written under ``scratch`` (offline, seconds)."""
+    from hydranet.data.datasets import census
+
+    log1p = ["wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks"]
+    if not smoke:
+        return {"dataset": "census", "log1p": log1p}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 1500), ("validation", 400), ("test", 400)):
+        cols: dict[str, Any] = {}
+        for c in census.NUMERIC:
+            cols[c] = rng.integers(0, 60, size=n)
+        for c in census.CATEGORICAL:
+            cols[c] = rng.choice(["a", "b", "c", "d"], size=n)
+        signal = cols["age"] / 30.0 + (cols[census.CATEGORICAL[0]] == "a")
+        cols["income"] = (rng.random(n) < 1 / (1 + np.exp(-(signal - 2.0)))).astype(np.int8)
+        cols["marital"] = (rng.random(n) < 1 / (1 + np.exp(-(signal - 1.0)))).astype(np.int8)
+        paths[split] = scratch / f"census_smoke_{split}.parquet"
+        pq.write_table(pa.table(cols), paths[split])
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "numeric": list(census.NUMERIC),
+        "categorical": list(census.CATEGORICAL),
+        "log1p": log1p,
+    }
+
+
+def census_spec(
+    data: dict[str, Any],
+    architecture: str,
+    params: dict[str, Any],
+    *,
+    epochs: int,
+    seed: int,
+    device: str,
+    threads: int,
+    patience: int | None = 5,
+):
+    """examples/census.toml (the MMoE paper's group 1 protocol) with the trunk, epochs and seed replaced."""
+    from hydranet.spec import Spec
+
+    raw = Spec.load(CENSUS_EXAMPLE).to_dict()
+    raw["name"] = f"census_{architecture}_s{seed}"
+    raw["data"] = {**data}
+    raw["model"]["architecture"] = architecture
+    raw["model"]["params"] = dict(params)
+    raw["train"].update(epochs=epochs, seed=seed, device=device, threads=threads)
+    if patience is None:
+        raw["train"]["early_stopping"] = None
+    else:
+        raw["train"]["early_stopping"]["patience"] = patience
+    return Spec.from_dict(raw, source=f"{CENSUS_EXAMPLE} (benchmark overrides)")
