@@ -279,3 +279,31 @@ def test_famo_automatic_update_equals_explicit_update():
     explicit.weights(L1, ctx)
     torch.testing.assert_close(auto.logits, explicit.logits)
     assert not torch.equal(auto.logits, torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["uw", "gls", "famo", "gradnorm"])
+def test_zero_loss_reads_as_absent(name):
+    """The trainer's masked loss is exactly 0 on a batch without labels for a task, and for
+    loss-weighting methods it may pass no ``present`` map at all."""
+    tasks = ["a", "b", "c"]
+    model, bal, _ = run(name, tasks, steps=3)
+    before = {k: v.clone() for k, v in bal.state_dict().items()}
+    x, ys = make_data(tasks)
+    model.zero_grad()
+    for p in bal.parameters():
+        p.grad = None
+    rep, out = model(x)
+    losses = {t: (out[t] - ys[t]).pow(2).mean() for t in tasks}
+    losses["b"] = (out["b"] * 0).sum()
+    ctx = BalanceContext(
+        shared_params=list(model.trunk.parameters()), task_params=list(model.heads.parameters())
+    )
+    bal.backward(losses, ctx)
+    assert all(torch.isfinite(p.grad).all() for p in model.trunk.parameters())
+    assert all(math.isfinite(w) for w in bal.last_weights.values())
+    if name == "uw":
+        assert bal.log_vars.grad[1] == 0 and bal.log_vars.grad[0] != 0
+    if name in ("gls", "famo"):
+        assert bal.last_weights["b"] == 0.0 and bal.last_weights["a"] > 0
+    if name == "gradnorm":
+        assert torch.equal(bal.initial_losses, before["initial_losses"])

@@ -83,8 +83,11 @@ class FAMO(LossWeighting):
 
     # ------------------------------------------------------------------ weights
     def weights(self, losses, ctx):
+        # a loss of exactly 0 (the trainer's masked loss with no labels) has no log: absent
         present = {
-            t: losses[t].detach() for t in self.tasks if ctx.present.get(t, True) and t in losses
+            t: losses[t].detach()
+            for t in self.tasks
+            if ctx.present.get(t, True) and t in losses and float(losses[t].detach()) > 0
         }
         if bool(torch.isfinite(self.prev_losses).any()):
             self.update(present)  # no update() since the last step: use this step's losses

@@ -16,12 +16,17 @@ norm, which rescales d by sqrt(||G G^T||)). A tiny ridge keeps a finite when the
 exactly conflicting (0 in their convex hull), where the exact a does not exist.
 
 ``update_weights_every=n`` reuses a from the last solve for n - 1 steps (one ordinary backward of
-sum_t a_t L_t, no Jacobian), as in the paper's faster variant.
+sum_t a_t L_t, no Jacobian), as in the paper's faster variant. Under distributed training the
+reuse is switched off (with a warning): the trainer averages the task matrix G across ranks
+inside the aggregation, and a plain backward would bypass that and let the ranks drift apart.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
@@ -78,6 +83,7 @@ class NashMTL(GradientAggregation):
         self.update_weights_every = int(update_weights_every)
         self.register_buffer("alpha", torch.zeros(len(self.tasks), dtype=torch.float64))
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self._warned_dist = False
 
     def aggregate(self, G: Tensor) -> Tensor:
         self._coef = nash_weights(gramian(G)).to(G.device)
@@ -93,6 +99,15 @@ class NashMTL(GradientAggregation):
             and bool((self.alpha[idx] > 0).all())
         )
         self.calls += 1
+        if reuse and _distributed():
+            if not self._warned_dist:
+                warnings.warn(
+                    "nash_mtl: update_weights_every > 1 is ignored under distributed training "
+                    "(the weights are solved every step)",
+                    stacklevel=2,
+                )
+                self._warned_dist = True
+            reuse = False
         if not reuse:
             super().backward(losses, ctx)
             if self._coef is not None and names and self._finite:
@@ -103,3 +118,7 @@ class NashMTL(GradientAggregation):
         total = sum(float(c) * losses[t] for c, t in zip(coef, names, strict=True))
         (total * ctx.scale).backward()
         self._set_last_weights(names, coef)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

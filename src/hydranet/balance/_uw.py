@@ -6,7 +6,9 @@ torchjd; the paper's classification variant drops the 1/2 on the weight).
 
 The s_t are ``nn.Parameter``s of the balancer, learned by the model's optimizer: the trainer
 must add ``balancer.parameters()`` to it (and they are saved with the balancer's state_dict).
-``last_weights`` are the effective weights 1/2 exp(-s_t).
+``last_weights`` are the effective weights 1/2 exp(-s_t). A task that is absent, or whose loss
+is exactly 0 (the trainer's masked loss over a batch with no labels for it), contributes no
+term: otherwise its 1/2 s_t penalty alone would push s_t down on every unlabeled batch.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class UncertaintyWeighting(LossWeighting):
         terms = [
             w[t] * losses[t] + 0.5 * self.log_vars[i]
             for i, t in enumerate(self.tasks)
-            if ctx.present.get(t, True) and t in losses
+            if ctx.present.get(t, True) and t in losses and bool(losses[t].detach() != 0)
         ]
         if terms:
             (sum(terms) * ctx.scale).backward()

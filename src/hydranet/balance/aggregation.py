@@ -71,6 +71,8 @@ class GradientAggregation(Balancer):
         self.last_weights = {t: float(got.get(t, 0.0)) for t in self.tasks}
 
     def _aggregate_unscaled(self, J: Tensor, scale: float) -> Tensor:
+        # The one place every method receives the task matrix: train/distributed.py wraps it
+        # per instance to average J across ranks. Keep the name and (J, scale) signature.
         if J.dtype in (torch.float16, torch.bfloat16):  # rep gradients under autocast
             J = J.float()
         G = J / scale if scale != 1.0 else J
