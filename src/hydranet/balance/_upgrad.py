@@ -2,7 +2,8 @@
 
 Project every task gradient onto the dual cone of all of them, C = {x : x . g_j >= 0 for all j},
 and average: d = (1/K) sum_i pi_C(g_i). Hence d . g_j >= 0 for every task (no task's loss is
-increased to first order), and d = g_i wherever g_i already agrees with all tasks.
+increased to first order); a g_i that already agrees with every task is left as it is, so
+without conflicts d is the plain mean.
 
 By Proposition 1 of the paper, pi_C(G^T u) = G^T v with v = argmin_{v >= u} v^T (G G^T) v, so
 each projection is a K-variable quadratic program on the Gramian.

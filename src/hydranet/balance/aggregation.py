@@ -47,7 +47,9 @@ class GradientAggregation(Balancer):
     def __init__(self, tasks: list[str], rep_grad: bool = False):
         super().__init__(tasks)
         self.rep_grad = bool(rep_grad)
-        self.diagnostics = None  # optional diagnostics.ConflictAccumulator, fed the G of each step
+        # optional diagnostics.ConflictAccumulator, fed each step's G (the rows of whichever
+        # formulation is in use: parameter or representation gradients)
+        self.diagnostics = None
         self._coef: Tensor | None = None
         self._names: list[str] = []
         self._finite = True
