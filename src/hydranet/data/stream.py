@@ -56,8 +56,13 @@ class _LabelStats:
         self.pos = 0.0
         self.classes: set[Any] = set()
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
-        if not isinstance(task, (BinaryTask, MulticlassTask, RegressionTask)) and type(task).fit is not Task.fit:
-            raise UserError(f"task {task.name!r}: kind {task.kind!r} fits on the whole table and cannot be fitted in a streaming pass; set data.streaming = false")
+        if (
+            not isinstance(task, (BinaryTask, MulticlassTask, RegressionTask))
+            and type(task).fit is not Task.fit
+        ):
+            raise UserError(
+                f"task {task.name!r}: kind {task.kind!r} fits on the whole table and cannot be fitted in a streaming pass; set data.streaming = false"
+            )
 
     def update(self, table: pa.Table) -> None:
         t = self.task
@@ -83,7 +88,9 @@ class _LabelStats:
     def finish(self) -> Task:
         t = self.task
         if self.labeled == 0:
-            raise DataError(f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data")
+            raise DataError(
+                f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data"
+            )
         if isinstance(t, BinaryTask):
             pw = t.spec.pos_weight
             if pw == "auto":
@@ -91,7 +98,9 @@ class _LabelStats:
             t.state = {"pos_weight": pw}
         elif isinstance(t, MulticlassTask):
             if len(self.classes) < 2:
-                raise DataError(f"multiclass task {t.name!r}: label column {t.spec.label_columns[0]!r} has {len(self.classes)} distinct value(s) in train; need at least 2")
+                raise DataError(
+                    f"multiclass task {t.name!r}: label column {t.spec.label_columns[0]!r} has {len(self.classes)} distinct value(s) in train; need at least 2"
+                )
             t.state = {"classes": sorted(self.classes, key=lambda v: (str(type(v)), v))}
         elif isinstance(t, RegressionTask):
             if t.spec.standardize and self.n:
@@ -102,7 +111,9 @@ class _LabelStats:
         return t
 
 
-def fit_streaming(preprocessor: Preprocessor, tasks: Sequence[Task], batches: Iterator[pa.RecordBatch]) -> int:
+def fit_streaming(
+    preprocessor: Preprocessor, tasks: Sequence[Task], batches: Iterator[pa.RecordBatch]
+) -> int:
     """Fit the preprocessor and the tasks in one pass over ``batches``; the number of rows."""
     stats = [_LabelStats(t) for t in tasks]
     rows = 0
@@ -135,7 +146,16 @@ class StreamingSplit:
     schema: pa.Schema | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: str, format: str, columns: list[str], preprocessor: Preprocessor, tasks: list[Task], rows: int, **kwargs: int) -> StreamingSplit:
+    def open(
+        cls,
+        path: str,
+        format: str,
+        columns: list[str],
+        preprocessor: Preprocessor,
+        tasks: list[Task],
+        rows: int,
+        **kwargs: int,
+    ) -> StreamingSplit:
         dataset = _open(path, format, columns)
         pieces: list[ds.Fragment] = []
         try:
@@ -146,12 +166,24 @@ class StreamingSplit:
                     pieces.append(frag)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"cannot read {path}: {_first_line(e)}") from None
-        return cls(path, format, columns, preprocessor, tasks, rows, pieces=pieces, schema=dataset.schema, **kwargs)
+        return cls(
+            path,
+            format,
+            columns,
+            preprocessor,
+            tasks,
+            rows,
+            pieces=pieces,
+            schema=dataset.schema,
+            **kwargs,
+        )
 
     def __len__(self) -> int:
         return self.rows
 
-    def loader(self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> StreamingLoader:
+    def loader(
+        self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> StreamingLoader:
         return StreamingLoader(self, batch_size, seed=seed, rank=rank, world_size=world_size)
 
     def chunks(self, order: Sequence[int]) -> Iterator[TensorData]:
@@ -164,15 +196,35 @@ class StreamingSplit:
             try:
                 for rb in scanner.to_batches():
                     if rb.num_rows:
-                        yield build_tensor_data(pa.Table.from_batches([rb]), self.preprocessor, self.tasks)
+                        yield build_tensor_data(
+                            pa.Table.from_batches([rb]), self.preprocessor, self.tasks
+                        )
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"cannot read {self.path}: {_first_line(e)}") from None
 
 
-def open_streaming(path: str, format: str, columns: list[str], preprocessor: Preprocessor, tasks: list[Task], *, shuffle_buffer_rows: int, chunk_rows: int) -> StreamingSplit:
+def open_streaming(
+    path: str,
+    format: str,
+    columns: list[str],
+    preprocessor: Preprocessor,
+    tasks: list[Task],
+    *,
+    shuffle_buffer_rows: int,
+    chunk_rows: int,
+) -> StreamingSplit:
     """Fit ``preprocessor`` and ``tasks`` in one streaming pass over ``path``; the split to train on."""
     rows = fit_streaming(preprocessor, tasks, iter_batches(path, format, columns, chunk_rows))
-    return StreamingSplit.open(path, format, columns, preprocessor, tasks, rows, shuffle_buffer_rows=shuffle_buffer_rows, chunk_rows=chunk_rows)
+    return StreamingSplit.open(
+        path,
+        format,
+        columns,
+        preprocessor,
+        tasks,
+        rows,
+        shuffle_buffer_rows=shuffle_buffer_rows,
+        chunk_rows=chunk_rows,
+    )
 
 
 # ---------------------------------------------------------------- the loader
@@ -196,7 +248,15 @@ class StreamingLoader:
     remaining batches of the epoch.
     """
 
-    def __init__(self, split: StreamingSplit, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, prefetch: int = 2):
+    def __init__(
+        self,
+        split: StreamingSplit,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         self.split = split
@@ -220,7 +280,9 @@ class StreamingLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         position = int(state["position"])
         if not 0 <= position <= len(self):
-            raise ValueError(f"loader position {position} is outside this epoch's {len(self)} batches")
+            raise ValueError(
+                f"loader position {position} is outside this epoch's {len(self)} batches"
+            )
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
 
     def __iter__(self) -> Iterator[Batch]:
@@ -252,7 +314,9 @@ class StreamingLoader:
             for start in range(0, full, bs):
                 yield data, perm[start : start + bs]
             pending = [data.take(perm[full:])] if full < len(data) else []
-            pending = [TensorData(p.cat, p.num, p.labels, p.masks) for p in pending]  # Batch -> TensorData
+            pending = [
+                TensorData(p.cat, p.num, p.labels, p.masks) for p in pending
+            ]  # Batch -> TensorData
             rows = len(data) - full
             del data, perm
         if rows:

@@ -104,7 +104,9 @@ class Distributed:
             dist.init_process_group(backend=backend, init_method="env://")
             owns = True
         if dist.get_world_size() != world or dist.get_rank() != rank:
-            raise RuntimeError(f"process group ({dist.get_rank()}/{dist.get_world_size()}) does not match RANK/WORLD_SIZE ({rank}/{world})")
+            raise RuntimeError(
+                f"process group ({dist.get_rank()}/{dist.get_world_size()}) does not match RANK/WORLD_SIZE ({rank}/{world})"
+            )
         return cls(rank, world, local, owns)
 
     def device(self, device: torch.device) -> torch.device:
@@ -117,7 +119,14 @@ class Distributed:
         if not self.enabled:
             return
         if spec.balance.method == "mgda_ub" or spec.balance.rep_grad:
-            raise SpecError([("balance.rep_grad", "gradients w.r.t. the shared representation (rep_grad = true, mgda_ub) are per row and cannot be averaged across DDP ranks; use parameter gradients (rep_grad = false) or train in one process")])
+            raise SpecError(
+                [
+                    (
+                        "balance.rep_grad",
+                        "gradients w.r.t. the shared representation (rep_grad = true, mgda_ub) are per row and cannot be averaged across DDP ranks; use parameter gradients (rep_grad = false) or train in one process",
+                    )
+                ]
+            )
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -187,7 +196,9 @@ class Distributed:
                 dist.broadcast(b, src=0)
 
     # ------------------------------------------------------------ the loss
-    def global_losses(self, losses: dict[str, torch.Tensor], counts: torch.Tensor, global_counts: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+    def global_losses(
+        self, losses: dict[str, torch.Tensor], counts: torch.Tensor, global_counts: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
         """Per-task losses whose value is the global-batch mean and whose gradient, averaged
         over ranks, is that mean's gradient; and which tasks have a label on some rank.
 
@@ -208,7 +219,9 @@ class Distributed:
         for i, t in enumerate(names):
             loss = losses[t]
             a = loss * float(factor[i])
-            out[t] = torch.as_tensor(float(value[i]), dtype=loss.dtype, device=loss.device) + (a - a.detach())
+            out[t] = torch.as_tensor(float(value[i]), dtype=loss.dtype, device=loss.device) + (
+                a - a.detach()
+            )
         return out, {t: bool(global_counts[i] > 0) for i, t in enumerate(names)}
 
     # ------------------------------------------------------------ model
@@ -237,7 +250,9 @@ class Distributed:
             self.average_([J])
             return inner(J, scale)
 
-        balancer._aggregate_unscaled = aggregate_reduced  # instance attribute; the class is untouched
+        balancer._aggregate_unscaled = (
+            aggregate_reduced  # instance attribute; the class is untouched
+        )
 
 
 class ShardedLoader:
@@ -278,5 +293,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     """``torchrun --standalone --nproc-per-node nproc -m hydranet <argv>``; its exit code."""
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1; got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "hydranet", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "hydranet",
+        *argv,
+    ]
     return subprocess.call(cmd)
