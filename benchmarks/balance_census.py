@@ -7,7 +7,8 @@ with only ``balance.method``, ``train.epochs`` and ``train.seed`` replaced; the
 single-task baseline is ``examples/census_single_task.toml`` with the same epochs
 and seeds. Each method keeps its default parameters and the Spec's default
 ``rep_grad = false`` (gradient methods use the exact per-task gradients of the
-shared parameters). Δm% is :func:`hydranet.evaluate.delta.delta_m` of the mean
+shared parameters), except ``mgda_ub``, which needs ``rep_grad = true`` in the Spec
+for the trainer to hand it the shared representation at all. Δm% is :func:`hydranet.evaluate.delta.delta_m` of the mean
 test AUCs against the single-task mean test AUCs.
 
 Runs go one at a time (the cores are shared), seed-major: every method gets seed 0
@@ -57,7 +58,10 @@ def build_spec(method: str, args, seed: int, data: dict[str, Any]):
             {"hidden": [8]} if method == BASELINE else {"num_experts": 2, "expert_hidden": [4]}
         )
     if method != BASELINE:
-        raw["balance"] = {"method": method, "params": {}, "rep_grad": False}
+        # mgda_ub is MGDA on the representation gradients by definition, but the trainer hands
+        # a balancer the representation only when the Spec says rep_grad = true (otherwise
+        # mgda_ub falls back to exact parameter gradients with a warning, i.e. becomes mgda)
+        raw["balance"] = {"method": method, "params": {}, "rep_grad": method == "mgda_ub"}
     return Spec.from_dict(raw, source=f"{example} (benchmark overrides)")
 
 
@@ -74,6 +78,7 @@ def run_one(method: str, args, seed: int, data: dict[str, Any], work: Path) -> d
         "method": method,
         "seed": seed,
         "epochs": args.epochs,
+        "rep_grad": spec.balance.rep_grad,
         "test": {t: final["test"][t]["auc"] for t in TASKS},
         "validation": {t: final["validation"][t]["auc"] for t in TASKS},
         "best_epoch": final["best_epoch"],
@@ -148,7 +153,7 @@ def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: 
         f"lr 2e-3, batch 1024) with `balance.method` replaced and **{args.epochs} epochs** (not the "
         f"example's 30; the cosine schedule spans the {args.epochs}), early stopping on validation "
         f"income AUC (patience 5, best-epoch weights restored), seeds 0..{args.seeds - 1}, one run "
-        f"at a time. Each method with its default parameters and `rep_grad = false`. Baseline: "
+        f"at a time. Each method with its default parameters and `rep_grad = false` (except `mgda_ub`, run with `rep_grad = true`: without it the trainer passes no representation and it falls back to exact MGDA). Baseline: "
         f"`examples/census_single_task.toml` with the same epochs and seeds. Test AUC: mean ± sample "
         f"std over the seeds. Δm% = `hydranet.evaluate.delta.delta_m` of the mean test AUCs against "
         f"the single-task mean test AUCs (positive = better than single-task).\n\n" + table + note
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.smoke:
         args.seeds, args.epochs = 1, 1
+    results = C.results_path(args)  # before any work: a smoke run refuses the real file
     C.setup_torch(args.threads, args.device)
     command = C.command_line(argv)
     if args.report_only:
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if r["epochs"] == args.epochs and r["seed"] < args.seeds and r["method"] in order
     ]
     summary = summarize(records, order)
-    section = C.write_section(C.results_path(args), SECTION, render(summary, order, args, command))
+    section = C.write_section(results, SECTION, render(summary, order, args, command))
     print(section)
     return summary
 
