@@ -22,6 +22,7 @@ the table from what is there.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,8 @@ def run_one(method: str, args, seed: int, data: dict[str, Any], work: Path) -> d
 
     spec = build_spec(method, args, seed, data)
     out = work / "runs" / f"{method}_s{seed}"
+    if out.exists():  # a run cut short (killed); not in results.jsonl, so start it afresh
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     run = hydranet.train(spec, out, progress=False)
     seconds = time.perf_counter() - t0
@@ -164,9 +167,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = C.base_parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     p.add_argument(
-        "--epochs", type=int, default=8, help="epochs per run (default 8); the cosine schedule spans them"
+        "--epochs",
+        type=int,
+        default=8,
+        help="epochs per run (default 8); the cosine schedule spans them",
     )
-    p.add_argument("--methods", nargs="+", default=None, help="balancers to run (default: all registered)")
+    p.add_argument(
+        "--methods", nargs="+", default=None, help="balancers to run (default: all registered)"
+    )
     p.add_argument("--report-only", action="store_true", help="write the table from results.jsonl")
     args = p.parse_args(argv)
     if args.smoke:
@@ -175,7 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     C.setup_torch(args.threads, args.device)
     command = C.command_line(argv)
     if args.report_only:
-        command = command.replace(" --report-only", "") + "` (table re-rendered from results.jsonl with `--report-only"
+        command = (
+            command.replace(" --report-only", "")
+            + "` (table re-rendered from results.jsonl with `--report-only"
+        )
     order = [BASELINE, *(args.methods or methods())]
     if args.smoke and args.methods is None:
         order = [BASELINE, "ew", "pcgrad"]

@@ -60,7 +60,9 @@ def generate(n_rows: int, k: int, dim: int, seed: int = 0, correlation: float = 
     rng = np.random.default_rng([seed, 0])
     q, _ = np.linalg.qr(rng.standard_normal((dim, k + 1)))  # orthonormal u_0..u_K as columns
     u = q.T
-    w = np.stack([u[0]] + [correlation * u[0] + np.sqrt(1 - correlation**2) * u[j] for j in range(1, k)])
+    w = np.stack(
+        [u[0]] + [correlation * u[0] + np.sqrt(1 - correlation**2) * u[j] for j in range(1, k)]
+    )
     alpha, beta = rng.standard_normal((2, 10))
     x = rng.standard_normal((dim, n_rows)).astype(np.float32)
     linear = (w.astype(np.float32) @ x).astype(np.float64)  # [K, n]
@@ -158,7 +160,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(trainers: dict[tuple, Any], warmup: int, rounds: int, block: int, device: str) -> dict[tuple, list[float]]:
+def measure(
+    trainers: dict[tuple, Any], warmup: int, rounds: int, block: int, device: str
+) -> dict[tuple, list[float]]:
     """Warm every configuration up, then interleave: each round times ``block`` steps of each."""
     for trainer, batch in trainers.values():
         for _ in range(warmup):
@@ -196,7 +200,7 @@ def summarize(times: dict[tuple, list[float]]) -> list[dict[str, Any]]:
         # (mgda_ub is one by definition); rep_grad=false rows are shown for reference only
         target = None
         if family == "weighting":
-            target = TARGET["weighting"][k] if k in TARGET["weighting"] else None
+            target = TARGET["weighting"].get(k)
         elif rep is not False:
             target = TARGET["gradient"].get(k)
         rows.append(
@@ -206,7 +210,9 @@ def summarize(times: dict[tuple, list[float]]) -> list[dict[str, Any]]:
     return rows
 
 
-def render(rows: list[dict[str, Any]], args, command: str, load: tuple[list[float], list[float]], sz) -> str:
+def render(
+    rows: list[dict[str, Any]], args, command: str, load: tuple[list[float], list[float]], sz
+) -> str:
     def rep_s(r):
         return "—" if r is None else ("true" if r else "false")
 
@@ -214,7 +220,11 @@ def render(rows: list[dict[str, Any]], args, command: str, load: tuple[list[floa
     for k in sorted({r["k"] for r in rows}):
         table_rows = []
         for r in [r for r in rows if r["k"] == k]:
-            verdict = "—" if r["target"] is None else (f"≤ {r['target']:g}× ✓" if r["ok"] else f"> {r['target']:g}× **MISS**")
+            verdict = (
+                "—"
+                if r["target"] is None
+                else (f"≤ {r['target']:g}× ✓" if r["ok"] else f"> {r['target']:g}× **MISS**")
+            )
             table_rows.append(
                 [f"`{r['method']}`", r["family"], rep_s(r["rep_grad"]), f"{r['ms']:.2f}",
                  f"{r['q1']:.2f}–{r['q3']:.2f}", f"{r['ratio']:.2f}×", verdict]
@@ -222,15 +232,19 @@ def render(rows: list[dict[str, Any]], args, command: str, load: tuple[list[floa
         parts.append(
             f"**K = {k} tasks**\n\n"
             + C.markdown_table(
-                ["method", "family", "rep_grad", "ms/step (median)", "IQR ms", "× ew", "target"], table_rows
+                ["method", "family", "rep_grad", "ms/step (median)", "IQR ms", "× ew", "target"],
+                table_rows,
             )
         )
     n = rows[0]["n"] if rows else 0
     misses = [r for r in rows if r["ok"] is False]
-    miss_s = ", ".join(
-        f"`{r['method']}`{'' if r['rep_grad'] is None else ' rep_grad=' + rep_s(r['rep_grad'])} K={r['k']} ({r['ratio']:.2f}×)"
-        for r in misses
-    ) or "none"
+    miss_s = (
+        ", ".join(
+            f"`{r['method']}`{'' if r['rep_grad'] is None else ' rep_grad=' + rep_s(r['rep_grad'])} K={r['k']} ({r['ratio']:.2f}×)"
+            for r in misses
+        )
+        or "none"
+    )
     return (
         C.provenance(command, device=args.device, threads=args.threads)
         + f"- Load average (1, 5, 15 min) at start: {', '.join(f'{x:.2f}' for x in load[0])}; "
@@ -251,10 +265,19 @@ def render(rows: list[dict[str, Any]], args, command: str, load: tuple[list[floa
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per configuration (default 10)")
+    p.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps per configuration (default 10)"
+    )
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
-    p.add_argument("--block", type=int, default=3, help="timed steps per configuration per round (default 3)")
-    p.add_argument("--methods", nargs="+", default=None, help="balancers (default: all registered; ew is always added)")
+    p.add_argument(
+        "--block", type=int, default=3, help="timed steps per configuration per round (default 3)"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="balancers (default: all registered; ew is always added)",
+    )
     args = p.parse_args(argv)
     sz = sizes(args.smoke)
     results = C.results_path(args)  # before any work: a smoke run refuses the real file

@@ -32,7 +32,9 @@ def test_balance_overhead_smoke(tmp_path, real_results_untouched):
     from hydranet.balance import BALANCERS
 
     results = tmp_path / "RESULTS.md"
-    rows = balance_overhead.main(["--smoke", "--results", str(results), "--out", str(tmp_path / "work")])
+    rows = balance_overhead.main(
+        ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    )
     # every registered balancer went through Trainer.train_step, with both rep_grad settings
     # where it takes one
     assert {r["method"] for r in rows} == set(BALANCERS.names())
@@ -49,7 +51,9 @@ def test_balance_census_smoke(tmp_path, real_results_untouched):
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n")
-    summary = balance_census.main(["--smoke", "--results", str(results), "--out", str(tmp_path / "work")])
+    summary = balance_census.main(
+        ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    )
     assert set(summary) == {"single_task", "ew", "pcgrad"}
     assert summary["single_task"]["delta_m"] == pytest.approx(0.0)
     for row in summary.values():
