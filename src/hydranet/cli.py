@@ -47,6 +47,51 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="output file (.parquet or .csv)")
     pr.add_argument("--keep", nargs="*", default=[], metavar="COLUMN", help="input columns to copy into the output (e.g. an id)")
 
+    sv = sub.add_parser(
+        "serve",
+        help="serve a run over HTTP (POST /v1/predict, GET /v1/metadata, /healthz, /metrics)",
+        description="Serve a run over HTTP. Needs the serve extra: pip install 'hydranet[serve]'. "
+        "Preprocessing always runs in Python from the run's preprocessor.json; with --backend onnxruntime "
+        "only the model's forward pass runs in ONNX Runtime.",
+    )
+    sv.add_argument("run", help="run directory (a compressed run from 'hydranet compress' serves with onnxruntime)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (0: any free port; the ready line names it)")
+    sv.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="forward pass: torch (model.safetensors) or onnxruntime (auto: torch when the run has safetensors weights)")
+    sv.add_argument("--onnx", metavar="PATH", help="ONNX model for --backend onnxruntime (default: RUN/model.onnx, written by 'hydranet export')")
+    sv.add_argument("--api-key-file", metavar="PATH", help="require this key (file contents) as 'Authorization: Bearer KEY' or 'X-API-Key'; default: $HYDRANET_API_KEY if set, else no key")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    sv.add_argument("--max-rows", type=int, default=10_000, help="most rows per request (default 10,000)")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a request waits for others to share its forward pass (default 2)")
+    sv.add_argument("--max-batch-rows", type=int, default=8192, help="most rows per forward pass (default 8192)")
+    sv.add_argument("--threads", type=int, default=1, help="CPU threads for the forward pass (default 1: the other cores serve HTTP)")
+    sv.add_argument("--access-log", action="store_true", help="log every request")
+
+    ex = sub.add_parser(
+        "export",
+        help="export a run's model to ONNX and check it against PyTorch",
+        description="Export the model (inputs: cat int64 [B, C] and num float32 [B, N], the preprocessor's "
+        "outputs; one output per task, after its activation) to ONNX. Preprocessing is NOT in the graph: it "
+        "stays in Python (preprocessor.json). The export is checked against PyTorch on the run's test split "
+        "(validation when there is none) and refused (exit 1) beyond --tolerance.",
+    )
+    ex.add_argument("run")
+    ex.add_argument("--onnx", metavar="PATH", help="output file (default: RUN/model.onnx, which 'hydranet serve --backend onnxruntime' uses)")
+    ex.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed |ONNX - PyTorch| of any output (default 1e-5)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+
+    cp = sub.add_parser(
+        "compress",
+        help="write a smaller copy of a run (int8) and report size and metric changes",
+        description="--int8: ONNX Runtime dynamic quantization of the exported graph (weights of MatMul and "
+        "embedding Gather ops to int8). The new run holds JSON and model.onnx only, and serves and predicts "
+        "with onnxruntime.",
+    )
+    cp.add_argument("run")
+    cp.add_argument("--int8", action="store_true", help="int8 dynamic quantization (the one method so far)")
+    cp.add_argument("--out", required=True, help="new run directory")
+    cp.add_argument("--json", action="store_true", help="print the report as JSON")
+
     demo = sub.add_parser("demo", help="train the bundled census MMoE example and print test metrics")
     demo.add_argument("--out", default="runs/census-demo", help="run directory (replaced if it holds an earlier demo)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -192,7 +237,61 @@ def _demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"plan": _plan, "train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo}
+def _serve(args) -> int:
+    import os
+
+    from hydranet.serve.app import Settings
+    from hydranet.serve.predictor import Predictor
+    from hydranet.serve.server import print_ready, serve
+
+    key = None
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text().strip()
+        except OSError as e:
+            raise UserError(f"--api-key-file {args.api_key_file}: {e.strerror or e}") from None
+    elif os.environ.get("HYDRANET_API_KEY") is not None:
+        key = os.environ["HYDRANET_API_KEY"].strip()
+    settings = Settings(args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key).check()
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1; got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.load(args.run, args.backend, args.onnx, threads=args.threads)
+    serve(predictor, settings, args.host, args.port, access_log=args.access_log, on_ready=print_ready)
+    print("hydranet serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from hydranet.serve.export import ParityError, export_onnx
+
+    try:
+        report = export_onnx(args.run, args.onnx, tolerance=args.tolerance, opset=args.opset)
+    except ParityError as e:
+        print(f"hydranet: export failed: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _compress(args) -> int:
+    from hydranet.serve.compress import compress_int8
+
+    if not args.int8:
+        raise UserError("choose a compression method: --int8")
+    report = compress_int8(args.run, args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from hydranet.serve.compress import format_report
+
+        print(format_report(report))
+    return 0
+
+
+_COMMANDS = {"plan": _plan, "train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo, "serve": _serve, "export": _export, "compress": _compress}
 
 
 if __name__ == "__main__":  # pragma: no cover

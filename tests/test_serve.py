@@ -1,0 +1,217 @@
+"""`hydranet serve` as a real server process: endpoints, parity with Run.predict, auth, SIGTERM.
+
+Each test here starts ``python -m hydranet serve`` on 127.0.0.1 with ``--port 0``
+(the ready line names the port). The bulk of the bad-input fuzzing runs in
+process (tests/test_serve_app.py); a subset of it is replayed here against the
+real server, over one keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from hydranet.run import Run  # noqa: E402
+from test_serve_app import fuzz_cases, good_rows, train_tiny_run  # noqa: E402
+
+pytestmark = pytest.mark.service
+KEY = "s3cret-key-123"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.getbasetemp() / "serve-tiny")
+
+
+class Server:
+    def __init__(self, run: Path, tmp: Path, *args: str):
+        self.log = tmp / "server.log"
+        self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hydranet", "serve", str(run), "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True,
+        )  # fmt: skip
+        self.url = self._ready_line(timeout=90)
+
+    def _ready_line(self, timeout: float) -> str:
+        box: list[str] = []
+        reader = threading.Thread(
+            target=lambda: box.append(self.proc.stdout.readline()), daemon=True
+        )
+        reader.start()
+        reader.join(timeout)
+        if not box or "ready at" not in box[0]:
+            self.proc.kill()
+            raise AssertionError(f"no ready line; got {box}; log: {self.log.read_text()}")
+        return re.search(r"http://[\d.]+:\d+", box[0]).group(0)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("keyed")
+    key_file = tmp / "key"
+    key_file.write_text(KEY + "\n")
+    server = Server(
+        tiny_run,
+        tmp,
+        "--api-key-file",
+        str(key_file),
+        "--max-body-bytes",
+        "65536",
+        "--max-rows",
+        "100",
+    )
+    yield server
+    server.stop()
+
+
+def _close(a, b, tol=1e-6) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return math.isclose(a, b, abs_tol=tol)
+    return a == b
+
+
+def test_server_endpoints_parity_and_graceful_sigterm(tiny_run, tmp_path):
+    server = Server(tiny_run, tmp_path)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+        meta = client.get("/v1/metadata").json()
+        assert [t["kind"] for t in meta["tasks"]] == ["binary", "regression", "multiclass"]
+        assert meta["tasks"][2]["classes"] == ["x", "y", "z"]
+        assert {f["name"]: f["kind"] for f in meta["features"]} == {
+            "a": "numeric",
+            "b": "numeric",
+            "c": "numeric",
+            "color": "categorical",
+            "size": "categorical",
+        }
+        assert meta["features"][3]["categories"] == 4
+        assert (
+            meta["model"]["architecture"] == "mmoe"
+            and len(meta["model"]["version"]) == 64
+            and len(meta["data"]["version"]) == 64
+        )
+
+        rows = (
+            pq.read_table(Path(tiny_run).parent / "test.parquet")
+            .select(["a", "b", "c", "color", "size"])
+            .slice(0, 40)
+            .to_pylist()
+        )
+        rows[0]["a"], rows[1]["color"], rows[2]["size"], rows[3]["color"] = (
+            None,
+            "purple",
+            None,
+            None,
+        )  # missing, OOV
+        r = client.post("/v1/predict", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-model-version"] == meta["model"]["version"]
+        got = r.json()["predictions"]
+        expected = Run.load(tiny_run).predict(pa.Table.from_pylist(rows)).to_pylist()
+        assert len(got) == len(expected) == 40
+        for g, e in zip(got, expected, strict=True):
+            assert g.keys() == e.keys() and _close(g, e), (g, e)
+
+        bad = client.post(
+            "/v1/predict", json={"rows": [{"a": "x", "b": 1, "c": 1, "color": "red", "size": 1}]}
+        )
+        assert (
+            bad.status_code == 422
+            and bad.json()["error"]["field"] == "a"
+            and bad.json()["error"]["row"] == 0
+        )
+
+        metrics = client.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert 'hydranet_requests_total{endpoint="/v1/predict",code="200"} 1' in metrics.text
+        assert 'hydranet_request_errors_total{endpoint="/v1/predict",code="422"} 1' in metrics.text
+        assert 'hydranet_request_duration_seconds_count{endpoint="/v1/predict"} 2' in metrics.text
+
+    # a request in flight when SIGTERM arrives still gets its answer: headers and half the
+    # body go first, the rest after the signal
+    body = json.dumps({"rows": rows[:5]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:20]
+        )
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # waiting for the request in flight
+        sock.sendall(body[20:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert len(json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"]) == 5
+    assert server.stop() == 0
+    assert "stopped" in server.log.read_text()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_api_key(keyed_server):
+    with httpx.Client(base_url=keyed_server.url, timeout=30) as client:
+        body = {"rows": good_rows(3, seed=1)}
+        assert client.get("/healthz").status_code == 200  # probes need no key
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong"},
+            {"x-api-key": KEY + "x"},
+            {"authorization": KEY},
+        ):
+            r = client.post("/v1/predict", json=body, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["field"] == "authorization", (
+                headers,
+                r.text,
+            )
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert client.get("/v1/metadata", headers=headers).status_code == 401
+            assert client.get("/metrics", headers=headers).status_code == 401
+        for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
+            r = client.post("/v1/predict", json=body, headers=headers)
+            assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+            assert client.get("/v1/metadata", headers=headers).json()["auth"] is True
+
+
+def test_fuzz_subset_against_real_server(keyed_server):
+    """Every third fuzz case (about 230 requests) over one keep-alive connection: no 5xx, named fields."""
+    cases = fuzz_cases(seed=7, n=700, max_rows=100, max_body=65536)[::3]
+    with httpx.Client(base_url=keyed_server.url, timeout=30, headers={"x-api-key": KEY}) as client:
+        for case in cases:
+            r = client.post("/v1/predict", content=case.content(), headers=case.headers)
+            case.check(r.status_code, r.content)
+        assert client.get("/healthz").status_code == 200
+    text = keyed_server.log.read_text()
+    assert "Traceback" not in text and "Exception" not in text, text[-2000:]

@@ -1,0 +1,431 @@
+"""The HTTP API in process (httpx.ASGITransport, lifespan run by hand): validation, limits, batching.
+
+The fuzz test sends 2,000 generated requests, good and bad, to the in-process
+app: no 5xx, and every bad one a 4xx whose JSON names the field (and the row).
+tests/test_serve.py replays a subset against the real server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from dataclasses import field as default
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from hydranet.cli import main  # noqa: E402
+from hydranet.run import Run  # noqa: E402
+from hydranet.serve.app import Settings, _render, create_app  # noqa: E402
+from hydranet.serve.predictor import Predictor  # noqa: E402
+
+NUMERIC, CATEGORICAL = ["a", "b", "c"], ["color", "size"]
+
+
+def train_tiny_run(base: Path) -> Path:
+    """A 2-epoch MMoE on the conftest table (binary, regression, multiclass) under ``base``, once."""
+    import pyarrow.parquet as pq
+
+    import hydranet
+    from conftest import SPEC_TEMPLATE, make_table
+
+    run = base / "run"
+    if (run / "model.safetensors").exists():  # trained earlier in this session
+        return run
+    base.mkdir(exist_ok=True)
+    paths = {}
+    for i, (split, n) in enumerate([("train", 600), ("validation", 200), ("test", 200)]):
+        paths[split] = base / f"{split}.parquet"
+        pq.write_table(make_table(n, seed=i), paths[split])
+    text = SPEC_TEMPLATE.format(
+        arch="mmoe", epochs=2, checkpoint_every=0, **{k: str(v) for k, v in paths.items()}
+    )
+    (base / "spec.toml").write_text(text)
+    hydranet.train(hydranet.Spec.load(str(base / "spec.toml")), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return train_tiny_run(tmp_path_factory.getbasetemp() / "serve-tiny")
+
+
+def good_rows(n: int, seed: int = 0, mixed: bool = True) -> list[dict]:
+    """Valid rows; ``mixed``: values of several JSON types per column (no Arrow table can hold those)."""
+    rng = random.Random(seed)
+    numbers = [None, 0, -0.0, 2.5e3, -3] + ([True, 7] if mixed else [])
+    colors = ["red", "green", "blue", "black", "purple", "", "ünïcode", None] + (
+        [3, 2.5, True] if mixed else []
+    )
+    sizes = [0, 1, 2, 3, 4, 17, None, -1] + (["3", 2.0] if mixed else [])
+
+    def number():
+        return rng.gauss(0, 1) if rng.random() < 0.6 else rng.choice(numbers)
+
+    return [
+        {
+            "a": number(),
+            "b": number(),
+            "c": number(),
+            "color": rng.choice(colors),
+            "size": rng.choice(sizes),
+        }
+        for _ in range(n)
+    ]
+
+
+@dataclass
+class Case:
+    name: str
+    body: bytes
+    status: set[int] = default(default_factory=lambda: {200})
+    field: str | None = None
+    row: int | None = None
+    rows: int = 0
+    headers: dict[str, str] = default(default_factory=lambda: {"content-type": "application/json"})
+    chunked: bool = False
+
+    def content(self, asynchronous: bool = False):
+        """The body; chunked (no Content-Length) as an iterator of 4 KiB pieces."""
+        if not self.chunked:
+            return self.body
+        pieces = [self.body[i : i + 4096] for i in range(0, len(self.body), 4096)]
+
+        async def agen():
+            for p in pieces:
+                yield p
+
+        return agen() if asynchronous else iter(pieces)
+
+    def check(self, status: int, content: bytes) -> None:
+        assert status < 500, (self.name, status, content[:300])
+        assert status in self.status, (self.name, status, content[:300])
+        payload = json.loads(content)
+        if status == 200:
+            preds = payload["predictions"]
+            assert len(preds) == self.rows and all(
+                set(p) == {"click", "value", "kind", "kind_probs"} for p in preds
+            ), self.name
+            return
+        err = payload["error"]
+        assert err["status"] == status and err["field"] == self.field, (self.name, err)
+        if self.field is not None:
+            assert self.field in err["message"], (self.name, err)
+        if self.row is not None:
+            assert err["row"] == self.row and f"rows[{self.row}]" in err["message"], (
+                self.name,
+                err,
+            )
+
+
+def fuzz_cases(seed: int, n: int, max_rows: int, max_body: int) -> list[Case]:
+    """``n`` requests, about a third good, the rest each broken in one way (the only problem in it)."""
+    rng = random.Random(seed)
+
+    def body(obj) -> bytes:
+        return json.dumps(obj).encode()  # NaN and Infinity become the non-standard JSON tokens
+
+    def one(i: int) -> Case:
+        k = rng.randint(1, 12)
+        rows = good_rows(k, seed=seed * 100_003 + i)
+        r = rng.randrange(k)
+        f = rng.choice(NUMERIC + CATEGORICAL)
+        kind = rng.choice(
+            ["good"] * 8 + ["wrong_type", "nan", "missing", "extra", "huge", "float32", "deep_value", "row_type", "surrogate",
+             "empty", "rows_type", "body_type", "top_extra", "no_rows", "deep_body", "malformed", "utf8", "digits",
+             "oversized", "chunked", "content_type", "too_many"]
+        )  # fmt: skip
+        if kind == "good":
+            return Case("good", body({"rows": rows}), rows=k, chunked=rng.random() < 0.1)
+        if kind == "wrong_type":
+            bad = (
+                ["x", "1.5", [], {}, [1, 2], {"v": 1}]
+                if f in NUMERIC
+                else [[], {}, ["red"], {"k": "v"}]
+            )
+            rows[r][f] = rng.choice(bad)
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "nan":
+            rows[r][f] = rng.choice([float("nan"), float("inf"), float("-inf")])
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "missing":
+            del rows[r][f]
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "extra":
+            name = rng.choice(["zz", "A", "colour", "a ", "x" * 300])
+            rows[r][name] = 1
+            return Case(
+                kind, body({"rows": rows}), {422}, name if len(name) <= 80 else name[:77] + "...", r
+            )
+        if kind == "huge":  # beyond float64: 1e400 parses to inf, 10**400 does not fit
+            f = rng.choice(NUMERIC)
+            rows[r][f] = "@@"
+            text = body({"rows": rows}).replace(
+                b'"@@"', rng.choice([b"1e400", b"-2E+999", b"1" + b"0" * 400])
+            )
+            return Case(kind, text, {422}, f, r)
+        if kind == "float32":  # finite, but beyond float32 once scaled
+            f = rng.choice(NUMERIC)
+            rows[r][f] = rng.choice([1e300, -1e250, 1e39])
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "deep_value":
+            rows[r][f] = _nest(rng.randint(2, 200))
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "row_type":
+            rows[r] = rng.choice([3, "row", None, [1, 2, 3], True])
+            return Case(kind, body({"rows": rows}), {422}, None, r)
+        if kind == "surrogate":
+            f = rng.choice(CATEGORICAL)
+            rows[r][f] = "ab\ud800"
+            return Case(kind, body({"rows": rows}), {422}, f, r)
+        if kind == "empty":
+            return Case(kind, b'{"rows": []}', {422}, "rows")
+        if kind == "rows_type":
+            return Case(
+                kind, body({"rows": rng.choice([{}, "x", None, 3, {"a": 1}])}), {422}, "rows"
+            )
+        if kind == "body_type":
+            return Case(kind, body(rng.choice([[], "x", 3, None, [rows[0]]])), {422}, "body")
+        if kind == "top_extra":
+            return Case(kind, body({"rows": rows, "model": "other"}), {422}, "model")
+        if kind == "no_rows":
+            return Case(kind, body({"data": rows}), {422}, "data")
+        if kind == "deep_body":
+            depth = rng.randint(2_000, 20_000)
+            return Case(kind, b"[" * depth + b"]" * depth, {400}, "body")
+        if kind == "malformed":
+            good = body({"rows": rows})
+            bad = rng.choice(
+                [
+                    good[: rng.randrange(1, len(good))],
+                    b"{rows: 1}",
+                    b"",
+                    b"\x00\x01garbage",
+                    good + b"}",
+                    b"{'rows': []}",
+                ]
+            )
+            return Case(kind, bad, {400}, "body")
+        if kind == "utf8":
+            return Case(kind, b'{"rows": [{"color": "\xff\xfe"}]}', {400}, "body")
+        if kind == "digits":  # more digits than Python converts
+            return Case(kind, b'{"rows": [{"a": 1' + b"0" * 5000 + b"}]}", {400}, "body")
+        if kind in ("oversized", "chunked"):
+            padded = body({"rows": rows}) + b" " * (max_body + rng.randint(1, 3 * max_body))
+            return Case(kind, padded, {413}, "body", chunked=kind == "chunked")
+        if kind == "content_type":
+            headers = rng.choice(
+                [
+                    {"content-type": "text/plain"},
+                    {"content-type": "application/x-www-form-urlencoded"},
+                    {},
+                    {"content-type": "application/jsonx"},
+                ]
+            )
+            return Case(kind, body({"rows": rows}), {415}, "content-type", headers=headers)
+        assert kind == "too_many"
+        many = good_rows(max_rows + rng.randint(1, 50), seed=i)
+        return Case(kind, body({"rows": many}), {413}, "rows")
+
+    return [one(i) for i in range(n)]
+
+
+def _nest(depth: int):
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
+async def _with_app(app, fn):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://hydranet.test", timeout=30
+        ) as client:
+            return await fn(client)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run) -> Predictor:
+    return Predictor.load(tiny_run)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """As ``hydranet serve`` runs (--threads 1): tiny forward passes gain nothing from more
+    threads, and on a busy 2-core machine OpenMP barriers make them 5-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fuzz_in_process(predictor):
+    """2,000 generated requests to the in-process app: zero 5xx, every bad one named."""
+    settings = Settings(max_body_bytes=65536, max_rows=100, batch_wait_ms=1)
+    app = create_app(predictor, settings)
+    cases = fuzz_cases(seed=3, n=2000, max_rows=100, max_body=65536)
+    kinds = {c.name for c in cases}
+    assert len(kinds) >= 20 and sum(c.name == "good" for c in cases) > 400
+
+    async def send(client, case):
+        r = await client.post(
+            "/v1/predict", content=case.content(asynchronous=True), headers=case.headers
+        )
+        case.check(r.status_code, r.content)
+
+    async def send_all(client):
+        for start in range(0, len(cases), 16):  # 16 at a time: good ones share forward passes
+            await asyncio.gather(*(send(client, c) for c in cases[start : start + 16]))
+        return (await client.get("/metrics")).text
+
+    metrics = asyncio.run(_with_app(app, send_all))
+    assert 'code="500"' not in metrics
+
+
+def test_concurrent_requests_share_forward_passes(predictor, tiny_run):
+    app = create_app(predictor, Settings(batch_wait_ms=50))
+    batches: list[tuple[int, int]] = []
+    observe = app.state.metrics.observe_batch
+    app.state.batcher.on_batch = lambda rows, requests: (
+        batches.append((rows, requests)),
+        observe(rows, requests),
+    )
+    requests = [good_rows(1 + i % 3, seed=i, mixed=False) for i in range(24)]
+
+    async def burst(client):
+        rs = await asyncio.gather(
+            *(client.post("/v1/predict", json={"rows": rows}) for rows in requests)
+        )
+        return [r.json()["predictions"] for r in rs]
+
+    answers = asyncio.run(_with_app(app, burst))
+    assert sum(r for r, _ in batches) == sum(map(len, requests))
+    assert len(batches) < len(requests) // 2  # grouped, not one forward pass per request
+    run = Run.load(tiny_run)
+    for rows, got in zip(requests, answers, strict=True):
+        ref = run.predict(pa.Table.from_pylist(rows))
+        assert np.allclose([g["value"] for g in got], ref.column("value").to_numpy(), atol=1e-6)
+        assert [g["kind"] for g in got] == ref.column("kind").to_pylist()
+
+
+def test_errors_for_paths_methods_and_limits(predictor):
+    app = create_app(predictor, Settings(max_body_bytes=1000, max_rows=3))
+
+    async def probe(client):
+        out = {}
+        out["404"] = await client.get("/v2/predict")
+        out["405"] = await client.get("/v1/predict")
+        out["413"] = await client.post("/v1/predict", json={"rows": good_rows(30)})
+        out["rows"] = await client.post("/v1/predict", json={"rows": good_rows(4)})
+        out["ok"] = await client.post(
+            "/v1/predict",
+            json={"rows": good_rows(3)},
+            headers={"content-type": "Application/JSON; charset=utf-8"},
+        )
+        return out
+
+    out = asyncio.run(_with_app(app, probe))
+    for code in ("404", "405"):
+        err = out[code].json()["error"]
+        assert (
+            out[code].status_code == int(code)
+            and err["field"] == "path"
+            and "POST /v1/predict" in err["message"]
+        )
+    assert out["413"].status_code == 413 and "1,000 bytes" in out["413"].json()["error"]["message"]
+    assert out["rows"].status_code == 413 and out["rows"].json()["error"]["field"] == "rows"
+    assert out["ok"].status_code == 200
+
+
+def test_messages_name_row_and_field(predictor):
+    app = create_app(predictor)
+    rows = good_rows(5, seed=2)
+    rows[3]["b"] = "seven"
+    rows[4]["size"] = {"v": 1}
+
+    async def send(client):
+        return await client.post("/v1/predict", json={"rows": rows})
+
+    err = asyncio.run(_with_app(app, send)).json()["error"]
+    assert (
+        err["message"].startswith("rows[3].b: expected a number or null")
+        and "1 more" in err["message"]
+    )
+    assert [(p["row"], p["field"]) for p in err["problems"]] == [(3, "b"), (4, "size")]
+
+
+def test_non_finite_predictions_render_as_null(predictor):
+    outputs = {
+        "click": np.array([np.nan], np.float32),
+        "value": np.array([np.inf], np.float32),
+        "kind": np.array([[np.nan, 0.5, 0.5]], np.float32),
+    }
+    row = json.loads(_render(predictor, outputs))["predictions"][0]
+    assert row["click"] is None and row["value"] is None and row["kind_probs"] == [None, 0.5, 0.5]
+
+
+def test_api_key_from_settings(predictor):
+    app = create_app(predictor, Settings(api_key="k" * 40))
+
+    async def send(client):
+        body = {"rows": good_rows(1)}
+        return [
+            (await client.post("/v1/predict", json=body)).status_code,
+            (
+                await client.post(
+                    "/v1/predict", json=body, headers={"authorization": "Bearer " + "k" * 39}
+                )
+            ).status_code,
+            (
+                await client.post(
+                    "/v1/predict", json=body, headers={"authorization": "Bearer " + "k" * 40}
+                )
+            ).status_code,
+            (
+                await client.post(
+                    "/v1/predict",
+                    json=body,
+                    headers={"x-api-key": ("k" * 40 + "\u00e9").encode("latin-1")},
+                )
+            ).status_code,
+        ]
+
+    assert asyncio.run(_with_app(app, send)) == [401, 401, 200, 401]
+
+
+def test_serve_cli_refuses_bad_options(tiny_run, tmp_path, capsys):
+    cases = [
+        (["serve", str(tmp_path)], "not a complete hydranet run"),
+        (["serve", str(tiny_run), "--max-rows", "0"], "--max-rows"),
+        (["serve", str(tiny_run), "--batch-wait-ms", "-1"], "--batch-wait-ms"),
+        (["serve", str(tiny_run), "--api-key-file", str(tmp_path / "nokey")], "--api-key-file"),
+        (
+            [
+                "serve",
+                str(tiny_run),
+                "--backend",
+                "onnxruntime",
+                "--onnx",
+                str(tmp_path / "none.onnx"),
+            ],
+            "none.onnx",
+        ),
+        (["serve", str(tiny_run), "--host", "256.1.1.1", "--port", "0"], "256.1.1.1"),
+    ]
+    (tmp_path / "empty").write_text("\n")
+    cases.append((["serve", str(tiny_run), "--api-key-file", str(tmp_path / "empty")], "empty"))
+    for argv, culprit in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and culprit in err, (argv, err)
