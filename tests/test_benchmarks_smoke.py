@@ -1,0 +1,130 @@
+"""Smoke runs of the benchmarks (benchmarks/census_paper.py, synthetic_correlation.py,
+peers_census.py) and of their shared RESULTS.md writer.
+
+Each script's ``main(["--smoke", ...])`` runs in-process at tiny sizes on offline data
+(a random census-shaped table, a small synthetic problem), writing into a temporary
+RESULTS file: the real benchmarks/RESULTS.md must stay byte for byte. No timing is
+asserted. The peer benchmark needs the optional ``bench`` extra (deepctr-torch) and is
+skipped without it; the synthetic plot needs matplotlib (same extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+
+OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
+
+
+@pytest.fixture
+def real_results_untouched():
+    path = _common.DEFAULT_RESULTS
+    before = path.read_bytes() if path.exists() else None
+    yield
+    after = path.read_bytes() if path.exists() else None
+    assert before == after, "a --smoke run changed benchmarks/RESULTS.md"
+
+
+def _results(tmp_path: Path) -> Path:
+    path = tmp_path / "RESULTS.md"
+    path.write_text(OTHER)
+    return path
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path):
+    path = _results(tmp_path)
+    _common.write_section(path, "mine", "first")
+    _common.write_section(path, "mine", "second")
+    text = path.read_text()
+    assert text.count("<!-- BEGIN mine -->") == 1 and "second" in text and "first" not in text
+    assert text.startswith(OTHER.rstrip("\n"))  # the other section is untouched
+    path.write_text(text + "\n<!-- BEGIN mine -->\nagain\n<!-- END mine -->\n")
+    with pytest.raises(RuntimeError, match="appears 2 times"):
+        _common.write_section(path, "mine", "third")
+
+
+def test_smoke_refuses_the_real_results_file():
+    args = _common.base_parser("x").parse_args(
+        ["--smoke", "--results", str(_common.DEFAULT_RESULTS)]
+    )
+    with pytest.raises(SystemExit, match="must not write"):
+        _common.results_path(args)
+    assert _common.results_path(_common.base_parser("x").parse_args(["--smoke"])) is None
+
+
+def test_provenance_names_command_machine_versions_and_date():
+    text = _common.provenance("cmd --flag", threads=2)
+    assert "Command: `cmd --flag`" in text
+    for key in ("- Machine:", "torch threads 2", "- Versions:", "torch ", "hydranet ", "- Date:"):
+        assert key in text
+
+
+def test_census_paper_smoke(tmp_path, real_results_untouched):
+    import census_paper
+
+    results = _results(tmp_path)
+    summary = census_paper.main(
+        ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    )
+    assert set(summary) == set(census_paper.TRUNK_PARAMS)  # every trunk ran
+    assert summary["single_task"]["delta_m"] == pytest.approx(0.0)
+    for row in summary.values():
+        assert 0.0 <= row["income"]["mean"] <= 1.0 and 0.0 <= row["marital"]["mean"] <= 1.0
+        assert row["parameters"]["trunk"] > 0
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END census-paper -->" in text
+    assert "| `mmoe` |" in text and "paper income best / mean" in text
+    # re-running skips the (trunk, seed) pairs already in results.jsonl and rewrites the table
+    again = census_paper.main(
+        ["--smoke", "--report-only", "--results", str(results), "--out", str(tmp_path / "work")]
+    )
+    assert again["mmoe"]["income"] == summary["mmoe"]["income"]
+    assert results.read_text().count("<!-- BEGIN census-paper -->") == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs the bench extra")
+def test_synthetic_correlation_smoke(tmp_path, real_results_untouched):
+    import synthetic_correlation
+
+    results = _results(tmp_path)
+    plot = tmp_path / "curves.png"
+    out = synthetic_correlation.main(
+        [
+            "--smoke",
+            "--results",
+            str(results),
+            "--out",
+            str(tmp_path / "work"),
+            "--plot",
+            str(plot),
+        ]
+    )
+    assert plot.is_file() and plot.stat().st_size < 200_000
+    assert set(out["summary"]) == set(synthetic_correlation.CORRELATIONS)
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END synthetic-correlation -->" in text
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepctr_torch") is None,
+    reason="deepctr-torch is in the optional bench extra (pip install -e '.[bench]')",
+)
+def test_peers_census_smoke(tmp_path, real_results_untouched):
+    import peers_census
+
+    results = _results(tmp_path)
+    out = peers_census.main(["--smoke", "--results", str(results), "--out", str(tmp_path / "work")])
+    for side in ("deepctr", "hydranet"):
+        assert out[side]["train_rows_per_s"] and all(v > 0 for v in out[side]["train_rows_per_s"])
+        assert set(out[side]["auc"]) == {"income", "marital"}
+    # the same sizes on both sides: parameter counts within the biases DeepCTR leaves out
+    assert abs(out["deepctr"]["parameters"] - out["hydranet"]["parameters"]) <= 32
+    assert "keep me" in results.read_text()
