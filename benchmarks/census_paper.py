@@ -19,6 +19,7 @@ from what is there.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ def run_one(data: dict, arch: str, params: dict, args, seed: int, work: Path) ->
         patience=args.patience,
     )
     out = work / "runs" / f"{arch}_s{seed}"
+    if out.exists():  # an interrupted earlier attempt at this pair (done pairs are skipped)
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     run = hydranet.train(spec, out, progress=False)
     seconds = time.perf_counter() - t0

@@ -22,6 +22,7 @@ no network call and needs no ``requests``. Nothing in site-packages is edited.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
@@ -86,7 +87,7 @@ def run_hydranet(spec, work: Path, test, tasks, args) -> dict[str, Any]:
     from hydranet.tasks import auc
 
     t0 = time.perf_counter()
-    run = hydranet.train(spec, work / "hydranet_mmoe", progress=False)
+    run = hydranet.train(spec, work, progress=False)
     wall = time.perf_counter() - t0
     log = run.metrics_log
     rates = [r["rows_per_s"] for r in log]
@@ -197,78 +198,73 @@ def _timed_inference(fn, n_rows: int, repeats: int):
     return out, rates
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=5, help="training epochs for both (default 5)")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--eval-batch-size", type=int, default=8192, help="inference batch for both")
-    p.add_argument(
-        "--repeats", type=int, default=3, help="inference passes timed (median reported)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.epochs, args.repeats = 1, 1
-    try:
-        import_deepctr()
-    except ImportError as e:
-        raise SystemExit(
-            f"deepctr-torch is not installed ({e}); pip install -e '.[bench]'"
-        ) from None
-    C.setup_torch(args.threads, args.device)
-    command = C.command_line(argv)
-    work = C.work_dir(args, "peers_census")
-    data = C.census_data(args.smoke, work)
+def compare(spec, prepared, work: Path, args, threads: int) -> dict[str, Any]:
+    """Both models at one torch thread count: DeepCTR first, then hydranet."""
+    import torch
 
-    from hydranet.train.prepare import prepare, resolve_spec
-
-    spec = resolve_spec(hydranet_spec(data, args))
-    prepared = prepare(spec)
     tasks, _prep, splits = prepared
-    test = splits["test"]
-
-    # DeepCTR first, then hydranet: the process is warm for the second, so if anything
-    # the order favours hydranet by no more than one-time start-up costs (not timed).
+    torch.set_num_threads(threads)
+    spec = type(spec).from_dict(
+        {**spec.to_dict(), "train": {**spec.to_dict()["train"], "threads": threads}}
+    )
+    # DeepCTR first, then hydranet: if the order favours anyone it is hydranet, by
+    # one-time start-up costs, which are not timed.
     deep = run_deepctr(prepared, args)
-    print(
-        f"deepctr-torch: {statistics.median(deep['train_rows_per_s']):,.0f} rows/s, AUC {deep['auc']}",
-        flush=True,
-    )
-    hyd = run_hydranet(spec, work, test, tasks, args)
-    print(
-        f"hydranet:      {statistics.median(hyd['train_rows_per_s']):,.0f} rows/s, AUC {hyd['auc']}",
-        flush=True,
-    )
-
     med = statistics.median
-    ratio_train = med(hyd["train_rows_per_s"]) / med(deep["train_rows_per_s"])
-    ratio_infer = med(hyd["infer_rows_per_s"]) / med(deep["infer_rows_per_s"])
+    print(
+        f"[{threads} threads] deepctr-torch: {med(deep['train_rows_per_s']):,.0f} rows/s, AUC {deep['auc']}",
+        flush=True,
+    )
+    hyd = run_hydranet(spec, work / f"hydranet_mmoe_t{threads}", splits["test"], tasks, args)
+    print(
+        f"[{threads} threads] hydranet:      {med(hyd['train_rows_per_s']):,.0f} rows/s, AUC {hyd['auc']}",
+        flush=True,
+    )
+    return {
+        "deepctr": deep,
+        "hydranet": hyd,
+        "ratio_train": med(hyd["train_rows_per_s"]) / med(deep["train_rows_per_s"]),
+        "ratio_infer": med(hyd["infer_rows_per_s"]) / med(deep["infer_rows_per_s"]),
+        "met": med(hyd["train_rows_per_s"]) >= 3.0 * med(deep["train_rows_per_s"])
+        and all(hyd["auc"][t] >= deep["auc"][t] - 1e-4 for t in TASKS),
+    }
+
+
+def render(
+    results: dict[int, dict[str, Any]], n_train: int, n_test: int, args, command: str
+) -> str:
+    med = statistics.median
     rows = []
-    for name, r in (("DeepCTR-Torch 0.3.0 `MMOE`", deep), ("hydranet `mmoe`", hyd)):
+    for threads, res in results.items():
+        deep, hyd = res["deepctr"], res["hydranet"]
+        for name, r in (("DeepCTR-Torch 0.3.0 `MMOE`", deep), ("hydranet `mmoe`", hyd)):
+            rows.append(
+                [
+                    threads,
+                    name,
+                    f"{r['parameters']:,}",
+                    f"{med(r['train_rows_per_s']):,.0f}",
+                    f"{r['train_seconds']:.1f}",
+                    f"{med(r['infer_rows_per_s']):,.0f}",
+                    f"{r['auc']['income']:.4f}",
+                    f"{r['auc']['marital']:.4f}",
+                ]
+            )
         rows.append(
             [
-                name,
-                f"{r['parameters']:,}",
-                f"{med(r['train_rows_per_s']):,.0f}",
-                f"{r['train_seconds']:.1f}",
-                f"{med(r['infer_rows_per_s']):,.0f}",
-                f"{r['auc']['income']:.4f}",
-                f"{r['auc']['marital']:.4f}",
+                threads,
+                "**ratio hydranet / DeepCTR**",
+                "",
+                f"**{res['ratio_train']:.1f}×**",
+                "",
+                f"**{res['ratio_infer']:.1f}×**",
+                f"{hyd['auc']['income'] - deep['auc']['income']:+.4f}",
+                f"{hyd['auc']['marital'] - deep['auc']['marital']:+.4f}",
             ]
         )
-    rows.append(
-        [
-            "**ratio hydranet / DeepCTR**",
-            "",
-            f"**{ratio_train:.1f}×**",
-            "",
-            f"**{ratio_infer:.1f}×**",
-            f"{hyd['auc']['income'] - deep['auc']['income']:+.4f}",
-            f"{hyd['auc']['marital'] - deep['auc']['marital']:+.4f}",
-        ]
-    )
     table = C.markdown_table(
         [
+            "threads",
             "model",
             "parameters",
             "train rows/s (median epoch)",
@@ -279,28 +275,71 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         rows,
     )
-    met = ratio_train >= 3.0 and all(hyd["auc"][t] >= deep["auc"][t] - 1e-4 for t in TASKS)
-    body = (
-        C.provenance(command, device=args.device, threads=args.threads, extra=("deepctr-torch",))
-        + f"\nSame process, {len(splits['train']):,} training and {len(test):,} test rows, "
+    per_epoch = "; ".join(
+        f"{t} threads: DeepCTR {', '.join(f'{v:,.0f}' for v in r['deepctr']['train_rows_per_s'])}, "
+        f"hydranet {', '.join(f'{v:,.0f}' for v in r['hydranet']['train_rows_per_s'])}"
+        for t, r in results.items()
+    )
+    verdicts = "; ".join(
+        f"{t} threads: {'met' if r['met'] else 'NOT met'}" for t, r in results.items()
+    )
+    first = next(iter(results))
+    return (
+        C.provenance(command, device=args.device, threads=first, extra=("deepctr-torch",))
+        + f"\nSame process, {n_train:,} training and {n_test:,} test rows, "
         f"{args.epochs} epochs, batch {args.batch_size}, Adam lr 1e-3 constant, seed {args.seed}, "
         "8 experts × [16], linear gates, towers [8], embedding 4; DeepCTR's other arguments at their "
         "defaults (embedding init std 1e-4, L2 1e-5 on embeddings, loss summed over the batch). "
         "AUCs by `hydranet.tasks.auc` on whole-split predictions for both. Per-epoch train rows/s: "
-        f"DeepCTR {', '.join(f'{v:,.0f}' for v in deep['train_rows_per_s'])}; hydranet "
-        f"{', '.join(f'{v:,.0f}' for v in hyd['train_rows_per_s'])}.\n\n"
+        f"{per_epoch}.\n\n"
         + table
-        + f"\n\n**Target (≥ 3× DeepCTR-Torch training throughput with equal or better AUC): "
-        f"{'met' if met else 'NOT met'}.**"
+        + "\n\n**Target (≥ 3× DeepCTR-Torch training throughput with equal or better AUC): "
+        f"{verdicts}.**"
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = C.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=5, help="training epochs for both (default 5)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--eval-batch-size", type=int, default=8192, help="inference batch for both")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="inference passes timed (median reported)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--thread-counts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run the whole comparison at each of these torch thread counts (default: --threads)",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.repeats = 1, 1
+    try:
+        import_deepctr()
+    except ImportError as e:
+        raise SystemExit(
+            f"deepctr-torch is not installed ({e}); pip install -e '.[bench]'"
+        ) from None
+    counts = args.thread_counts or [args.threads]
+    C.setup_torch(counts[0], args.device)
+    command = C.command_line(argv)
+    work = C.work_dir(args, "peers_census")
+    for old in work.glob("hydranet_mmoe*"):
+        shutil.rmtree(old)  # this script's own earlier runs
+    data = C.census_data(args.smoke, work)
+
+    from hydranet.train.prepare import prepare, resolve_spec
+
+    spec = resolve_spec(hydranet_spec(data, args))
+    prepared = prepare(spec)
+    splits = prepared[2]
+    results = {t: compare(spec, prepared, work, args, t) for t in counts}
+    body = render(results, len(splits["train"]), len(splits["test"]), args, command)
     print(C.write_section(C.results_path(args), SECTION, body))
-    return {
-        "deepctr": deep,
-        "hydranet": hyd,
-        "ratio_train": ratio_train,
-        "ratio_infer": ratio_infer,
-        "met": met,
-    }
+    return {**results[counts[0]], "by_threads": results}
 
 
 if __name__ == "__main__":
