@@ -133,46 +133,7 @@ def plot(curves: dict, path: Path, args) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p_ = C.base_parser(__doc__.splitlines()[0])
-    p_.add_argument(
-        "--seeds", type=int, default=10, help="problems/seeds per correlation (default 10)"
-    )
-    p_.add_argument("--rows", type=int, default=10_000, help="training rows per problem")
-    p_.add_argument("--test-rows", type=int, default=10_000)
-    p_.add_argument("--dim", type=int, default=100, help="input dimension (the paper: 100)")
-    p_.add_argument("--epochs", type=int, default=50)
-    p_.add_argument("--batch-size", type=int, default=256)
-    p_.add_argument("--lr", type=float, default=1e-3)
-    p_.add_argument(
-        "--smooth", type=int, default=20, help="moving-average window of the plot (steps)"
-    )
-    p_.add_argument(
-        "--plot",
-        type=Path,
-        default=None,
-        help="PNG path (default benchmarks/synthetic_correlation.png)",
-    )
-    args = p_.parse_args(argv)
-    if args.smoke:
-        args.seeds, args.rows, args.test_rows, args.dim, args.epochs, args.smooth = (
-            1,
-            256,
-            128,
-            8,
-            2,
-            2,
-        )
-    C.setup_torch(args.threads, args.device)
-    command = C.command_line(argv)
-    work = C.work_dir(args, "synthetic_correlation")
-    trunks = SMOKE_TRUNKS if args.smoke else TRUNKS
-    plot_path = args.plot or (
-        work / "synthetic_correlation.png"
-        if args.smoke
-        else C.BENCH_DIR / "synthetic_correlation.png"
-    )
-
+def run_all(args, trunks: dict, work: Path):
     from hydranet.train.prepare import prepare, resolve_spec
 
     curves: dict[float, dict[str, list[np.ndarray]]] = {
@@ -195,9 +156,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 + "  ".join(f"{a} test {test[p][a][-1]:.4f}" for a in trunks),
                 flush=True,
             )
-    plot(curves, plot_path, args)
+    return curves, test, seconds
 
+
+def save_raw(path: Path, curves, test, seconds: float) -> None:
+    arrays = {"seconds": np.asarray(seconds)}
+    for p, per_arch in curves.items():
+        for arch, runs in per_arch.items():
+            arrays[f"curves/{p}/{arch}"] = np.stack(runs)
+            arrays[f"test/{p}/{arch}"] = np.asarray(test[p][arch])
+    np.savez_compressed(path, **arrays)
+
+
+def load_raw(path: Path, trunks: dict):
+    if not path.is_file():
+        raise SystemExit(f"--report-only: no {path}; run without it first")
+    z = np.load(path)
+    curves = {p: {a: list(z[f"curves/{p}/{a}"]) for a in trunks} for p in CORRELATIONS}
+    test = {p: {a: list(z[f"test/{p}/{a}"]) for a in trunks} for p in CORRELATIONS}
+    return curves, test, float(z["seconds"])
+
+
+def _gains(base: list[float], ours: list[float]) -> tuple[float, float, int]:
+    """Relative gain of the means, mean of the per-seed (paired) relative gains, seeds won."""
+    b, o = np.asarray(base), np.asarray(ours)
+    return float((b.mean() - o.mean()) / b.mean()), float(np.mean((b - o) / b)), int(np.sum(o < b))
+
+
+def analyse(curves, test, trunks: dict):
     rows, summary = [], {}
+    n = len(test[CORRELATIONS[0]]["mmoe"])
     for p in CORRELATIONS:
         final = {
             a: [float(c[-max(1, c.size // 10) :].mean()) for c in curves[p][a]] for a in trunks
@@ -205,32 +193,99 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary[p] = {
             a: {"train": C.mean_std(final[a]), "test": C.mean_std(test[p][a])} for a in trunks
         }
-        sb, mm = summary[p]["shared_bottom"]["test"][0], summary[p]["mmoe"]["test"][0]
-        om = summary[p]["omoe"]["test"][0]
+        vs_sb = _gains(test[p]["shared_bottom"], test[p]["mmoe"])
+        vs_om = _gains(test[p]["omoe"], test[p]["mmoe"])
+        train_vs_sb = _gains(final["shared_bottom"], final["mmoe"])
+        summary[p].update(mmoe_vs_sb=vs_sb, mmoe_vs_omoe=vs_om, mmoe_train_vs_sb=train_vs_sb)
         rows.append(
             [f"{p}"]
-            + [f"{summary[p][a]['train'][0]:.4f} ± {summary[p][a]['train'][1]:.4f}" for a in trunks]
+            + [f"{summary[p][a]['train'][0]:.4f}" for a in trunks]
             + [f"{summary[p][a]['test'][0]:.4f} ± {summary[p][a]['test'][1]:.4f}" for a in trunks]
-            + [f"{100 * (sb - mm) / sb:+.1f}%", f"{100 * (om - mm) / om:+.1f}%"]
+            + [
+                f"{100 * g[0]:+.1f}% / {100 * g[1]:+.1f}% / {g[2]}/{n}"
+                for g in (train_vs_sb, vs_sb, vs_om)
+            ]
         )
-        summary[p]["mmoe_gain_vs_sb"] = (sb - mm) / sb
-        summary[p]["mmoe_gain_vs_omoe"] = (om - mm) / om
     table = C.markdown_table(
         ["p"]
         + [f"{a} final train loss" for a in trunks]
         + [f"{a} test MSE" for a in trunks]
-        + ["MMoE test gain vs shared-bottom", "vs OMoE"],
+        + [
+            "MMoE vs shared-bottom, train loss",
+            "MMoE vs shared-bottom, test MSE",
+            "MMoE vs OMoE, test MSE",
+        ],
         rows,
     )
-    gains = [summary[p]["mmoe_gain_vs_sb"] for p in CORRELATIONS]
-    grows = all(a >= b for a, b in zip(gains, gains[1:], strict=False))
+    paired = [summary[p]["mmoe_vs_sb"][1] for p in CORRELATIONS]
+    grows = all(a >= b for a, b in zip(paired, paired[1:], strict=False))
     finding = (
-        "MMoE's test-MSE advantage over shared-bottom "
+        "MMoE's paired test-MSE advantage over shared-bottom "
         + ("grows" if grows else "does not grow monotonically")
         + " as the correlation falls ("
-        + ", ".join(f"p={p}: {100 * g:+.1f}%" for p, g in zip(CORRELATIONS, gains, strict=True))
-        + ")."
+        + ", ".join(f"p={p}: {100 * g:+.1f}%" for p, g in zip(CORRELATIONS, paired, strict=True))
+        + "); vs OMoE: "
+        + ", ".join(f"p={p}: {100 * summary[p]['mmoe_vs_omoe'][1]:+.1f}%" for p in CORRELATIONS)
+        + "."
     )
+    return summary, table, finding, grows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p_ = C.base_parser(__doc__.splitlines()[0])
+    p_.add_argument(
+        "--seeds", type=int, default=10, help="problems/seeds per correlation (default 10)"
+    )
+    p_.add_argument("--rows", type=int, default=10_000, help="training rows per problem")
+    p_.add_argument("--test-rows", type=int, default=10_000)
+    p_.add_argument("--dim", type=int, default=100, help="input dimension (the paper: 100)")
+    p_.add_argument("--epochs", type=int, default=50)
+    p_.add_argument("--batch-size", type=int, default=256)
+    p_.add_argument("--lr", type=float, default=1e-3)
+    p_.add_argument(
+        "--smooth", type=int, default=20, help="moving-average window of the plot (steps)"
+    )
+    p_.add_argument("--report-only", action="store_true", help="table and plot from <out>/raw.npz")
+    p_.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG path (default benchmarks/synthetic_correlation.png)",
+    )
+    args = p_.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.rows, args.test_rows, args.dim, args.epochs, args.smooth = (
+            1,
+            256,
+            128,
+            8,
+            2,
+            2,
+        )
+    C.setup_torch(args.threads, args.device)
+    command = C.command_line(argv)
+    if args.report_only:
+        # the numbers come from the same command without --report-only
+        command = (
+            command.replace(" --report-only", "")
+            + "` (re-rendered from raw.npz with `--report-only"
+        )
+    work = C.work_dir(args, "synthetic_correlation")
+    trunks = SMOKE_TRUNKS if args.smoke else TRUNKS
+    plot_path = args.plot or (
+        work / "synthetic_correlation.png"
+        if args.smoke
+        else C.BENCH_DIR / "synthetic_correlation.png"
+    )
+
+    raw = work / "raw.npz"
+    if args.report_only:
+        curves, test, seconds = load_raw(raw, trunks)
+    else:
+        curves, test, seconds = run_all(args, trunks, work)
+        save_raw(raw, curves, test, seconds)
+    plot(curves, plot_path, args)
+    summary, table, finding, grows = analyse(curves, test, trunks)
     try:
         rel_plot = plot_path.resolve().relative_to(C.BENCH_DIR)
     except ValueError:
@@ -243,7 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Adam lr {args.lr}, constant, batch {args.batch_size}, {args.epochs} epochs "
         f"({curves[CORRELATIONS[0]]['mmoe'][0].size} steps); equal weighting; hydranet's Trainer.train_step. "
         f"Losses are MSE on standardized targets, mean of the two tasks; final train loss = mean of "
-        f"the last 10% of steps; mean ± std over seeds. Training time, all runs: {seconds / 60:.1f} min.\n\n"
+        f"the last 10% of steps (mean over seeds); test MSE mean ± std over seeds. Comparison columns: "
+        f"relative gain of the means / mean of the per-seed paired relative gains / seeds on which MMoE "
+        f"is lower (positive = MMoE better). Training time, all runs: {seconds / 60:.1f} min.\n\n"
         f"![training loss per step]({rel_plot})\n\n" + table + f"\n\n**Finding:** {finding}"
     )
     section = C.write_section(C.results_path(args), SECTION, body)
