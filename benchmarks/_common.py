@@ -209,8 +209,11 @@ def _markers(name: str) -> tuple[str, str]:
     return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
 
 
-def write_section(path: Path | None, name: str, body: str) -> str:
+def write_section(path: Path | None, name: str, body: str, *, at_top: bool = False) -> str:
     """Replace section ``name`` of ``path`` (or append it); everything else stays byte for byte.
+
+    A new section goes at the end, or with ``at_top`` right under the file's first line
+    (its title).
 
     Returns the section text. ``path=None`` only returns it (print-only runs).
     The file is rewritten through a temporary name and an atomic rename, and
@@ -228,6 +231,9 @@ def write_section(path: Path | None, name: str, body: str) -> str:
         raise RuntimeError(f"{path}: section {name!r} appears {len(matches)} times; fix by hand")
     if matches:
         new = pattern.sub(lambda _m: section, text, count=1)
+    elif at_top:
+        title, _, rest = text.partition("\n")
+        new = title + "\n\n" + section + "\n\n" + rest.lstrip("\n")
     else:
         new = text.rstrip("\n") + "\n\n" + section + "\n"
     if not new.endswith("\n"):
@@ -237,6 +243,29 @@ def write_section(path: Path | None, name: str, body: str) -> str:
         f.write(new)
     os.replace(tmp, path)
     return section
+
+
+ABOUT = """\
+Every section below is written by one script in `benchmarks/` and starts with the command that
+produced it, the machine, the versions and the date; re-run the command to refresh the section
+(a script replaces only its own section, between its `BEGIN`/`END` markers). `make bench-smoke`
+runs every script at tiny size into temporary files and never touches this file.
+
+How to read the timings: unless a section says otherwise they come from a 2-core CPU container
+**shared with other jobs running at the same time** (each section records the 1-minute load
+average when it was written), so absolute rows/s are noisy; ratios measured in one process
+(the peer comparison) are the figures to compare. The scripts set `OMP_WAIT_POLICY=PASSIVE`:
+with the default active waiting, two OpenMP threads on shared cores made a training step
+10-18x slower than one thread.
+
+**GPU figures are pending:** this session had no GPU. Every script accepts `--device cuda`; the
+H100 rows (census throughput, peer comparison) are still to be measured."""
+
+
+def ensure_about(path: Path | None) -> None:
+    """The file's opening note (how the sections are made and read), right under the title."""
+    if path is not None:
+        write_section(path, "about", ABOUT, at_top=True)
 
 
 # ------------------------------------------------------------------ statistics, tables

@@ -233,9 +233,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if r["epochs"] == args.epochs and r["seed"] < args.seeds and r["trunk"] in args.trunks
     ]
     summary = summarize(records, args.trunks)
-    section = C.write_section(C.results_path(args), SECTION, render(summary, args, command))
+    section = C.write_section(_results(args), SECTION, render(summary, args, command))
     print(section)
     return summary
+
+
+def _results(args) -> Path | None:
+    path = C.results_path(args)
+    C.ensure_about(path)
+    return path
 
 
 if __name__ == "__main__":

@@ -338,8 +338,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     splits = prepared[2]
     results = {t: compare(spec, prepared, work, args, t) for t in counts}
     body = render(results, len(splits["train"]), len(splits["test"]), args, command)
-    print(C.write_section(C.results_path(args), SECTION, body))
+    print(C.write_section(_results(args), SECTION, body))
     return {**results[counts[0]], "by_threads": results}
+
+
+def _results(args) -> Path | None:
+    path = C.results_path(args)
+    C.ensure_about(path)
+    return path
 
 
 if __name__ == "__main__":

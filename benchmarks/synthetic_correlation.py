@@ -303,9 +303,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"is lower (positive = MMoE better). Training time, all runs: {seconds / 60:.1f} min.\n\n"
         f"![training loss per step]({rel_plot})\n\n" + table + f"\n\n**Finding:** {finding}"
     )
-    section = C.write_section(C.results_path(args), SECTION, body)
+    section = C.write_section(_results(args), SECTION, body)
     print(section)
     return {"summary": summary, "plot": str(plot_path), "grows": grows}
+
+
+def _results(args) -> Path | None:
+    path = C.results_path(args)
+    C.ensure_about(path)
+    return path
 
 
 if __name__ == "__main__":

@@ -51,6 +51,16 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
         _common.write_section(path, "mine", "third")
 
 
+def test_about_section_goes_under_the_title_once(tmp_path):
+    path = _results(tmp_path)
+    _common.ensure_about(path)
+    _common.ensure_about(path)
+    text = path.read_text()
+    assert text.startswith("# Benchmark results\n\n<!-- BEGIN about -->")
+    assert text.count("<!-- BEGIN about -->") == 1 and "keep me" in text
+    assert text.index("<!-- END about -->") < text.index("<!-- BEGIN other -->")
+
+
 def test_smoke_refuses_the_real_results_file():
     args = _common.base_parser("x").parse_args(
         ["--smoke", "--results", str(_common.DEFAULT_RESULTS)]
@@ -81,6 +91,7 @@ def test_census_paper_smoke(tmp_path, real_results_untouched):
         assert row["parameters"]["trunk"] > 0
     text = results.read_text()
     assert "keep me" in text and "<!-- END census-paper -->" in text
+    assert text.index("<!-- BEGIN about -->") < text.index("<!-- BEGIN other -->")
     assert "| `mmoe` |" in text and "paper income best / mean" in text
     # re-running skips the (trunk, seed) pairs already in results.jsonl and rewrites the table
     again = census_paper.main(
