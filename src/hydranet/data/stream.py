@@ -38,7 +38,7 @@ import torch
 
 from hydranet.data.loader import Batch, TensorData, build_tensor_data
 from hydranet.data.preprocess import Preprocessor
-from hydranet.data.sources import _first_line, _open, iter_batches
+from hydranet.data.sources import _first_line, _open
 from hydranet.errors import DataError, UserError
 from hydranet.tasks import BinaryTask, MulticlassTask, RegressionTask, Task
 
@@ -186,8 +186,13 @@ class StreamingSplit:
     ) -> StreamingLoader:
         return StreamingLoader(self, batch_size, seed=seed, rank=rank, world_size=world_size)
 
-    def chunks(self, order: Sequence[int]) -> Iterator[TensorData]:
-        """Encoded chunks of the pieces in ``order``, ``chunk_rows`` rows at most each."""
+    def record_batches(self, order: Sequence[int]) -> Iterator[pa.RecordBatch]:
+        """The needed columns of the pieces in ``order``, ``chunk_rows`` rows at most per batch.
+
+        One scanner per piece with minimal read-ahead: a dataset-wide scanner reads ahead
+        of a slow consumer (the fitting pass) by more and more row groups, so its memory
+        grows with the file.
+        """
         for i in order:
             scanner = ds.Scanner.from_fragment(
                 self.pieces[i], schema=self.schema, columns=self.columns,
@@ -196,11 +201,14 @@ class StreamingSplit:
             try:
                 for rb in scanner.to_batches():
                     if rb.num_rows:
-                        yield build_tensor_data(
-                            pa.Table.from_batches([rb]), self.preprocessor, self.tasks
-                        )
+                        yield rb
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"cannot read {self.path}: {_first_line(e)}") from None
+
+    def chunks(self, order: Sequence[int]) -> Iterator[TensorData]:
+        """Encoded chunks of the pieces in ``order``."""
+        for rb in self.record_batches(order):
+            yield build_tensor_data(pa.Table.from_batches([rb]), self.preprocessor, self.tasks)
 
 
 def open_streaming(
@@ -214,17 +222,20 @@ def open_streaming(
     chunk_rows: int,
 ) -> StreamingSplit:
     """Fit ``preprocessor`` and ``tasks`` in one streaming pass over ``path``; the split to train on."""
-    rows = fit_streaming(preprocessor, tasks, iter_batches(path, format, columns, chunk_rows))
-    return StreamingSplit.open(
+    split = StreamingSplit.open(
         path,
         format,
         columns,
         preprocessor,
         tasks,
-        rows,
+        0,
         shuffle_buffer_rows=shuffle_buffer_rows,
         chunk_rows=chunk_rows,
     )
+    split.rows = fit_streaming(preprocessor, tasks, split.record_batches(range(len(split.pieces))))
+    if split.rows == 0:
+        raise DataError(f"{path} has no rows")
+    return split
 
 
 # ---------------------------------------------------------------- the loader
