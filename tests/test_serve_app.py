@@ -245,7 +245,7 @@ def _nest(depth: int):
 
 
 async def _with_app(app, fn):
-    async with app.router.lifespan_context(app):
+    async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://hydranet.test", timeout=30
@@ -296,8 +296,8 @@ def test_fuzz_in_process(predictor):
 def test_concurrent_requests_share_forward_passes(predictor, tiny_run):
     app = create_app(predictor, Settings(batch_wait_ms=50))
     batches: list[tuple[int, int]] = []
-    observe = app.state.metrics.observe_batch
-    app.state.batcher.on_batch = lambda rows, requests: (
+    observe = app.metrics.observe_batch
+    app.batcher.on_batch = lambda rows, requests: (
         batches.append((rows, requests)),
         observe(rows, requests),
     )
@@ -429,3 +429,43 @@ def test_serve_cli_refuses_bad_options(tiny_run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and culprit in err, (argv, err)
+
+
+def test_encoder_matches_preprocessor_bit_for_bit():
+    """The serving fast path (RowEncoder) against Preprocessor.transform: log1p, missing values,
+    indicators, bool and int numerics, int and float categories, unseen categories."""
+    import torch
+
+    from hydranet.data.preprocess import Preprocessor
+    from hydranet.serve.validate import RequestSchema
+
+    rng = np.random.default_rng(0)
+
+    def table(n: int) -> pa.Table:
+        def maybe(values, p=0.15):
+            return [None if rng.random() < p else v for v in values]
+
+        return pa.table({
+            "x": pa.array(maybe((rng.lognormal(2, 2, n) * rng.choice([-1, 1], n)).tolist()), pa.float64()),
+            "y": pa.array(maybe(rng.normal(5, 3, n).tolist()), pa.float64()),
+            "z": pa.array(rng.integers(-1000, 10**6, n).tolist(), pa.int64()),
+            "w": pa.array(maybe(rng.random(n) < 0.3), pa.bool_()),
+            "c1": pa.array(maybe(rng.choice(["a", "b", "c", "d", "e", "rare"], n, p=[0.3, 0.3, 0.2, 0.1, 0.09, 0.01]).tolist())),
+            "c2": pa.array(maybe(rng.integers(0, 30, n).tolist()), pa.int64()),
+            "c3": pa.array(maybe(rng.choice([0.5, 1.0, 2.25, 1e16, 1.5e-7], n).tolist()), pa.float64()),
+        })  # fmt: skip
+
+    prep = Preprocessor(
+        ["x", "y", "z", "w"], ["c1", "c2", "c3"], log1p=["x", "z"], min_count=3
+    ).fit(table(2000))
+    assert prep.missing_indicator_ == [True, True, False, True]
+    test = table(
+        500
+    )  # other draws: unseen and rare categories, missing values in every column but z
+    rows = test.to_pylist()
+    encoded = RequestSchema(prep).validate({"rows": rows}, 10_000)
+    cat_ref, num_ref = prep.transform(test)
+    assert torch.equal(torch.from_numpy(encoded.cat), cat_ref)
+    assert torch.equal(
+        torch.from_numpy(RequestSchema(prep).encoder.scale_numeric(encoded.raw)), num_ref
+    )

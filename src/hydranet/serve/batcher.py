@@ -1,12 +1,12 @@
-"""Micro-batching: concurrent requests share one preprocessing pass and one forward pass.
+"""Micro-batching: concurrent requests share one numeric scaling and one forward pass.
 
-Validated requests wait in an asyncio queue. The collector takes the first,
-then whatever else arrives within ``max_wait`` of that first one's arrival (or
-until ``max_rows`` rows), builds ONE Arrow table from their columns and runs
-``preprocessor.transform`` and the forward pass (under ``torch.inference_mode``
-in the torch backend) in a single worker thread, so the event loop keeps
-reading requests while the model computes; then it hands each request its own
-slice of the outputs. Under load the queue refills during a forward pass and
+Validated (and encoded, see :mod:`hydranet.serve.encode`) requests wait in an
+asyncio queue. The collector takes the first, then whatever else arrives within
+``max_wait`` of that first one's arrival (or until ``max_rows`` rows),
+concatenates their arrays and runs the numeric scaling and ONE forward pass
+(under ``torch.inference_mode`` in the torch backend) in a single worker
+thread, so the event loop keeps reading requests while the model computes;
+then it hands each request its own slice of the outputs. Under load the queue refills during a forward pass and
 the next batch starts without waiting.
 
 An eval-mode model treats rows independently (no batch statistics, no
@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
+from hydranet.serve.encode import RowEncoder
 from hydranet.serve.predictor import Predictor
 from hydranet.serve.validate import RequestError, Rows
 
@@ -49,6 +48,7 @@ class MicroBatcher:
         on_batch: Callable[[int, int], None] | None = None,
     ):
         self.predictor = predictor
+        self.encoder = RowEncoder(predictor.preprocessor)
         self.max_wait, self.max_rows = max_wait_s, max_rows
         self.on_batch = on_batch  # called with (rows, requests) after each forward pass
         self._queue: asyncio.Queue[_Job] | None = None
@@ -57,6 +57,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._queued_rows = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hydranet-forward")
         self._task = asyncio.create_task(self._collect(), name="hydranet-batcher")
 
@@ -80,6 +81,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(rows, loop.create_future(), loop.time())
         self._queue.put_nowait(job)
+        self._queued_rows += rows.n
         return await job.future
 
     async def _collect(self) -> None:
@@ -88,20 +90,18 @@ class MicroBatcher:
         carry: _Job | None = None
         while True:
             first = carry or await queue.get()
+            if carry is None:
+                self._queued_rows -= first.rows.n
             carry = None
+            # one timer per batch (not one per request): wait out the window unless
+            # enough rows are already queued to fill the batch
+            wait = first.arrived + self.max_wait - loop.time()
+            if wait > 0 and first.rows.n + self._queued_rows < self.max_rows:
+                await asyncio.sleep(wait)
             jobs, rows = [first], first.rows.n
-            deadline = first.arrived + self.max_wait
-            while rows < self.max_rows:
-                if queue.empty():
-                    wait = deadline - loop.time()
-                    if wait <= 0:
-                        break
-                    try:
-                        job = await asyncio.wait_for(queue.get(), wait)
-                    except TimeoutError:
-                        break
-                else:
-                    job = queue.get_nowait()
+            while rows < self.max_rows and not queue.empty():
+                job = queue.get_nowait()
+                self._queued_rows -= job.rows.n
                 if rows + job.rows.n > self.max_rows:
                     carry = job  # starts the next batch
                     break
@@ -114,7 +114,7 @@ class MicroBatcher:
                 results = await loop.run_in_executor(self._executor, self._compute, jobs)
             except (
                 Exception
-            ) as e:  # a bug: every waiting request gets it (HTTP 500), the loop goes on
+            ) as e:  # a bug: every waiting request gets it (HTTP 500); the loop goes on
                 results = [e] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():
@@ -127,42 +127,28 @@ class MicroBatcher:
                 self.on_batch(sum(j.rows.n for j in jobs), len(jobs))
 
     def _compute(self, jobs: list[_Job]) -> list[Outputs | Exception]:
-        table = jobs[0].rows.to_arrow() if len(jobs) == 1 else _concat([j.rows for j in jobs])
-        prep = self.predictor.preprocessor
-        with np.errstate(over="ignore"):  # float32 overflow: reported per request just below
-            cat, num = prep.transform(table)
+        if len(jobs) == 1:
+            cat, raw = jobs[0].rows.cat, jobs[0].rows.raw
+        else:
+            cat = np.concatenate([j.rows.cat for j in jobs])
+            raw = np.concatenate([j.rows.raw for j in jobs])
+        num = self.encoder.scale_numeric(raw)
         bounds = np.cumsum([0] + [j.rows.n for j in jobs])
         results: list[Outputs | Exception | None] = [None] * len(jobs)
         # a finite value can still overflow float32 once scaled; only those rows' requests fail
-        bad_rows = torch.nonzero(~torch.isfinite(num).all(dim=1)).flatten().tolist()
-        for r in bad_rows:
+        for r, col in np.argwhere(~np.isfinite(num)).tolist():
             k = int(np.searchsorted(bounds, r, side="right")) - 1
             if results[k] is None:
-                local = r - int(bounds[k])
-                col = int(torch.nonzero(~torch.isfinite(num[r])).flatten()[0])
-                name = prep.numeric_names_out[col]
-                value = jobs[k].rows.columns[name][local]
+                local, name = r - int(bounds[k]), self.encoder.names_out[col]
                 results[k] = RequestError(
                     422,
-                    f"rows[{local}].{name}: {value!r} is too large for the model (beyond float32 once scaled)",
+                    f"rows[{local}].{name}: {jobs[k].rows.raw[local, col]!r} is too large for the model (beyond float32 once scaled)",
                     field=name,
                     row=local,
                 )
-        out = self.predictor.backend.forward(cat, num)
+        out = self.predictor.backend.forward(torch.from_numpy(cat), torch.from_numpy(num))
         for k in range(len(jobs)):
             if results[k] is None:
                 lo, hi = int(bounds[k]), int(bounds[k + 1])
                 results[k] = {name: arr[lo:hi] for name, arr in out.items()}
         return results  # type: ignore[return-value]
-
-
-def _concat(parts: list[Rows]) -> pa.Table:
-    cols = {}
-    for name, first in parts[0].columns.items():
-        if isinstance(first, np.ndarray):
-            cols[name] = pa.array(np.concatenate([p.columns[name] for p in parts]))
-        else:
-            cols[name] = pa.array(
-                list(itertools.chain.from_iterable(p.columns[name] for p in parts)), pa.string()
-            )
-    return pa.table(cols)

@@ -4,10 +4,10 @@ The preprocessor works on typed Arrow columns; a JSON request is untyped, so
 every value is first checked against its feature's kind, and every problem
 becomes a :class:`RequestError` (HTTP 4xx) whose message names the row index
 and the field, never a server error. The checks loop over the request's rows
-once for their keys and once per feature for the value types (a set of types
-per column; the usual all-good column costs one ``set(map(type, ...))`` and one
-``np.array``), then hand over columns, not rows: the server builds one Arrow
-table per micro-batch and never calls the model per row.
+once for their keys and once over the values (the usual all-good request costs
+one ``set(map(type, ...))`` and one ``np.array`` for all numeric values); the
+values are encoded on the way (:mod:`hydranet.serve.encode`), and the server
+runs the model once per micro-batch, never per row.
 
 What a value may be:
 
@@ -26,13 +26,16 @@ What a value may be:
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from hydranet.data.preprocess import Preprocessor
+from hydranet.serve.encode import RowEncoder
 
 __all__ = ["RequestError", "RequestSchema", "Rows", "parse_json"]
 
@@ -81,10 +84,13 @@ class _NonFinite:
         self.token = token
 
 
+_DECODER = json.JSONDecoder(parse_constant=_NonFinite)  # json.loads would build one per call
+
+
 def parse_json(body: bytes) -> Any:
-    """The request body as Python objects; a :class:`RequestError` (400) when it is not JSON."""
+    """The request body (UTF-8 JSON) as Python objects; a :class:`RequestError` (400) when it is not that."""
     try:
-        return json.loads(body, parse_constant=_NonFinite)
+        return _DECODER.decode(body.decode("utf-8"))
     except RecursionError:
         raise RequestError(400, "body: JSON is nested too deeply", field="body") from None
     except json.JSONDecodeError as e:
@@ -99,30 +105,24 @@ def parse_json(body: bytes) -> Any:
 
 @dataclass
 class Rows:
-    """Validated rows as columns: numeric → float64 array (NaN = missing), categorical → list of text or None."""
+    """Validated rows, encoded: categorical indices ``[n, C]`` int64 and raw numeric values ``[n, N]`` float64 (NaN = missing)."""
 
-    columns: dict[str, np.ndarray | list[str | None]]
+    cat: np.ndarray
+    raw: np.ndarray
     n: int
-
-    def to_arrow(self) -> pa.Table:
-        return pa.table(
-            {
-                name: (pa.array(col) if isinstance(col, np.ndarray) else pa.array(col, pa.string()))
-                for name, col in self.columns.items()
-            }
-        )
 
 
 class RequestSchema:
-    """The fields a request row must have: the run's numeric and categorical features."""
+    """The fields a request row must have (the run's features), and their encoding."""
 
-    def __init__(self, numeric: Sequence[str], categorical: Sequence[str]):
-        self.numeric, self.categorical = list(numeric), list(categorical)
+    def __init__(self, preprocessor: Preprocessor):
+        self.encoder = RowEncoder(preprocessor)
+        self.numeric, self.categorical = self.encoder.numeric, self.encoder.categorical
         self.fields = frozenset(self.numeric) | frozenset(self.categorical)
         self._listing = ", ".join(self.numeric + self.categorical)
 
     def validate(self, payload: Any, max_rows: int) -> Rows:
-        """Check a parsed request body ``{"rows": [{feature: value}, ...]}``; columns out."""
+        """Check a parsed request body ``{"rows": [{feature: value}, ...]}``; encoded rows out."""
         if not isinstance(payload, dict):
             raise RequestError(
                 422,
@@ -131,10 +131,9 @@ class RequestSchema:
             )
         extra = [k for k in payload if k != "rows"]
         if extra:
+            name = _cut(extra[0])
             raise RequestError(
-                422,
-                f"{_cut(extra[0])}: unknown field; the body has one field, 'rows'",
-                field=_cut(extra[0]),
+                422, f"{name}: unknown field; the body has one field, 'rows'", field=name
             )
         if "rows" not in payload:
             raise RequestError(
@@ -156,13 +155,10 @@ class RequestSchema:
         problems = _Problems()
         self._check_keys(rows, problems)
         problems.raise_if_any()
-        columns: dict[str, np.ndarray | list[str | None]] = {}
-        for name in self.numeric:
-            columns[name] = _numeric([r[name] for r in rows], name, problems)
-        for name in self.categorical:
-            columns[name] = _categorical([r[name] for r in rows], name, problems)
+        raw = self._numeric([[r[f] for f in self.numeric] for r in rows], problems)
+        texts = self._categorical([[r[f] for f in self.categorical] for r in rows], problems)
         problems.raise_if_any()
-        return Rows(columns, len(rows))
+        return Rows(self.encoder.encode_categorical(texts), raw, len(rows))
 
     def _check_keys(self, rows: list[Any], problems: _Problems) -> None:
         expected = self.fields
@@ -178,6 +174,62 @@ class RequestSchema:
                     )
             if problems.full:
                 return
+
+    def _numeric(self, values: list[list[Any]], problems: _Problems) -> np.ndarray:
+        n, names = len(values), self.numeric
+        types = set(map(type, itertools.chain.from_iterable(values)))
+        if not types <= _NUMBER_OR_NULL:
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    if type(v) not in _NUMBER_OR_NULL:
+                        problems.add(
+                            i,
+                            names[j],
+                            f"expected a number or null for numeric feature; got {_kind(v)}",
+                        )
+            return np.zeros((n, len(names)))
+        if type(None) in types:
+            values = [[np.nan if v is None else v for v in row] for row in values]
+        try:
+            x = np.array(values, dtype=np.float64).reshape(n, len(names))
+        except OverflowError:  # an integer beyond float64
+            x = np.array(
+                [[_float_or_inf(v) for v in row] for row in values], dtype=np.float64
+            ).reshape(n, len(names))
+        inf = np.isinf(x)
+        if inf.any():
+            for i, j in np.argwhere(inf)[:MAX_PROBLEMS].tolist():
+                problems.add(
+                    i, names[j], f"{_cut(repr(values[i][j]), 40)} is out of the float64 range"
+                )
+        return x
+
+    def _categorical(self, values: list[list[Any]], problems: _Problems) -> list[list[str | None]]:
+        names = self.categorical
+        types = set(map(type, itertools.chain.from_iterable(values)))
+        if types <= _TEXT_OR_NULL:
+            texts = values
+        elif not types <= _SCALAR_OR_NULL:
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    if type(v) not in _SCALAR_OR_NULL:
+                        problems.add(
+                            i,
+                            names[j],
+                            f"expected a string, a number or null for categorical feature; got {_kind(v)}",
+                        )
+            return []
+        else:
+            texts = _as_text(values, names, problems)
+        try:
+            # one C call proves every string is encodable; JSON allows lone surrogates, Arrow and UTF-8 do not
+            "".join(s for row in texts for s in row if s is not None).encode("utf-8")
+        except UnicodeEncodeError:
+            for i, row in enumerate(texts):
+                for j, s in enumerate(row):
+                    if s is not None and not _encodable(s):
+                        problems.add(i, names[j], "string is not valid Unicode (a lone surrogate)")
+        return texts
 
 
 class _Problems:
@@ -217,26 +269,6 @@ _TEXT_OR_NULL = {str, type(None)}
 _SCALAR_OR_NULL = _NUMBER_OR_NULL | {str}
 
 
-def _numeric(values: list[Any], name: str, problems: _Problems) -> np.ndarray:
-    types = set(map(type, values))
-    if not types <= _NUMBER_OR_NULL:
-        for i, v in enumerate(values):
-            if type(v) not in _NUMBER_OR_NULL:
-                problems.add(
-                    i, name, f"expected a number or null for numeric feature; got {_kind(v)}"
-                )
-        return np.zeros(0)
-    if type(None) in types:
-        values = [np.nan if v is None else v for v in values]
-    try:
-        x = np.array(values, dtype=np.float64)
-    except OverflowError:  # an integer beyond float64
-        x = np.array([_float_or_inf(v) for v in values], dtype=np.float64)
-    for i in np.flatnonzero(np.isinf(x))[:MAX_PROBLEMS].tolist():
-        problems.add(i, name, f"{_cut(repr(values[i]), 40)} is out of the float64 range")
-    return x
-
-
 def _float_or_inf(v: Any) -> float:
     try:
         return float(v)
@@ -244,50 +276,30 @@ def _float_or_inf(v: Any) -> float:
         return np.inf
 
 
-def _categorical(values: list[Any], name: str, problems: _Problems) -> list[str | None]:
-    types = set(map(type, values))
-    if types <= _TEXT_OR_NULL:
-        texts = values
-    elif not types <= _SCALAR_OR_NULL:
-        for i, v in enumerate(values):
-            if type(v) not in _SCALAR_OR_NULL:
-                problems.add(
-                    i,
-                    name,
-                    f"expected a string, a number or null for categorical feature; got {_kind(v)}",
-                )
-        return []
-    else:
-        texts = _as_text(values, name, problems)
-    try:
-        # one C call proves every string is encodable; JSON allows lone surrogates, Arrow does not
-        "".join(s for s in texts if s is not None).encode("utf-8")
-    except UnicodeEncodeError:
-        for i, s in enumerate(texts):
-            if s is not None and not _encodable(s):
-                problems.add(i, name, "string is not valid Unicode (a lone surrogate)")
-    return texts
-
-
-def _as_text(values: list[Any], name: str, problems: _Problems) -> list[str | None]:
+def _as_text(
+    values: list[list[Any]], names: list[str], problems: _Problems
+) -> list[list[str | None]]:
     """Numbers and booleans spelt as Arrow's cast to string spells them (training did that cast)."""
-    texts: list[str | None] = list(values)
-    floats: list[int] = []
-    for i, v in enumerate(values):
-        t = type(v)
-        if t is bool:
-            texts[i] = "true" if v else "false"
-        elif t is int:
-            texts[i] = str(v)
-        elif t is float:
-            if v != v or v in (np.inf, -np.inf):
-                problems.add(i, name, f"{_cut(repr(v), 40)} is out of the float64 range")
-            else:
-                floats.append(i)
+    texts = [list(row) for row in values]
+    floats: list[tuple[int, int]] = []
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            t = type(v)
+            if t is bool:
+                texts[i][j] = "true" if v else "false"
+            elif t is int:
+                texts[i][j] = str(v)
+            elif t is float:
+                if v != v or v in (np.inf, -np.inf):
+                    problems.add(i, names[j], f"{_cut(repr(v), 40)} is out of the float64 range")
+                else:
+                    floats.append((i, j))
     if floats:
-        spelt = pa.array([values[i] for i in floats], pa.float64()).cast(pa.string()).to_pylist()
-        for i, s in zip(floats, spelt, strict=True):
-            texts[i] = s
+        spelt = (
+            pa.array([values[i][j] for i, j in floats], pa.float64()).cast(pa.string()).to_pylist()
+        )
+        for (i, j), s in zip(floats, spelt, strict=True):
+            texts[i][j] = s
     return texts
 
 
