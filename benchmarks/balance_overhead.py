@@ -234,8 +234,53 @@ def summarize(times: dict[tuple, dict[str, list[float]]]) -> list[dict[str, Any]
     return rows
 
 
+def model_shapes(trainer, batch) -> dict[str, int]:
+    """Sizes of the two formulations' task-gradient rows: shared parameters vs representation."""
+    import torch
+
+    with torch.no_grad():
+        _, rep = trainer.model.forward_with_rep(batch.cat, batch.num)
+    shared = sum(p.numel() for p in trainer.model.shared_parameters())
+    return {
+        "shared": shared,
+        "rep": rep.numel(),
+        "total": sum(p.numel() for p in trainer.model.parameters()),
+    }
+
+
+NOTES = """Why rows miss (mechanisms, from profiling `train_step` with cProfile on this model):
+
+- **`rep_grad = true` is not the cheap formulation for this MMoE.** Its representation is every
+  expert's output for every row ({rep} values per task at batch {batch}), about {times:.0f}× the
+  {shared:,} shared parameters; the task-gradient matrix G (K × {rep}) is larger, the batched
+  vector-Jacobian pass still runs through all K towers and gates, and the combined gradient then
+  needs one more backward through the experts. So at K = 8 most gradient methods are as fast or
+  faster with `rep_grad = false` (exact parameter gradients) — compare the two rows of each method.
+  The representation formulation pays off only when the representation is smaller than the shared
+  parameters (wide trunks, embedding tables, small batches).
+- **`gradnorm`** is loss weighting by family but needs the K per-task gradient norms at the last
+  shared layer every step: a K-batched vector-Jacobian pass on top of the one backward; 1.1× is out
+  of reach by construction (and `rep_grad = true` changes nothing under the trainer: the trainer
+  computes the representation only for the gradient family, so `ctx.rep` is None and GradNorm
+  falls back to the shared layer).
+- **`cagrad`**: its K-variable dual is solved by projected gradient descent in Python
+  (`_simplex.minimize_on_simplex`, tolerance 1e-12, up to 1000 iterations of tiny tensor ops): tens
+  of milliseconds per step whatever the model size.
+- **`upgrad`**: K box-constrained QPs per step (`_simplex.box_qp`, a Python active-set loop each).
+- **`mgda`, `mgda_ub`, `pcgrad`, `imtl`, `nash_mtl`, `graddrop`, `aligned_mtl`** at K = 8: the cost is the
+  per-task gradients themselves — one K-batched backward (vmap) plus the heads' backward, about 3.5–4.5×
+  a plain backward on this small model, where the backward is most of the step; the K × K solvers
+  are a small part. Rows near 4× are within the run-to-run noise (see the paired IQR).
+"""
+
+
 def render(
-    rows: list[dict[str, Any]], args, command: str, load: tuple[list[float], list[float]], sz
+    rows: list[dict[str, Any]],
+    args,
+    command: str,
+    load: tuple[list[float], list[float]],
+    sz,
+    shapes: dict[int, dict[str, int]] | None = None,
 ) -> str:
     def rep_s(r):
         return "—" if r is None else ("true" if r else "false")
@@ -303,6 +348,20 @@ def render(
         "K = 8; `rep_grad = false` rows are for reference (no target).\n\n"
         + "\n\n".join(parts)
         + f"\n\nMissed targets (paired median): {miss_s}."
+        + _notes(shapes, sz)
+    )
+
+
+def _notes(shapes: dict[int, dict[str, int]] | None, sz) -> str:
+    if not shapes:
+        return ""
+    sh = shapes[max(shapes)]
+    sizes_s = "; ".join(
+        f"K = {k}: {v['shared']:,} shared parameters of {v['total']:,}, representation {v['rep']:,} values"
+        for k, v in shapes.items()
+    )
+    return f"\n\nModel sizes: {sizes_s}.\n\n" + NOTES.format(
+        rep=f"{sh['rep']:,}", batch=sz["batch"], times=sh["rep"] / sh["shared"], shared=sh["shared"]
     )
 
 
@@ -342,11 +401,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     trainers: dict[tuple, Any] = {}
     for k in sz["ks"]:
         trainers.update(build_trainers(k, cfgs, sz, scratch, args.threads, args.device))
+    shapes = {k: model_shapes(*trainers[(k, "ew", None)]) for k in sz["ks"]}
     times = measure(trainers, args.warmup, args.rounds, args.block, args.device)
     load1 = list(os.getloadavg())
     print(f"load average at end: {load1}", flush=True)
     rows = summarize(times)
-    section = C.write_section(results, SECTION, render(rows, args, command, (load0, load1), sz))
+    section = C.write_section(
+        results, SECTION, render(rows, args, command, (load0, load1), sz, shapes)
+    )
     print(section)
     return rows
 
