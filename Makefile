@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST_ARGS ?=
+# With Java on the machine, the spark extra (pyspark 4.x) is installed and the Spark tests run.
+HAS_JAVA := $(shell java -version >/dev/null 2>&1 && echo yes)
+comma := ,
 
 .PHONY: demo test test-all lint format bench-smoke clean install
 
@@ -18,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 ifneq ($(HAS_GPU),yes)
 	$(BIN)/pip install -q "$(CPU_TORCH)"
 endif
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test$(if $(HAS_JAVA),$(comma)spark)]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +30,7 @@ demo: $(VENV)/.installed
 	$(BIN)/hydranet demo
 
 test: $(VENV)/.installed
+	@$(if $(HAS_JAVA),,echo "make test: no Java on this machine: the Spark tests are SKIPPED (apt-get install openjdk-17-jre-headless, then make clean test)")
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 

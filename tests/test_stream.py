@@ -1,8 +1,6 @@
 """Out-of-core training data: streaming fit, the streaming loader, resume, the spec switch."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +16,6 @@ from hydranet.data.stream import StreamingSplit, fit_streaming
 from hydranet.errors import SpecError
 from hydranet.tasks import build_task
 from hydranet.train.trainer import setup
-from tests_helpers import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -159,15 +156,3 @@ def test_streaming_reports_bad_labels_with_the_column(tiny, tmp_path):
     pq.write_table(bad, tiny.paths["train"], row_group_size=97)
     with pytest.raises(DataError, match="'click'"):
         hydranet.train(spec, tmp_path / "run", progress=False)
-
-
-@pytest.mark.slow
-def test_memory_scale_benchmark_smoke():
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "memory_scale.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "| 15,000 |" in res.stdout
