@@ -469,3 +469,16 @@ def test_encoder_matches_preprocessor_bit_for_bit():
     assert torch.equal(
         torch.from_numpy(RequestSchema(prep).encoder.scale_numeric(encoded.raw)), num_ref
     )
+
+
+def test_api_key_sources(tmp_path):
+    from hydranet.errors import UserError
+    from hydranet.serve.server import api_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text("  from-file\n")
+    assert api_key(str(key_file), {"HYDRANET_API_KEY": "from-env"}) == "from-file"  # the file wins
+    assert api_key(None, {"HYDRANET_API_KEY": " from-env "}) == "from-env"
+    assert api_key(None, {}) is None
+    with pytest.raises(UserError, match="nokey"):
+        api_key(str(tmp_path / "nokey"), {})

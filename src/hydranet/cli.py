@@ -242,16 +242,9 @@ def _serve(args) -> int:
 
     from hydranet.serve.app import Settings
     from hydranet.serve.predictor import Predictor
-    from hydranet.serve.server import print_ready, serve
+    from hydranet.serve.server import api_key, print_ready, serve
 
-    key = None
-    if args.api_key_file:
-        try:
-            key = Path(args.api_key_file).read_text().strip()
-        except OSError as e:
-            raise UserError(f"--api-key-file {args.api_key_file}: {e.strerror or e}") from None
-    elif os.environ.get("HYDRANET_API_KEY") is not None:
-        key = os.environ["HYDRANET_API_KEY"].strip()
+    key = api_key(args.api_key_file, os.environ)
     settings = Settings(args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key).check()
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1; got {args.threads}")

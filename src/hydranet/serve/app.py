@@ -126,6 +126,8 @@ class HydranetApp:
                 await self._predict(scope, receive, send_and_note)
             else:
                 await self.fastapi(scope, receive, send_and_note)
+        except _ClientGone:
+            status = 499  # nginx's "client closed request": nobody to answer
         finally:
             self.metrics.observe_request(
                 path if path in _PATHS else "other", status, time.perf_counter() - start
@@ -159,8 +161,6 @@ class HydranetApp:
             status, payload = e.status, json.dumps(e.to_dict()).encode()
             if e.status == 401:
                 extra.append((b"www-authenticate", b'Bearer realm="hydranet"'))
-        except _ClientGone:
-            return
         except Exception:  # a bug: answer 500 (never a validation problem), keep the traceback
             log.exception("POST /v1/predict failed")
             status, payload = (

@@ -18,7 +18,8 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from hydranet.errors import UserError
 from hydranet.serve.app import Settings, create_app
@@ -83,6 +84,17 @@ def _bind(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def api_key(path: str | None, environ: Mapping[str, str]) -> str | None:
+    """The key from ``--api-key-file`` (its contents, stripped), else ``HYDRANET_API_KEY``, else None."""
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--api-key-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    key = environ.get("HYDRANET_API_KEY")
+    return None if key is None else key.strip()
 
 
 def print_ready(url: str) -> None:
