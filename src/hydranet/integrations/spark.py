@@ -154,10 +154,18 @@ def train(
     spec = _as_spec(spec)
     out = Path(out).resolve()
     staging = Path(staging_dir) if staging_dir is not None else out.with_name(out.name + ".data")
+    if spec.data.dataset and not spec.data.numeric and not spec.data.categorical:
+        # a bundled dataset's spec (examples/census.toml) names its feature columns through it
+        from hydranet.data.datasets import DATASETS
+
+        numeric, categorical = DATASETS.get(spec.data.dataset).feature_columns(spec.data.params)
+        data = spec.data.model_copy(update={"numeric": numeric, "categorical": categorical})
+        spec = spec.model_copy(update={"data": data})
     columns = list(dict.fromkeys(needed_columns(spec)))
     paths: dict[str, Any] = {
         "dataset": None,
         "validation_fraction": 0.0 if validation is not None else spec.data.validation_fraction,
+        "test_fraction": 0.0 if test is not None else spec.data.test_fraction,
     }
     for split, frame in (("train", df), ("validation", validation), ("test", test)):
         if frame is not None:
