@@ -20,6 +20,7 @@ Dim("batch")}}`` and ``external_data=False``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -135,10 +136,14 @@ def write_onnx(
         # TracerWarning: BatchedLinear compares the (static) group axis to an int;
         # DeprecationWarning: the TorchScript exporter (see the module docstring)
         warnings.simplefilter("ignore")
+        # torch < 2.5 has no `dynamo` flag: the TorchScript exporter is its only one
+        legacy = (
+            {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        )
         try:
             torch.onnx.export(
-                wrapper, (cat, num), str(path), dynamo=False, input_names=["cat", "num"], output_names=names,
-                dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                wrapper, (cat, num), str(path), input_names=["cat", "num"], output_names=names,
+                dynamic_axes=axes, opset_version=opset, do_constant_folding=True, **legacy,
             )  # fmt: skip
         except Exception as e:  # an operator the exporter cannot express (e.g. a user's trunk)
             raise UserError(
