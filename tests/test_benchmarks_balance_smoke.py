@@ -16,14 +16,26 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 
+MY_SECTIONS = ("balance-overhead", "balance-census")
+
+
+def _my_sections() -> dict[str, str | None]:
+    """This file's sections of the real RESULTS.md (others may write theirs concurrently)."""
+    path = _common.DEFAULT_RESULTS
+    text = path.read_text() if path.exists() else ""
+    out: dict[str, str | None] = {}
+    for name in MY_SECTIONS:
+        begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+        i, j = text.find(begin), text.find(end)
+        out[name] = text[i:j] if i >= 0 and j >= 0 else None
+    return out
+
 
 @pytest.fixture
 def real_results_untouched():
-    path = _common.DEFAULT_RESULTS
-    before = path.read_bytes() if path.exists() else None
+    before = _my_sections()
     yield
-    after = path.read_bytes() if path.exists() else None
-    assert before == after, "a --smoke run changed benchmarks/RESULTS.md"
+    assert _my_sections() == before, "a --smoke run changed benchmarks/RESULTS.md"
 
 
 def test_balance_overhead_smoke(tmp_path, real_results_untouched):
@@ -40,7 +52,7 @@ def test_balance_overhead_smoke(tmp_path, real_results_untouched):
     assert {r["method"] for r in rows} == set(BALANCERS.names())
     assert len(rows) == len(balance_overhead.configs(BALANCERS.names()))
     assert all(r["ms"] > 0 for r in rows)
-    assert next(r for r in rows if r["method"] == "ew")["ratio"] == pytest.approx(1.0)
+    assert all(r["ratio"] > 0 and r["ratio_p10"] > 0 for r in rows)
     text = results.read_text()
     assert "<!-- BEGIN balance-overhead -->" in text and "<!-- END balance-overhead -->" in text
     assert "| `nash_mtl` | gradient | true |" in text
