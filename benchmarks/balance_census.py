@@ -111,6 +111,10 @@ def summarize(records: list[dict[str, Any]], order: list[str]) -> dict[str, dict
     return out
 
 
+def _pm(mean_std: tuple[float, float], n: int) -> str:
+    return f"{mean_std[0]:.4f} ± {mean_std[1]:.4f}" if n > 1 else f"{mean_std[0]:.4f} (1 seed)"
+
+
 def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: str) -> str:
     from hydranet.balance import BALANCERS
 
@@ -122,8 +126,8 @@ def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: 
                 f"`{method}`",
                 family,
                 row["n"],
-                f"{row['income'][0]:.4f} ± {row['income'][1]:.4f}",
-                f"{row['marital'][0]:.4f} ± {row['marital'][1]:.4f}",
+                _pm(row["income"], row["n"]),
+                _pm(row["marital"], row["n"]),
                 "—" if "delta_m" not in row else f"{row['delta_m']:+.3f}",
                 f"{row['best_epoch']:.1f}",
                 f"{row['minutes']:.1f}",
@@ -159,7 +163,10 @@ def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: 
         f"at a time. Each method with its default parameters and `rep_grad = false` (except `mgda_ub`, run with `rep_grad = true`: without it the trainer passes no representation and it falls back to exact MGDA). Baseline: "
         f"`examples/census_single_task.toml` with the same epochs and seeds. Test AUC: mean ± sample "
         f"std over the seeds. Δm% = `hydranet.evaluate.delta.delta_m` of the mean test AUCs against "
-        f"the single-task mean test AUCs (positive = better than single-task).\n\n" + table + note
+        f"the single-task mean test AUCs (positive = better than single-task). A best epoch equal to the "
+        f"last epoch means validation income AUC was still rising when the {args.epochs} epochs ended. "
+        f"Minutes per run are wall time on the shared cores (other jobs running), not a speed "
+        f"comparison.\n\n" + table + note
     )
 
 
