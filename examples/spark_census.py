@@ -71,7 +71,7 @@ def main() -> None:
     out = args.predictions or f"{args.out}.predictions"
     scored = hydranet.spark.predict(run.path, frames["test"])
     scored.select(
-        "income_label", "marital_stat", "prediction_income", "prediction_marital"
+        "income", "marital", "prediction_income", "prediction_marital"
     ).write.mode("overwrite").parquet(out)
     print(f"wrote {spark.read.parquet(out).count():,} rows of predictions to {out}")
     spark.stop()
