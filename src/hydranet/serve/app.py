@@ -19,7 +19,7 @@ a chunked body cannot get past it), JSON (400), rows and values (413 / 422).
 The metadata, health and metrics endpoints (and the JSON 404/405 answers) are a
 FastAPI app. ``POST /v1/predict`` is answered by :class:`HydranetApp` itself, a
 plain ASGI handler in front of it: measured in process with 32 concurrent
-single-row requests on the census model, FastAPI's per-request machinery
+single-row requests on the census model (shared 2-core machine), FastAPI's per-request machinery
 (middleware stack, routing, dependency solving, telemetry hooks) cost about
 340 us of CPU per request, more than the prediction itself (about 240 us
 including validation, the forward pass share and the JSON answer), and the

@@ -1,13 +1,15 @@
 """Micro-batching: concurrent requests share one numeric scaling and one forward pass.
 
 Validated (and encoded, see :mod:`hydranet.serve.encode`) requests wait in an
-asyncio queue. The collector takes the first, then whatever else arrives within
-``max_wait`` of that first one's arrival (or until ``max_rows`` rows),
+asyncio queue. The collector takes the first, waits until ``max_wait`` after
+its arrival (one timer per batch; no wait when the queue already holds
+``max_rows`` rows), takes what has arrived up to ``max_rows`` rows,
 concatenates their arrays and runs the numeric scaling and ONE forward pass
 (under ``torch.inference_mode`` in the torch backend) in a single worker
 thread, so the event loop keeps reading requests while the model computes;
-then it hands each request its own slice of the outputs. Under load the queue refills during a forward pass and
-the next batch starts without waiting.
+then it hands each request its own slice of the outputs. Under load the queue
+refills during a forward pass, and the next batch, whose first request has
+already waited longer than ``max_wait``, starts at once.
 
 An eval-mode model treats rows independently (no batch statistics, no
 cross-row ops), so a row's prediction does not depend on its batch-mates. A
