@@ -132,9 +132,12 @@ def test_compress_int8_writes_a_servable_run_and_reports_metric_change(
     assert np.abs(got.column("click").to_numpy() - ref.column("click").to_numpy()).max() < 0.05
     assert predict_file(out, str(tiny_run.parent / "test.parquet"), tmp_path / "p.parquet") == 200
 
-    assert (
-        main(["compress", str(out), "--int8", "--out", str(tmp_path / "again")]) == 2
-    )  # already compressed
+    from hydranet.errors import UserError
+
+    with pytest.raises(UserError, match="only an ONNX model"):
+        Predictor.load(out, "torch")
+    again = ["compress", str(out), "--int8", "--out", str(tmp_path / "again")]
+    assert main(again) == 2  # already compressed
     assert main(["compress", str(tiny_run), "--out", str(tmp_path / "none")]) == 2  # no method
     assert main(["compress", str(tiny_run), "--int8", "--out", str(out)]) == 2  # not empty
 

@@ -129,6 +129,10 @@ class Predictor:
         if backend == "torch":
             if onnx:
                 raise UserError("--onnx is for the onnxruntime backend; add --backend onnxruntime")
+            if not (path / rundir.WEIGHTS).exists() and (path / ONNX_FILE).exists():
+                raise UserError(
+                    f"{path} has only an ONNX model (a compressed run?); use --backend onnxruntime or auto"
+                )
             from hydranet.run import Run
 
             run = Run.load(path)
