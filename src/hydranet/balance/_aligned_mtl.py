@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Literal
 
 from torch import Tensor
-from torchjd.aggregation import AlignedMTLWeighting
 
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
@@ -38,6 +37,8 @@ class AlignedMTL(GradientAggregation):
                 f"aligned_mtl scale_mode must be min, median or rmse; got {scale_mode!r}"
             )
         self.scale_mode = scale_mode
+        from torchjd.aggregation import AlignedMTLWeighting  # lazy: torchjd imports scipy
+
         self._weighting = AlignedMTLWeighting(scale_mode=scale_mode)
 
     def aggregate(self, G: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ also covers linearly dependent gradients; all-zero weights if the sum vanishes).
 from __future__ import annotations
 
 from torch import Tensor
-from torchjd.aggregation import IMTLGWeighting
 
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
@@ -24,6 +23,8 @@ class IMTLG(GradientAggregation):
 
     def __init__(self, tasks: list[str], rep_grad: bool = False):
         super().__init__(tasks, rep_grad=rep_grad)
+        from torchjd.aggregation import IMTLGWeighting  # lazy: torchjd imports scipy
+
         self._weighting = IMTLGWeighting()
 
     def aggregate(self, G: Tensor) -> Tensor:

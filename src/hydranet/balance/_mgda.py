@@ -26,7 +26,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchjd.aggregation import MGDAWeighting
 
 from hydranet.balance._simplex import simplex_qp
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
@@ -49,6 +48,8 @@ def min_norm_weights(
         a1 = ((gram[1, 1] - gram[0, 1]) / denom).clamp(0.0, 1.0)
         return torch.stack([a1, 1 - a1])
     if solver == "frank_wolfe":
+        from torchjd.aggregation import MGDAWeighting  # lazy: torchjd imports scipy
+
         return MGDAWeighting(epsilon=epsilon, max_iters=max_iters)(gram)
     A = gram.detach().cpu()
     trace = float(A.diagonal().mean())

@@ -18,36 +18,40 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchjd.aggregation import UPGradWeighting
-from torchjd.linalg import DualConeProjector
 
 from hydranet.balance._simplex import box_qp
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
 
 
-class ActiveSetProjector(DualConeProjector):
-    """Solve min_v v^T G v s.t. v >= u for each u (rows of U), exactly, with no extra packages.
+def _active_set_projector():
+    """torchjd is imported on first use: it pulls in scipy, seconds of start-up for every command."""
+    from torchjd.linalg import DualConeProjector
 
-    The Gramian is normalised by its trace (the argmin does not change) and gets ``reg_eps``
-    times the identity so linearly dependent gradients stay solvable; ``reg_eps`` is tiny
-    (torchjd's quadprog default is 1e-4) so the result matches the projection definition.
-    """
+    class ActiveSetProjector(DualConeProjector):
+        """Solve min_v v^T G v s.t. v >= u for each u (rows of U), exactly, with no extra packages.
 
-    def __init__(self, reg_eps: float = 1e-10, norm_eps: float = 1e-30):
-        self.reg_eps = reg_eps
-        self.norm_eps = norm_eps
+        The Gramian is normalised by its trace (the argmin does not change) and gets ``reg_eps``
+        times the identity so linearly dependent gradients stay solvable; ``reg_eps`` is tiny
+        (torchjd's quadprog default is 1e-4) so the result matches the projection definition.
+        """
 
-    def __call__(self, U: Tensor, G: Tensor) -> Tensor:
-        A = G.detach().double().cpu()
-        trace = float(A.diagonal().sum())
-        if trace <= self.norm_eps:
-            return torch.zeros_like(U)  # all gradients vanish: nothing to project
-        A = A / trace + self.reg_eps * torch.eye(A.shape[0], dtype=A.dtype)
-        Uc = U.detach().double().cpu()
-        flat = Uc.reshape(-1, Uc.shape[-1])
-        W = torch.stack([box_qp(A, u) for u in flat]).reshape(Uc.shape)
-        return W.to(device=U.device, dtype=U.dtype)
+        def __init__(self, reg_eps: float = 1e-10, norm_eps: float = 1e-30):
+            self.reg_eps = reg_eps
+            self.norm_eps = norm_eps
+
+        def __call__(self, U: Tensor, G: Tensor) -> Tensor:
+            A = G.detach().double().cpu()
+            trace = float(A.diagonal().sum())
+            if trace <= self.norm_eps:
+                return torch.zeros_like(U)  # all gradients vanish: nothing to project
+            A = A / trace + self.reg_eps * torch.eye(A.shape[0], dtype=A.dtype)
+            Uc = U.detach().double().cpu()
+            flat = Uc.reshape(-1, Uc.shape[-1])
+            W = torch.stack([box_qp(A, u) for u in flat]).reshape(Uc.shape)
+            return W.to(device=U.device, dtype=U.dtype)
+
+    return ActiveSetProjector()
 
 
 @BALANCERS.register("upgrad")
@@ -56,7 +60,9 @@ class UPGrad(GradientAggregation):
 
     def __init__(self, tasks: list[str], rep_grad: bool = False):
         super().__init__(tasks, rep_grad=rep_grad)
-        self._weighting = UPGradWeighting(projector=ActiveSetProjector())
+        from torchjd.aggregation import UPGradWeighting
+
+        self._weighting = UPGradWeighting(projector=_active_set_projector())
 
     def aggregate(self, G: Tensor) -> Tensor:
         self._coef = self._weighting(gramian(G))
