@@ -37,6 +37,8 @@ class Run:
             if not (path / name).is_file():
                 raise UserError(f"{path} is not a complete hydranet run: {name} is missing")
         weights = path / rundir.WEIGHTS
+        if not weights.is_file() and (path / "compress.json").is_file():
+            raise UserError(f"{path} is an int8 (ONNX-only) run: use 'hydranet predict' or 'hydranet serve --backend onnxruntime' with it; evaluate the original run for PyTorch metrics")
         if not weights.is_file():
             raise UserError(f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'")
         spec = Spec.from_dict(_read_json(path / rundir.SPEC), source=str(path / rundir.SPEC))
