@@ -195,7 +195,7 @@ def main() -> None:
     write_results(
         text
         + f"\n\nPeak RSS at {results[-1]['rows']:,} rows / at {results[0]['rows']:,} rows: **{ratio:.2f}×** (target ≤ 1.3×).",
-        "python benchmarks/memory_scale.py " + " ".join(sys.argv[1:]),
+        ("python benchmarks/memory_scale.py " + " ".join(sys.argv[1:])).strip(),
     )
 
 
