@@ -113,3 +113,15 @@ def test_pos_weight_auto_trains(tiny, tmp_path):
     spec.tasks[0].pos_weight = "auto"
     run = hydranet.train(spec, tmp_path / "pw", progress=False)
     assert run.tasks[0].state["pos_weight"] > 0
+
+
+@pytest.mark.parametrize(("method", "rep_grad"), [("mgda_ub", False), ("pcgrad", True)])
+def test_trainer_gives_representation_methods_a_rep(tiny, tmp_path, method, rep_grad):
+    import warnings
+
+    spec = Spec.load(tiny(epochs=1))
+    spec = spec.model_copy(update={"balance": spec.balance.model_copy(update={"method": method, "rep_grad": rep_grad})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the no-representation fallback warns
+        run = hydranet.train(spec, tmp_path / method, progress=False)
+    assert np.isfinite(run.metrics_log[0]["train_loss"]["click"])

@@ -130,7 +130,9 @@ class Trainer:
         self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda")
-        self.need_rep = self.balancer.family == "gradient" and spec.balance.rep_grad
+        # the balancer says whether it works on the shared representation (mgda_ub always does;
+        # gradnorm and the gradient methods when rep_grad is set)
+        self.need_rep = bool(getattr(self.balancer, "rep_grad", False))
         self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in self.shared_params}
         self.task_params = [p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad]
@@ -263,9 +265,9 @@ class Trainer:
                 f"loss of task {bad[0]!r} is {float(stacked[finite.logical_not()][0])} at step {self.step + 1} (epoch {self.epoch + 1}); "
                 f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
             )
-        present = {}
-        if self.balancer.family == "gradient" or self.diagnostics:
-            present = global_present if global_present is not None else {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
+        # every balancer learns which tasks have labels in this batch (an absent task's loss is
+        # an exact zero that must not count as a perfect loss in uw, gls, famo or gradnorm)
+        present = global_present if global_present is not None else {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
         if self.diagnostics is not None:
             self.diagnostics.observe(losses, self.shared_params, present)
         ctx = BalanceContext(shared_params=self.shared_params, task_params=self.task_params, rep=rep, present=present, step=self.step, epoch=self.epoch, scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
