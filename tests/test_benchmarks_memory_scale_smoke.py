@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests_helpers import ROOT
 
 
+@pytest.mark.slow  # two training subprocesses: `make bench-smoke` runs it, `make test` does not
 def test_memory_scale_benchmark_smoke():
     res = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "memory_scale.py"), "--smoke"],

@@ -80,7 +80,7 @@ def test_torchdistributor_trains_a_run_and_spark_predict_matches_run_predict(fra
     import hydranet.spark
 
     tiny, dfs = frames
-    spec = tiny(epochs=2)
+    spec = tiny(epochs=1)
     run = hydranet.spark.train(
         spec,
         dfs["train"],
@@ -91,7 +91,7 @@ def test_torchdistributor_trains_a_run_and_spark_predict_matches_run_predict(fra
     )
     assert (run.path / "model.safetensors").is_file()
     assert run.final_metrics["test"]["click"]["auc"] > 0.6
-    assert len(run.metrics_log) == 2  # rank 0 alone wrote the log
+    assert len(run.metrics_log) == 1  # rank 0 alone wrote the log
 
     scored = hydranet.spark.predict(run.path, dfs["test"].repartition(2))
     pdf = scored.toPandas()
