@@ -243,7 +243,7 @@ class Trainer:
         # left out as absent) or the gradients come from autograd.grad (gradient methods)
         counts = torch.stack([batch.masks[t.name].sum() for t in self.tasks]).double().cpu()
         global_counts = self.dist.sum(counts.clone())
-        self._sync_grads = self.balancer.family == "gradient" or (self.diagnostics is not None and bool((global_counts == 0).any()))
+        self._sync_grads = self.balancer.family == "gradient" or bool((global_counts == 0).any())
         with self.ddp.no_sync() if self._sync_grads else contextlib.nullcontext():
             self._step(batch, (counts, global_counts))
 
