@@ -156,3 +156,10 @@ def test_streaming_reports_bad_labels_with_the_column(tiny, tmp_path):
     pq.write_table(bad, tiny.paths["train"], row_group_size=97)
     with pytest.raises(DataError, match="'click'"):
         hydranet.train(spec, tmp_path / "run", progress=False)
+
+
+def test_plan_summarizes_a_streamed_split(tiny):
+    from hydranet.train.plan import plan
+
+    text = plan(_streaming(tiny))
+    assert "streamed from" in text and "1,000 rows" in text

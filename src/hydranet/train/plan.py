@@ -27,6 +27,9 @@ def plan(spec: Spec) -> str:
     lines += ["", "# data"]
     lines.append(f"  features: {len(spec.data.numeric)} numeric → {prep.n_numeric_out} columns, {len(spec.data.categorical)} categorical (vocabulary sizes {sum(prep.cardinalities):,} in all)")
     for name, split in splits.items():
+        if not hasattr(split, "masks"):  # a streamed split is never loaded whole
+            lines.append(f"  {name:<10} {len(split):>10,} rows | streamed from {spec.data.train} in chunks of {spec.data.chunk_rows:,} rows")
+            continue
         parts = []
         for t in tasks:
             mask = split.masks[t.name]
