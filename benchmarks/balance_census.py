@@ -111,11 +111,35 @@ def summarize(records: list[dict[str, Any]], order: list[str]) -> dict[str, dict
     return out
 
 
+def per_seed(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Mean test AUC per seed over the MMoE runs and of the baseline: a seed where every
+    method fails alike (an initialisation, not a balancer) shows here."""
+    out_seeds: dict[tuple[str, int], dict[str, float]] = {}
+    seeds = sorted({r["seed"] for r in records})
+    for seed in seeds:
+        for group, pick in (
+            ("mtl", lambda m: m != BASELINE),
+            ("baseline", lambda m: m == BASELINE),
+        ):
+            rs = [r for r in records if r["seed"] == seed and pick(r["method"])]
+            if rs:
+                out_seeds[(group, seed)] = {
+                    t: sum(r["test"][t] for r in rs) / len(rs) for t in TASKS
+                }
+    return out_seeds
+
+
 def _pm(mean_std: tuple[float, float], n: int) -> str:
     return f"{mean_std[0]:.4f} ± {mean_std[1]:.4f}" if n > 1 else f"{mean_std[0]:.4f} (1 seed)"
 
 
-def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: str) -> str:
+def render(
+    summary: dict[str, dict[str, Any]],
+    order: list[str],
+    args,
+    command: str,
+    seeds_view: dict[tuple[str, int], dict[str, float]] | None = None,
+) -> str:
     from hydranet.balance import BALANCERS
 
     rows = []
@@ -154,6 +178,17 @@ def render(summary: dict[str, dict[str, Any]], order: list[str], args, command: 
             + ", ".join(f"`{m}`" for m in missing)
             + "."
         )
+    seed_lines = []
+    for group, label in (("mtl", "mean of the MMoE runs (all methods)"), ("baseline", BASELINE)):
+        cells = [
+            f"seed {seed}: " + ", ".join(f"{t} {v[t]:.4f}" for t in TASKS)
+            for (g, seed), v in sorted((seeds_view or {}).items())
+            if g == group
+        ]
+        if cells:
+            seed_lines.append(f"- {label}: " + "; ".join(cells))
+    if seed_lines:
+        note += "\n\nTest AUC per seed:\n\n" + "\n".join(seed_lines)
     return (
         C.provenance(command, device=args.device, threads=args.threads)
         + f"\nProtocol: `examples/census.toml` (MMoE 8 experts x 16, embedding 4, towers [8], Adam "
@@ -221,7 +256,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if r["epochs"] == args.epochs and r["seed"] < args.seeds and r["method"] in order
     ]
     summary = summarize(records, order)
-    section = C.write_section(results, SECTION, render(summary, order, args, command))
+    section = C.write_section(
+        results, SECTION, render(summary, order, args, command, per_seed(records))
+    )
     print(section)
     return summary
 
