@@ -5,11 +5,12 @@ census group-1 spec (categorical columns as label-encoded ints, numeric
 columns log1p'd where the example says so and standardized), the same sizes
 (8 experts x [16], linear gates, towers [8], embedding 4), batch 1024, Adam
 lr 1e-3 with no schedule, the same number of epochs, the same torch thread
-count, and no early stopping. Training throughput counts the training epochs
-only (DeepCTR: a callback's epoch begin/end; hydranet: the trainer's own
-per-epoch rows/s, which times the loader loop and excludes validation and
-checkpoints). Test AUCs for both come from ``hydranet.tasks.auc`` on
-whole-split predictions (DeepCTR's printed metrics average per batch).
+count, and no early stopping. The two train in turn, epoch by epoch (the order
+alternating), so that on a shared machine both see the same load; only the
+training epochs are timed (DeepCTR: its own ``fit``, one epoch per call, timed
+by a callback; hydranet: its own ``Trainer.train_step`` in ``Trainer.fit``'s
+epoch loop). Test AUCs for both come from ``hydranet.tasks.auc`` on whole-split
+predictions (DeepCTR's printed metrics average per batch).
 
 DeepCTR-Torch is in the ``bench`` extra (``pip install -e '.[bench]'``). Its
 ``deepctr_torch.utils`` imports ``requests`` (not a declared dependency) and
@@ -81,152 +82,178 @@ def hydranet_spec(data: dict, args):
     return type(spec).from_dict(raw)
 
 
-def run_hydranet(spec, work: Path, test, tasks, args) -> dict[str, Any]:
-    import hydranet
-    from hydranet.evaluate.inference import predict_arrays
-    from hydranet.tasks import auc
+class HydranetSide:
+    """hydranet's MMoE driven epoch by epoch through its own ``Trainer.train_step``.
 
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, work, progress=False)
-    wall = time.perf_counter() - t0
-    log = run.metrics_log
-    rates = [r["rows_per_s"] for r in log]
-    model = run.model
+    The epoch loop is :meth:`Trainer.fit`'s (``loader.set_epoch``, one ``train_step``
+    per batch, rows / seconds), without the progress bar, validation and checkpoints
+    that ``fit`` runs between epochs and does not time either.
+    """
 
-    def infer():
-        return predict_arrays(
-            model, test.data.cat, test.data.num, tasks, args.eval_batch_size, args.device
+    name = "hydranet `mmoe`"
+
+    def __init__(self, spec, prepared, out: Path, args):
+        import torch
+
+        from hydranet.train.trainer import Trainer
+
+        self.tasks, prep, splits = prepared
+        self.test, self.args = splits["test"], args
+        torch.manual_seed(spec.train.seed)
+        self.trainer = Trainer(spec, self.tasks, splits, prep, out, progress=False)
+        self.trainer.model.train()
+        self.model = self.trainer.model
+        self.n = len(splits["train"])
+        self.epoch = 0
+
+    def train_epoch(self) -> float:
+        tr = self.trainer
+        tr.loader.set_epoch(self.epoch)
+        t0, rows = time.perf_counter(), 0
+        for batch in tr.loader:
+            tr.train_step(batch)
+            rows += batch.size
+        self.epoch += 1
+        return rows / (time.perf_counter() - t0)
+
+    def predict(self) -> dict[str, np.ndarray]:
+        from hydranet.evaluate.inference import predict_arrays
+
+        d = self.test.data
+        preds = predict_arrays(
+            self.model, d.cat, d.num, self.tasks, self.args.eval_batch_size, self.args.device
         )[0]
-
-    preds, infer_rates = _timed_inference(infer, len(test), args.repeats)
-    return {
-        "train_rows_per_s": rates,
-        "train_seconds": sum(r["seconds"] for r in log),
-        "wall_seconds": wall,
-        "infer_rows_per_s": infer_rates,
-        "auc": {t: auc(preds[t], test.labels[t]) for t in TASKS},
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+        return {t: preds[t] for t in TASKS}
 
 
-def run_deepctr(prepared, args) -> dict[str, Any]:
-    import torch
+class DeepCTRSide:
+    """DeepCTR-Torch's ``MMOE`` trained with its own ``fit``, one epoch per call (the
+    optimizer and its state carry over); an epoch is timed by a callback from its
+    begin to its end, so the input concatenation ``fit`` does first is not counted."""
 
+    name = "DeepCTR-Torch 0.3.0 `MMOE`"
+
+    def __init__(self, prepared, args):
+        import torch
+
+        _, Callback, DenseFeat, SparseFeat, MMOE = import_deepctr()
+        _tasks, prep, splits = prepared
+        train, self.test, self.args = splits["train"], splits["test"], args
+        n_cat, n_num = train.data.cat.shape[1], train.data.num.shape[1]
+        columns = [
+            SparseFeat(f"c{j}", vocabulary_size=int(card), embedding_dim=SIZES["embedding_dim"])
+            for j, card in enumerate(prep.cardinalities)
+        ] + [DenseFeat(f"n{j}", 1) for j in range(n_num)]
+
+        def inputs(split) -> dict[str, np.ndarray]:
+            # float32 throughout: DeepCTR concatenates all inputs into one array and casts
+            # batches with .float(); float32 codes are exact for these vocabularies.
+            cat = split.data.cat.numpy().astype(np.float32)
+            num = split.data.num.numpy().astype(np.float32)
+            x = {f"c{j}": cat[:, j] for j in range(n_cat)}
+            x.update({f"n{j}": num[:, j] for j in range(n_num)})
+            return x
+
+        self.x_train, self.x_test = inputs(train), inputs(self.test)
+        self.y_train = np.stack([train.labels[t] for t in TASKS], axis=1).astype(np.float32)
+        self.n = len(train)
+        self.model = MMOE(
+            columns,
+            num_experts=SIZES["num_experts"],
+            expert_dnn_hidden_units=tuple(SIZES["expert_hidden"]),
+            gate_dnn_hidden_units=(),  # linear gates, as in the paper and in hydranet
+            tower_dnn_hidden_units=tuple(SIZES["tower"]),
+            task_types=("binary", "binary"),
+            task_names=TASKS,
+            seed=args.seed,
+            device=args.device,
+        )
+        self.model.compile(
+            torch.optim.Adam(self.model.parameters(), lr=1e-3),
+            loss=["binary_crossentropy", "binary_crossentropy"],
+            metrics=None,
+        )
+
+        class EpochTimer(Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds = time.perf_counter() - self.t0
+
+        self.timer = EpochTimer()
+
+    def train_epoch(self) -> float:
+        self.model.fit(
+            dict(self.x_train),
+            self.y_train,
+            batch_size=self.args.batch_size,
+            epochs=1,
+            verbose=0,
+            callbacks=[self.timer],
+        )
+        return self.n / self.timer.seconds
+
+    def predict(self) -> dict[str, np.ndarray]:
+        preds = self.model.predict(dict(self.x_test), batch_size=self.args.eval_batch_size)
+        return {t: preds[:, i] for i, t in enumerate(TASKS)}
+
+
+def run_interleaved(
+    sides: list, epochs: int, repeats: int, n_test: int, labels
+) -> list[dict[str, Any]]:
+    """Epoch ``e`` of every side before epoch ``e + 1`` of any, the order alternating
+    (A B, B A, ...), so that both see the same load on a shared machine; then
+    ``repeats`` inference passes over the test split, interleaved the same way."""
     from hydranet.tasks import auc
 
-    _, Callback, DenseFeat, SparseFeat, MMOE = import_deepctr()
-    _tasks, prep, splits = prepared
-    train, test = splits["train"], splits["test"]
-    n_cat, n_num = train.data.cat.shape[1], train.data.num.shape[1]
-    columns = [
-        SparseFeat(f"c{j}", vocabulary_size=int(card), embedding_dim=SIZES["embedding_dim"])
-        for j, card in enumerate(prep.cardinalities)
-    ] + [DenseFeat(f"n{j}", 1) for j in range(n_num)]
-
-    def inputs(split) -> dict[str, np.ndarray]:
-        # float32 throughout: DeepCTR concatenates all inputs into one array and casts
-        # batches with .float(); float32 codes are exact for these vocabularies.
-        cat = split.data.cat.numpy().astype(np.float32)
-        num = split.data.num.numpy().astype(np.float32)
-        x = {f"c{j}": cat[:, j] for j in range(n_cat)}
-        x.update({f"n{j}": num[:, j] for j in range(n_num)})
-        return x
-
-    x_train, x_test = inputs(train), inputs(test)
-    y_train = np.stack([train.labels[t] for t in TASKS], axis=1).astype(np.float32)
-    model = MMOE(
-        columns,
-        num_experts=SIZES["num_experts"],
-        expert_dnn_hidden_units=tuple(SIZES["expert_hidden"]),
-        gate_dnn_hidden_units=(),  # linear gates, as in the paper and in hydranet
-        tower_dnn_hidden_units=tuple(SIZES["tower"]),
-        task_types=("binary", "binary"),
-        task_names=TASKS,
-        seed=args.seed,
-        device=args.device,
-    )
-    model.compile(
-        torch.optim.Adam(model.parameters(), lr=1e-3),
-        loss=["binary_crossentropy", "binary_crossentropy"],
-        metrics=None,
-    )
-
-    class EpochTimer(Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._t0)
-
-    timer = EpochTimer()
-    t0 = time.perf_counter()
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        verbose=0,
-        callbacks=[timer],
-    )
-    wall = time.perf_counter() - t0
-    n = len(train)
-
-    def infer():
-        return model.predict(dict(x_test), batch_size=args.eval_batch_size)
-
-    preds, infer_rates = _timed_inference(infer, len(test), args.repeats)
-    return {
-        "train_rows_per_s": [n / s for s in timer.seconds],
-        "train_seconds": sum(timer.seconds),
-        "wall_seconds": wall,
-        "infer_rows_per_s": infer_rates,
-        "auc": {t: auc(preds[:, i], test.labels[t]) for i, t in enumerate(TASKS)},
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-
-
-def _timed_inference(fn, n_rows: int, repeats: int):
-    rates, out = [], None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        rates.append(n_rows / (time.perf_counter() - t0))
-    return out, rates
+    train = {s.name: [] for s in sides}
+    infer = {s.name: [] for s in sides}
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    for e in range(epochs):
+        for s in sides if e % 2 == 0 else sides[::-1]:
+            train[s.name].append(s.train_epoch())
+            print(f"  epoch {e + 1}: {s.name} {train[s.name][-1]:,.0f} rows/s", flush=True)
+    for r in range(max(1, repeats)):
+        for s in sides if r % 2 == 0 else sides[::-1]:
+            t0 = time.perf_counter()
+            preds[s.name] = s.predict()
+            infer[s.name].append(n_test / (time.perf_counter() - t0))
+    return [
+        {
+            "train_rows_per_s": train[s.name],
+            "train_seconds": sum(s.n / v for v in train[s.name]),
+            "infer_rows_per_s": infer[s.name],
+            "auc": {t: auc(preds[s.name][t], labels[t]) for t in TASKS},
+            "parameters": sum(p.numel() for p in s.model.parameters()),
+        }
+        for s in sides
+    ]
 
 
 def compare(spec, prepared, work: Path, args, threads: int) -> dict[str, Any]:
-    """Both models at one torch thread count: DeepCTR first, then hydranet."""
+    """Both models at one torch thread count, trained and timed epoch by epoch in turn."""
     import torch
 
-    tasks, _prep, splits = prepared
+    _tasks, _prep, splits = prepared
     torch.set_num_threads(threads)
-    spec = type(spec).from_dict(
-        {**spec.to_dict(), "train": {**spec.to_dict()["train"], "threads": threads}}
+    raw = spec.to_dict()
+    raw["train"]["threads"] = threads
+    spec = type(spec).from_dict(raw)
+    deep = DeepCTRSide(prepared, args)
+    hyd = HydranetSide(spec, prepared, work / f"hydranet_mmoe_t{threads}", args)
+    print(f"[{threads} threads]", flush=True)
+    d, h = run_interleaved(
+        [deep, hyd], args.epochs, args.repeats, len(splits["test"]), splits["test"].labels
     )
-    # DeepCTR first, then hydranet: if the order favours anyone it is hydranet, by
-    # one-time start-up costs, which are not timed.
-    deep = run_deepctr(prepared, args)
     med = statistics.median
-    print(
-        f"[{threads} threads] deepctr-torch: {med(deep['train_rows_per_s']):,.0f} rows/s, AUC {deep['auc']}",
-        flush=True,
-    )
-    hyd = run_hydranet(spec, work / f"hydranet_mmoe_t{threads}", splits["test"], tasks, args)
-    print(
-        f"[{threads} threads] hydranet:      {med(hyd['train_rows_per_s']):,.0f} rows/s, AUC {hyd['auc']}",
-        flush=True,
-    )
     return {
-        "deepctr": deep,
-        "hydranet": hyd,
-        "ratio_train": med(hyd["train_rows_per_s"]) / med(deep["train_rows_per_s"]),
-        "ratio_infer": med(hyd["infer_rows_per_s"]) / med(deep["infer_rows_per_s"]),
-        "met": med(hyd["train_rows_per_s"]) >= 3.0 * med(deep["train_rows_per_s"])
-        and all(hyd["auc"][t] >= deep["auc"][t] - 1e-4 for t in TASKS),
+        "deepctr": d,
+        "hydranet": h,
+        "ratio_train": med(h["train_rows_per_s"]) / med(d["train_rows_per_s"]),
+        "ratio_infer": med(h["infer_rows_per_s"]) / med(d["infer_rows_per_s"]),
+        "met": med(h["train_rows_per_s"]) >= 3.0 * med(d["train_rows_per_s"])
+        and all(h["auc"][t] >= d["auc"][t] - 1e-4 for t in TASKS),
     }
 
 
@@ -290,7 +317,9 @@ def render(
         f"{args.epochs} epochs, batch {args.batch_size}, Adam lr 1e-3 constant, seed {args.seed}, "
         "8 experts × [16], linear gates, towers [8], embedding 4; DeepCTR's other arguments at their "
         "defaults (embedding init std 1e-4, L2 1e-5 on embeddings, loss summed over the batch). "
-        "AUCs by `hydranet.tasks.auc` on whole-split predictions for both. Per-epoch train rows/s: "
+        "Trained in turn epoch by epoch (order alternating) so both see the same load; only "
+        "training epochs timed. AUCs by `hydranet.tasks.auc` on whole-split predictions for both. "
+        "Per-epoch train rows/s: "
         f"{per_epoch}.\n\n"
         + table
         + "\n\n**Target (≥ 3× DeepCTR-Torch training throughput with equal or better AUC): "
