@@ -120,6 +120,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """Short HEAD commit, marked when src/ has uncommitted changes."""
+    return _git_commit()
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(

@@ -98,6 +98,7 @@ def run_one(data: dict, arch: str, params: dict, args, seed: int, work: Path) ->
         "epochs_run": final["epochs"],
         "train_rows_per_s": sum(r["rows_per_s"] for r in log) / max(len(log), 1),
         "seconds": seconds,
+        "git": C.git_commit(),
     }
 
 
@@ -110,6 +111,7 @@ def summarize(records: list[dict[str, Any]], trunks: list[str]) -> dict[str, dic
         if not rs:
             continue
         row: dict[str, Any] = {
+            "git": sorted({r.get("git", "not recorded") for r in rs}),
             "n": len(rs),
             "parameters": rs[0]["parameters"],
             "params": rs[0]["params"],
@@ -177,6 +179,7 @@ def render(summary: dict[str, dict[str, Any]], args, command: str) -> str:
             f"\n\n**hydranet's MMoE mean test income AUC ({ours:.4f}, {summary['mmoe']['n']} seeds) "
             f"{beats} the paper's best MMoE income AUC ({paper_best:.4f}).**"
         )
+    trained = ", ".join(sorted({g for row in summary.values() for g in row["git"]}))
     params = "; ".join(f"`{a}` {json.dumps(row['params'])}" for a, row in summary.items())
     return (
         C.provenance(command, device=args.device, threads=args.threads)
@@ -185,7 +188,10 @@ def render(summary: dict[str, dict[str, Any]], args, command: str) -> str:
         f"income AUC with patience {args.patience}, best-epoch weights restored); test AUC on the "
         f"held-out half of the census test file; seeds 0..{args.seeds - 1}. Δm% = "
         f"`hydranet.evaluate.delta.delta_m` of the mean AUCs against `single_task`'s mean AUCs. "
-        f"Trunk parameters: {params}.\n\n" + table + verdict + NOTES
+        f"Trunk parameters: {params}. Code the runs were trained with (git): {trained}.\n\n"
+        + table
+        + verdict
+        + NOTES
     )
 
 
