@@ -100,6 +100,15 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join([".venv/bin/python", script_s, *map(shlex.quote, args)])
 
 
+def report_command(argv: list[str] | None, report_only: bool, rerendered: str) -> str:
+    """The section's command; a ``--report-only`` re-render says so (``rerendered``: from what)."""
+    command = command_line(argv)
+    if not report_only:
+        return command
+    # the numbers come from the same command without --report-only
+    return command.replace(" --report-only", "") + f"` ({rerendered} with `--report-only"
+
+
 def setup_torch(threads: int, device: str) -> None:
     """Same thread count for everything timed in one process; fail early on a missing GPU."""
     import torch

@@ -223,12 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.seeds, args.epochs = 1, 1
     results = C.results_path(args)  # before any work: a smoke run refuses the real file
     C.setup_torch(args.threads, args.device)
-    command = C.command_line(argv)
-    if args.report_only:
-        command = (
-            command.replace(" --report-only", "")
-            + "` (table re-rendered from results.jsonl with `--report-only"
-        )
+    command = C.report_command(argv, args.report_only, "table re-rendered from results.jsonl")
     order = [BASELINE, *(args.methods or methods())]
     if args.smoke and args.methods is None:
         order = [BASELINE, "ew", "pcgrad"]

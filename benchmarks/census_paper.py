@@ -227,13 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.seeds, args.epochs, args.patience = 1, min(args.epochs, 2), 1
     C.setup_torch(args.threads, args.device)
-    command = C.command_line(argv)
-    if args.report_only:
-        # the table comes from the runs of the same command without --report-only
-        command = (
-            command.replace(" --report-only", "")
-            + "` (table re-rendered from results.jsonl with `--report-only"
-        )
+    command = C.report_command(argv, args.report_only, "table re-rendered from results.jsonl")
     work = C.work_dir(args, "census_paper")
     jsonl = work / "results.jsonl"
     table_params = SMOKE_PARAMS if args.smoke else TRUNK_PARAMS

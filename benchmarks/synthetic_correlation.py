@@ -280,13 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             2,
         )
     C.setup_torch(args.threads, args.device)
-    command = C.command_line(argv)
-    if args.report_only:
-        # the numbers come from the same command without --report-only
-        command = (
-            command.replace(" --report-only", "")
-            + "` (re-rendered from raw.npz with `--report-only"
-        )
+    command = C.report_command(argv, args.report_only, "re-rendered from raw.npz")
     work = C.work_dir(args, "synthetic_correlation")
     trunks = SMOKE_TRUNKS if args.smoke else TRUNKS
     plot_path = args.plot or (
