@@ -5,8 +5,8 @@
     python benchmarks/serve_latency.py --smoke            # tiny run, a few hundred requests, prints only
 
 The server is the real one (``python -m hydranet serve RUN --port 0``) in its own
-process, with its defaults (one torch thread, 2 ms batch wait) unless flags say
-otherwise. Each of the ``--clients`` clients holds one keep-alive connection and
+process, with its defaults (one torch thread, no batch wait) unless flags say
+otherwise, once per ``--workers`` count (default: 1 and 2 worker processes). Each of the ``--clients`` clients holds one keep-alive connection and
 sends its next request as soon as the previous answer is in (closed loop), one
 census test row per request, for ``--requests`` requests in all after a warm-up.
 Latency is client-side, request written to answer read. rows/s = rows answered /
@@ -149,11 +149,22 @@ class Server:
             return r.read().decode()
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far."""
+        """CPU time (user + system) the server and its worker processes have used so far."""
         import os
 
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # a process that ended meanwhile
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        tree, ticks = {self.proc.pid}, 0
+        for _ in range(3):  # the server, its workers, theirs
+            tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+        ticks = sum(stats[pid][1] for pid in tree if pid in stats)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -261,7 +272,13 @@ def load(
 
 
 def measure(
-    run: Path, bodies: list[bytes], rows_per_request: int, args, backend: str, work: Path
+    run: Path,
+    bodies: list[bytes],
+    rows_per_request: int,
+    args,
+    backend: str,
+    workers: int,
+    work: Path,
 ) -> list[dict]:
     """One server; a closed-loop measurement, then an open-loop one per ``--rates`` entry."""
     server_args = [
@@ -269,6 +286,8 @@ def measure(
         str(args.server_threads),
         "--batch-wait-ms",
         str(args.batch_wait_ms),
+        "--workers",
+        str(workers),
     ]
     if backend == "onnxruntime":
         onnx = work / "model.onnx"
@@ -296,6 +315,7 @@ def measure(
             )
             results.append({
                 "backend": backend,
+                "workers": workers,
                 "mode": "closed loop" if rate is None else f"open loop, {rate:,.0f} req/s offered",
                 "rate": rate,
                 "rows_per_request": rows_per_request,
@@ -310,7 +330,7 @@ def measure(
             })  # fmt: skip
             r = results[-1]
             print(
-                f"{backend:<12} {r['mode']:<32} {rows_per_request:>4} row(s)/request: p50 {r['p50_ms']:.2f} ms, "
+                f"{backend:<12} {workers} worker(s) {r['mode']:<32} {rows_per_request:>4} row(s)/request: p50 {r['p50_ms']:.2f} ms, "
                 f"p99 {r['p99_ms']:.2f} ms, {r['rows_per_s']:,.0f} rows/s, {r['mean_batch_rows']:.1f} rows per "
                 f"forward pass, CPU per request: server {r['server_cpu_ms_per_request']:.2f} ms, client "
                 f"{r['client_cpu_ms_per_request']:.2f} ms",
@@ -332,8 +352,12 @@ def _counter(metrics: str, name: str) -> float:
 def verdict(results: list[dict]) -> list[str]:
     """Throughput from the closed loop (its most), latency from the open loop at the target rate."""
     lines = []
-    for backend in dict.fromkeys(r["backend"] for r in results):
-        mine = [r for r in results if r["backend"] == backend and r["rows_per_request"] == 1]
+    for backend, workers in dict.fromkeys((r["backend"], r["workers"]) for r in results):
+        mine = [
+            r
+            for r in results
+            if (r["backend"], r["workers"]) == (backend, workers) and r["rows_per_request"] == 1
+        ]
         closed = [r for r in mine if r["rate"] is None]
         paced = [r for r in mine if r["rate"] == TARGETS["rows_per_s"]]
         if not closed or not paced:
@@ -354,15 +378,16 @@ def verdict(results: list[dict]) -> list[str]:
             ),
         ]
         lines.append(
-            f"- {backend}: "
+            f"- {backend}, {workers} worker(s): "
             + "; ".join(f"{text}: {'met' if ok else 'MISSED'}" for text, ok in checks)
         )
         # Not a measurement: what the closed loop's CPU time per request allows on two idle
-        # cores, the server's Python work being on one core (the GIL), the client's on the other.
+        # cores, each worker's Python work being on one core (the GIL), the client's beside it.
         server, client = c["server_cpu_ms_per_request"], c["client_cpu_ms_per_request"]
         lines.append(
             f"  - CPU time per request (server {server:.2f} ms, client {client:.2f} ms) would allow about "
-            f"{min(1000 / server, 2000 / (server + client)):,.0f} rows/s on two idle cores (an estimate, not a measurement)"
+            f"{min(1000 * min(workers, 2) / server, 2000 / (server + client)):,.0f} rows/s on two idle cores "
+            "(an estimate, not a measurement)"
         )
     return lines
 
@@ -410,7 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         "--server-threads", type=int, default=1, help="the server's --threads (default 1)"
     )
     p.add_argument(
-        "--batch-wait-ms", type=float, default=2.0, help="the server's --batch-wait-ms (default 2)"
+        "--batch-wait-ms", type=float, default=0.0, help="the server's --batch-wait-ms (default 0)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="the server's --workers, one server each (default: 1 2)",
     )
     args = p.parse_args(argv)
     if args.smoke:
@@ -420,23 +452,25 @@ def main(argv: list[str] | None = None) -> int:
             min(args.warmup, 40),
         )
         args.backends, args.rates = args.backends[:1], [min(r, 200.0) for r in args.rates[:1]]
+        args.workers = args.workers[-1:]  # the multi-process server, the one with more parts
     work = work_dir(args, "serve_latency")
     run = args.run or (tiny_run(work) if args.smoke else census_run(work, args.epochs))
     results = []
     for rows_per_request in args.rows_per_request:
         bodies = request_bodies(run, rows_per_request)
         for backend in args.backends:
-            results += measure(run, bodies, rows_per_request, args, backend, work)
+            for workers in args.workers:
+                results += measure(run, bodies, rows_per_request, args, backend, workers, work)
     table = markdown_table(
-        ["backend", "load", "rows/request", "requests", "p50 ms", "p99 ms", "mean ms", "rows/s", "rows per forward pass", "server CPU ms/request", "client CPU ms/request"],
-        [[r["backend"], r["mode"], r["rows_per_request"], f"{r['requests']:,}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+        ["backend", "workers", "load", "rows/request", "requests", "p50 ms", "p99 ms", "mean ms", "rows/s", "rows per forward pass", "server CPU ms/request", "client CPU ms/request"],
+        [[r["backend"], r["workers"], r["mode"], r["rows_per_request"], f"{r['requests']:,}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
           f"{r['mean_ms']:.2f}", f"{r['rows_per_s']:,.0f}", f"{r['mean_batch_rows']:.1f}",
           f"{r['server_cpu_ms_per_request']:.2f}", f"{r['client_cpu_ms_per_request']:.2f}"] for r in results],
     )  # fmt: skip
     body = (
         "## Serving latency\n\n"
         + provenance(command_line(argv), threads=args.server_threads, extra=("fastapi", "uvicorn", "uvloop", "httptools", "onnxruntime"))
-        + f"- Setup: `hydranet serve` in its own process (--threads {args.server_threads}, --batch-wait-ms {args.batch_wait_ms}), "
+        + f"- Setup: `hydranet serve` in its own processes (--threads {args.server_threads} per worker, --batch-wait-ms {args.batch_wait_ms}), "
         f"{args.clients} clients ({args.client} client, one keep-alive connection each) in the benchmark process on the same "
         f"machine, {args.requests:,} timed requests per line after {args.warmup:,} warm-up, run `{run}`. Closed loop: each "
         "client sends its next request when the answer to the previous one is in (the most the server does). Open loop: "

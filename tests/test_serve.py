@@ -215,3 +215,55 @@ def test_fuzz_subset_against_real_server(keyed_server):
         assert client.get("/healthz").status_code == 200
     text = keyed_server.log.read_text()
     assert "Traceback" not in text and "Exception" not in text, text[-2000:]
+
+
+def test_workers_share_the_port_the_metrics_and_the_shutdown(tiny_run, tmp_path):
+    """--workers 2: both answer on one port, /metrics counts for both, SIGTERM stops all;
+    a worker that dies takes the server down with exit 1 and a line naming it."""
+    server = Server(tiny_run, tmp_path, "--workers", "2")
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2, workers
+    rows = good_rows(4, seed=3, mixed=False)
+    expected = Run.load(tiny_run).predict(pa.Table.from_pylist(rows)).to_pylist()
+    n = 40
+    for _ in range(n):  # a new connection each: the kernel spreads them over the workers
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            r = client.post("/v1/predict", json={"rows": rows})
+            assert r.status_code == 200 and all(
+                _close(g, e) for g, e in zip(r.json()["predictions"], expected, strict=True)
+            )
+    for _ in range(5):  # whichever worker answers, it counts every worker's requests
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            text = client.get("/metrics").text
+        assert f'hydranet_requests_total{{endpoint="/v1/predict",code="200"}} {n}' in text, text
+        assert f"hydranet_predicted_rows_total {4 * n}" in text
+    assert server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    log = server.log.read_text()
+    assert "stopped" in log and "Traceback" not in log, log
+
+    server = Server(tiny_run, tmp_path, "--workers", "2")
+    victim = sorted(_children(server.proc.pid))[-1]
+    import os
+
+    os.kill(victim, signal.SIGKILL)
+    assert server.proc.wait(timeout=60) == 1
+    server.stop()
+    log = server.log.read_text()
+    assert "exited with code -9; stopping the server" in log and "Traceback" not in log, log
+
+
+def _children(pid: int) -> list[int]:
+    """The server's worker processes (multiprocessing's resource tracker excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmd:
+            found.append(int(entry.name))
+    return found

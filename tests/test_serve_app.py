@@ -24,6 +24,7 @@ pytest.importorskip("fastapi")
 from hydranet.cli import main  # noqa: E402
 from hydranet.run import Run  # noqa: E402
 from hydranet.serve.app import Settings, _render, create_app  # noqa: E402
+from hydranet.serve.metrics import Metrics  # noqa: E402
 from hydranet.serve.predictor import Predictor  # noqa: E402
 
 NUMERIC, CATEGORICAL = ["a", "b", "c"], ["color", "size"]
@@ -293,8 +294,16 @@ def test_fuzz_in_process(predictor):
     assert 'code="500"' not in metrics
 
 
-def test_concurrent_requests_share_forward_passes(predictor, tiny_run):
-    app = create_app(predictor, Settings(batch_wait_ms=50))
+@pytest.mark.parametrize(
+    "wait_ms, inline_rows",
+    [(50, 256), (50, 0), (0, 256)],
+    ids=["window-inline", "window-thread", "no-wait"],
+)
+def test_concurrent_requests_share_forward_passes(predictor, tiny_run, wait_ms, inline_rows):
+    # a 50 ms window, its passes on the event loop or in the worker thread; and the
+    # default (no window): requests that arrive together still share a pass
+    app = create_app(predictor, Settings(batch_wait_ms=wait_ms))
+    app.batcher.inline_rows = inline_rows
     batches: list[tuple[int, int]] = []
     observe = app.metrics.observe_batch
     app.batcher.on_batch = lambda rows, requests: (
@@ -409,6 +418,7 @@ def test_serve_cli_refuses_bad_options(tiny_run, tmp_path, capsys):
         (["serve", str(tmp_path)], "not a complete hydranet run"),
         (["serve", str(tiny_run), "--max-rows", "0"], "--max-rows"),
         (["serve", str(tiny_run), "--batch-wait-ms", "-1"], "--batch-wait-ms"),
+        (["serve", str(tiny_run), "--workers", "0"], "--workers"),
         (["serve", str(tiny_run), "--api-key-file", str(tmp_path / "nokey")], "--api-key-file"),
         (
             [
@@ -483,3 +493,39 @@ def test_api_key_sources(tmp_path):
     assert api_key(None, {}) is None
     with pytest.raises(UserError, match="nokey"):
         api_key(str(tmp_path / "nokey"), {})
+
+
+def test_metrics_shared_by_workers_sum_their_slots(tmp_path):
+    """Two workers' slots in one file: either worker renders the whole server's counts."""
+    from hydranet.serve.metrics import create_shared
+
+    path = tmp_path / "metrics"
+    create_shared(path, 2)
+    a, b = Metrics(path, 0), Metrics(path, 1)
+    a.observe_request("/v1/predict", 200, 0.003)
+    b.observe_request("/v1/predict", 200, 0.0004)
+    b.observe_request("/v1/predict", 422, 0.001)
+    b.observe_request("/nowhere", 404, 0.001)
+    a.observe_batch(5, 2)
+    b.observe_batch(1, 1)
+    text = a.render()
+    assert text == b.render()
+    for line in (
+        'hydranet_requests_total{endpoint="/v1/predict",code="200"} 2',
+        'hydranet_request_errors_total{endpoint="/v1/predict",code="422"} 1',
+        'hydranet_requests_total{endpoint="other",code="404"} 1',
+        'hydranet_request_duration_seconds_bucket{endpoint="/v1/predict",le="0.0005"} 1',
+        'hydranet_request_duration_seconds_bucket{endpoint="/v1/predict",le="0.005"} 3',
+        'hydranet_request_duration_seconds_count{endpoint="/v1/predict"} 3',
+        "hydranet_predicted_rows_total 6",
+        'hydranet_batch_rows_bucket{le="4.0"} 1',
+        'hydranet_batch_rows_bucket{le="8.0"} 2',
+        "hydranet_batch_rows_count 2",
+    ):
+        assert line in text, line
+    assert 'hydranet_request_errors_total{endpoint="/v1/predict",code="200"}' not in text
+    # a private (single-process) Metrics sees only itself
+    solo = Metrics()
+    solo.observe_request("/healthz", 200, 0.001)
+    assert 'hydranet_requests_total{endpoint="/healthz",code="200"} 1' in solo.render()
+    assert "/v1/predict" not in solo.render()

@@ -62,9 +62,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key-file", metavar="PATH", help="require this key (file contents) as 'Authorization: Bearer KEY' or 'X-API-Key'; default: $HYDRANET_API_KEY if set, else no key")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     sv.add_argument("--max-rows", type=int, default=10_000, help="most rows per request (default 10,000)")
-    sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a request waits for others to share its forward pass (default 2)")
+    sv.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a request may wait for others to share its forward pass (default 0: it shares with those that arrived while the previous pass ran)")
     sv.add_argument("--max-batch-rows", type=int, default=8192, help="most rows per forward pass (default 8192)")
-    sv.add_argument("--threads", type=int, default=1, help="CPU threads for the forward pass (default 1: the other cores serve HTTP)")
+    sv.add_argument("--threads", type=int, default=1, help="CPU threads per worker for the forward pass (default 1)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model, sharing the port (default 1; about one per core)")
     sv.add_argument("--access-log", action="store_true", help="log every request")
 
     ex = sub.add_parser(
@@ -241,20 +242,16 @@ def _serve(args) -> int:
     import os
 
     from hydranet.serve.app import Settings
-    from hydranet.serve.predictor import Predictor
-    from hydranet.serve.server import api_key, print_ready, serve
+    from hydranet.serve.server import ModelSource, api_key, print_ready, serve
 
     key = api_key(args.api_key_file, os.environ)
     settings = Settings(args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key).check()
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1; got {args.threads}")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.run, args.backend, args.onnx, threads=args.threads)
-    serve(predictor, settings, args.host, args.port, access_log=args.access_log, on_ready=print_ready)
+    source = ModelSource(args.run, args.backend, args.onnx, args.threads)
+    code = serve(source, settings, args.host, args.port, workers=args.workers, access_log=args.access_log, on_ready=print_ready)
     print("hydranet serve: stopped", file=sys.stderr)
-    return 0
+    return code
 
 
 def _export(args) -> int:

@@ -64,7 +64,7 @@ log = logging.getLogger("hydranet.serve")
 class Settings:
     max_body_bytes: int = 1 << 20
     max_rows: int = 10_000
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
     max_batch_rows: int = 8192
     api_key: str | None = None
 
@@ -86,9 +86,11 @@ class Settings:
 class HydranetApp:
     """The ASGI app: ``POST /v1/predict`` here, everything else (lifespan included) in FastAPI."""
 
-    def __init__(self, predictor: Predictor, settings: Settings | None = None):
+    def __init__(
+        self, predictor: Predictor, settings: Settings | None = None, metrics: Metrics | None = None
+    ):
         self.predictor, self.settings = predictor, (settings or Settings()).check()
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.batcher = MicroBatcher(
             predictor,
             self.settings.batch_wait_ms / 1000,
@@ -266,8 +268,10 @@ class HydranetApp:
         return app
 
 
-def create_app(predictor: Predictor, settings: Settings | None = None) -> HydranetApp:
-    return HydranetApp(predictor, settings)
+def create_app(
+    predictor: Predictor, settings: Settings | None = None, metrics: Metrics | None = None
+) -> HydranetApp:
+    return HydranetApp(predictor, settings, metrics)
 
 
 class _ClientGone(Exception):

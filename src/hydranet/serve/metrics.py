@@ -1,97 +1,145 @@
 """Prometheus metrics of the server, in the text exposition format (version 0.0.4).
 
-Written here rather than with ``prometheus_client``: five series need about
-sixty lines, and this keeps the ``serve`` extra small and the state per app
+Written here rather than with ``prometheus_client``: five series need about a
+hundred lines, and this keeps the ``serve`` extra small and the state per app
 (``prometheus_client`` registers into a process-wide default registry, which
-two apps in one process, as in the tests, would have to work around). Every
-update happens on the event loop thread, so plain integers suffice.
+two apps in one process, as in the tests, would have to work around; its
+multi-process mode writes one file per process and metric and needs an
+environment variable set before import).
 
 Series: ``hydranet_requests_total{endpoint,code}``,
 ``hydranet_request_errors_total{endpoint,code}`` (4xx and 5xx),
 ``hydranet_request_duration_seconds{endpoint}`` (histogram),
 ``hydranet_predicted_rows_total`` and ``hydranet_batch_rows`` (histogram of the
 rows per forward pass: how well micro-batching groups requests).
+
+Storage: one float64 row per worker process (float64 counts are exact up to
+2**53). With ``hydranet serve --workers N`` the rows are slots of one shared
+memory-mapped file; every worker writes only its own slot and any worker
+answers ``/metrics`` with the sum over all slots, so a scrape sees the whole
+server whichever worker it reaches. Updates happen on a worker's event loop
+thread only, so no locks are needed; a scrape may read another worker's slot
+mid-update and be one request behind, as any scrape may be.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+import mmap
+from pathlib import Path
+
+import numpy as np
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = ("/healthz", "/metrics", "/v1/metadata", "/v1/predict", "other")
+_CODES = range(100, 600)  # an HTTP status outside it is counted as 599 (none is sent)
+
+# one slot's layout: request counts [endpoint, code], then per endpoint a latency
+# histogram (buckets, +Inf, sum, count), then the rows total and the batch histogram
+_N_REQ = len(ENDPOINTS) * len(_CODES)
+_LAT = len(LATENCY_BUCKETS) + 3
+_BAT = len(BATCH_BUCKETS) + 3
+SLOT_FLOATS = _N_REQ + len(ENDPOINTS) * _LAT + 1 + _BAT
+SLOT_BYTES = SLOT_FLOATS * 8
 
 
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str) -> list[str]:
-        sep = "," if labels else ""
-        out, total = [], 0
-        for bound, n in zip([*map(_num, self.buckets), "+Inf"], self.counts, strict=True):
-            total += n
-            out.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {total}')
-        brace = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{brace} {_num(self.sum)}", f"{name}_count{brace} {self.count}"]
-        return out
+def create_shared(path: Path, workers: int) -> None:
+    """A zeroed metrics file with one slot per worker."""
+    with open(path, "wb") as f:
+        f.truncate(SLOT_BYTES * workers)
 
 
 class Metrics:
-    def __init__(self):
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency: dict[str, _Histogram] = {}
-        self.rows = 0
-        self.batch_rows = _Histogram(BATCH_BUCKETS)
+    """This process's counters (slot ``slot`` of ``shared``, or private memory)."""
+
+    def __init__(self, shared: Path | None = None, slot: int = 0):
+        if shared is None:
+            self._all = np.zeros((1, SLOT_FLOATS))
+        else:
+            with open(shared, "r+b") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0)
+            self._all = np.frombuffer(self._mmap, dtype=np.float64).reshape(-1, SLOT_FLOATS)
+        mine = self._all[slot]
+        self._requests = mine[:_N_REQ].reshape(len(ENDPOINTS), len(_CODES))
+        self._latency = mine[_N_REQ : _N_REQ + len(ENDPOINTS) * _LAT].reshape(len(ENDPOINTS), _LAT)
+        self._rows = mine[_N_REQ + len(ENDPOINTS) * _LAT :][:1]
+        self._batch = mine[-_BAT:]
+        self._endpoint = {e: i for i, e in enumerate(ENDPOINTS)}
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
-        self.requests[endpoint, code] += 1
-        if endpoint not in self.latency:
-            self.latency[endpoint] = _Histogram(LATENCY_BUCKETS)
-        self.latency[endpoint].observe(seconds)
+        e = self._endpoint.get(endpoint, len(ENDPOINTS) - 1)
+        self._requests[e, min(max(code, 100), 599) - 100] += 1
+        _observe(self._latency[e], LATENCY_BUCKETS, seconds)
 
     def observe_batch(self, rows: int, requests: int) -> None:
-        self.rows += rows
-        self.batch_rows.observe(rows)
+        self._rows[0] += rows
+        _observe(self._batch, BATCH_BUCKETS, rows)
 
     def render(self) -> str:
+        """All workers' counters, summed."""
+        total = self._all.sum(axis=0)
+        requests = total[:_N_REQ].reshape(len(ENDPOINTS), len(_CODES))
+        latency = total[_N_REQ : _N_REQ + len(ENDPOINTS) * _LAT].reshape(len(ENDPOINTS), _LAT)
+        series = sorted(
+            (ENDPOINTS[e], _CODES[c], int(requests[e, c])) for e, c in np.argwhere(requests > 0)
+        )
         lines = [
             "# HELP hydranet_requests_total HTTP requests by endpoint and status code.",
             "# TYPE hydranet_requests_total counter",
-        ]
-        for (ep, code), n in sorted(self.requests.items()):
-            lines.append(f'hydranet_requests_total{{endpoint="{ep}",code="{code}"}} {n}')
-        lines += [
+            *(
+                f'hydranet_requests_total{{endpoint="{ep}",code="{code}"}} {n}'
+                for ep, code, n in series
+            ),
             "# HELP hydranet_request_errors_total Requests answered with a 4xx or 5xx status, by code.",
             "# TYPE hydranet_request_errors_total counter",
-        ]
-        for (ep, code), n in sorted(self.requests.items()):
-            if code >= 400:
-                lines.append(f'hydranet_request_errors_total{{endpoint="{ep}",code="{code}"}} {n}')
-        lines += [
+            *(
+                f'hydranet_request_errors_total{{endpoint="{ep}",code="{code}"}} {n}'
+                for ep, code, n in series
+                if code >= 400
+            ),
             "# HELP hydranet_request_duration_seconds Time from request start to response end.",
             "# TYPE hydranet_request_duration_seconds histogram",
         ]
-        for ep, hist in sorted(self.latency.items()):
-            lines += hist.lines("hydranet_request_duration_seconds", f'endpoint="{ep}"')
+        for e in sorted(range(len(ENDPOINTS)), key=ENDPOINTS.__getitem__):
+            if latency[e, -1] > 0:
+                lines += _histogram_lines(
+                    "hydranet_request_duration_seconds",
+                    f'endpoint="{ENDPOINTS[e]}"',
+                    LATENCY_BUCKETS,
+                    latency[e],
+                )
         lines += [
             "# HELP hydranet_predicted_rows_total Rows predicted.",
             "# TYPE hydranet_predicted_rows_total counter",
-            f"hydranet_predicted_rows_total {self.rows}",
+            f"hydranet_predicted_rows_total {int(total[_N_REQ + len(ENDPOINTS) * _LAT])}",
             "# HELP hydranet_batch_rows Rows per forward pass (micro-batches of concurrent requests).",
             "# TYPE hydranet_batch_rows histogram",
-            *self.batch_rows.lines("hydranet_batch_rows", ""),
+            *_histogram_lines("hydranet_batch_rows", "", BATCH_BUCKETS, total[-_BAT:]),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _observe(hist: np.ndarray, buckets: tuple[float, ...], value: float) -> None:
+    # hist: per-bucket counts (the last one +Inf), then sum, then count
+    hist[bisect.bisect_left(buckets, value)] += 1
+    hist[-2] += value
+    hist[-1] += 1
+
+
+def _histogram_lines(
+    name: str, labels: str, buckets: tuple[float, ...], hist: np.ndarray
+) -> list[str]:
+    sep = "," if labels else ""
+    out, running = [], 0
+    for bound, n in zip(
+        [*map(_num, buckets), "+Inf"], hist[: len(buckets) + 1].tolist(), strict=True
+    ):
+        running += int(n)
+        out.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {running}')
+    brace = f"{{{labels}}}" if labels else ""
+    return out + [f"{name}_sum{brace} {_num(hist[-2])}", f"{name}_count{brace} {int(hist[-1])}"]
 
 
 def _num(v: float) -> str:

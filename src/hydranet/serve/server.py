@@ -3,7 +3,18 @@
 The model is loaded before the socket is bound (a broken run fails with exit 2
 and binds nothing); the socket is bound here rather than by uvicorn so that
 ``--port 0`` can report the port the system chose. The ready line is printed
-once uvicorn accepts connections.
+once uvicorn accepts connections (in every worker).
+
+Workers: one Python process answers HTTP on one core (the event loop and the
+forward pass share its interpreter lock). ``--workers N`` starts N worker
+processes (spawned, not forked: a forked PyTorch process can deadlock in its
+thread pools) that each load the model once and accept connections from the
+one listening socket, which the kernel shares out among them. They count into
+one shared metrics file (see :mod:`hydranet.serve.metrics`), so ``/metrics``
+describes the whole server whichever worker answers. The parent only
+supervises: on SIGTERM or Ctrl+C it passes SIGTERM on and waits for every
+worker to finish its requests; if a worker dies, the others are stopped and
+``hydranet serve`` exits 1 naming it (a process manager restarts the server).
 
 Shutdown: on SIGTERM (or Ctrl+C) uvicorn stops accepting connections, lets the
 requests in flight finish (their micro-batches included: the batcher stops
@@ -15,39 +26,101 @@ the signal.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from hydranet.errors import UserError
 from hydranet.serve.app import Settings, create_app
+from hydranet.serve.metrics import Metrics, create_shared
 from hydranet.serve.predictor import Predictor
+
+_STOP_TIMEOUT_S = 40  # uvicorn's graceful shutdown gets 30
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How to load the model: given to each worker process, which loads its own copy."""
+
+    run: str
+    backend: str = "auto"
+    onnx: str | None = None
+    threads: int = 1
+
+    def load(self) -> Predictor:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return Predictor.load(self.run, self.backend, self.onnx, threads=self.threads)
 
 
 def serve(
-    predictor: Predictor,
+    source: ModelSource,
     settings: Settings,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
+    workers: int = 1,
     access_log: bool = False,
     on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve until SIGTERM or Ctrl+C; ``on_ready(url)`` runs once connections are accepted."""
+) -> int:
+    """Serve until SIGTERM or Ctrl+C; ``on_ready(url)`` runs once connections are accepted.
+
+    Returns the exit code: 0 after a signal, 1 if a worker died.
+    """
+    _check_uvicorn()
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1; got {workers}")
+    predictor = source.load()  # in the parent too: a broken run fails here, before binding
+    sock = _bind(host, port)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     try:
-        import uvicorn
+        if workers == 1:
+            _run_uvicorn(predictor, settings, sock, Metrics(), access_log, on_ready, url)
+            return 0
+        del predictor
+        return _supervise(source, settings, sock, workers, access_log, on_ready, url)
+    finally:
+        sock.close()
+
+
+def _check_uvicorn() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError:
         raise UserError(
             "hydranet serve needs FastAPI and uvicorn: pip install 'hydranet[serve]'"
         ) from None
-    app = create_app(predictor, settings)
-    sock = _bind(host, port)
-    bound = sock.getsockname()[1]
-    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+
+
+def _run_uvicorn(
+    predictor: Predictor,
+    settings: Settings,
+    sock: socket.socket,
+    metrics: Metrics,
+    access_log: bool,
+    on_ready: Callable[[str], None] | None,
+    url: str,
+) -> None:
+    import uvicorn
+
     config = uvicorn.Config(
-        app, log_level="warning", access_log=access_log, lifespan="on", timeout_graceful_shutdown=30
+        create_app(predictor, settings, metrics),
+        log_level="warning",
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,  # bound to one address, client addresses unused: skip the middleware
+        server_header=False,  # no "server: uvicorn" banner
     )
 
     class _Server(uvicorn.Server):
@@ -61,7 +134,94 @@ def serve(
         _Server(config).run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-        sock.close()
+
+
+# ------------------------------------------------------------------ workers
+def _worker(
+    source: ModelSource,
+    settings: Settings,
+    sock: socket.socket,
+    metrics_file: str,
+    slot: int,
+    ready,
+    access_log: bool,
+) -> None:
+    # Ctrl+C reaches the whole process group; the parent answers it with SIGTERM to each
+    # worker, so the worker itself need not (and would otherwise die by KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        predictor = source.load()
+    except UserError as e:  # the parent loaded it a moment ago; a file changed since
+        print(f"hydranet serve: worker {slot}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    metrics = Metrics(Path(metrics_file), slot)
+    _run_uvicorn(
+        predictor, settings, sock, metrics, access_log, lambda url: ready.send(slot), url=""
+    )
+
+
+def _supervise(
+    source: ModelSource,
+    settings: Settings,
+    sock: socket.socket,
+    workers: int,
+    access_log: bool,
+    on_ready: Callable[[str], None] | None,
+    url: str,
+) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, metrics_file = tempfile.mkstemp(prefix="hydranet-metrics-", dir=shm)
+    os.close(fd)
+    create_shared(Path(metrics_file), workers)
+    ready, ready_in = ctx.Pipe(duplex=False)  # each worker sends its slot once it accepts
+    stopping: list[int] = []
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    procs = []
+    try:
+        for slot in range(workers):
+            p = ctx.Process(
+                target=_worker,
+                args=(source, settings, sock, metrics_file, slot, ready_in, access_log),
+                name=f"hydranet-serve-worker-{slot}",
+            )
+            p.start()
+            procs.append(p)
+        waiting = set(range(workers))
+        while not stopping:
+            ended = wait([*(p.sentinel for p in procs), ready], timeout=0.5)
+            dead = [p for p in procs if p.sentinel in ended and p.exitcode is not None]
+            if dead:
+                p = dead[0]
+                print(
+                    f"hydranet serve: {p.name} exited with code {p.exitcode}; stopping the server",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            while waiting and ready.poll():
+                waiting.discard(ready.recv())
+                if not waiting and on_ready is not None:
+                    on_ready(url)
+        return 0
+    finally:
+        for p in procs:
+            if p.exitcode is None:
+                with contextlib.suppress(OSError):
+                    os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.join(_STOP_TIMEOUT_S)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        with contextlib.suppress(OSError):
+            os.unlink(metrics_file)
 
 
 def _bind(host: str, port: int) -> socket.socket:
