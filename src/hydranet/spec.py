@@ -99,7 +99,8 @@ class TrainSpec(_Part):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(False, description="torch.compile the model's forward: true (default mode) or a mode")
+    cuda_graph: Literal["auto", "on", "off"] = Field("auto", description="capture the whole training step as one CUDA graph (auto: on CUDA when the run allows it)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch")

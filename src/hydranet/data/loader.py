@@ -155,16 +155,23 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         bs = self.batch_size
-        order = self.order() if self.shuffle else None
+        if self.shuffle:
+            yield from map(self.data.take, self.indices())
+            return
         for b in range(self.position, len(self)):
-            if order is None:
-                batch = self.data.slice(b * bs, (b + 1) * bs)
-            else:
-                batch = self.data.take(order[b * bs : (b + 1) * bs])
+            self.position = b + 1  # before the yield, as in indices()
+            yield self.data.slice(b * bs, (b + 1) * bs)
+        self.set_epoch(self.epoch + 1)
+
+    def indices(self) -> Iterator[torch.Tensor]:
+        """The row indices of each remaining batch of the epoch (on the data's device), not gathered."""
+        bs = self.batch_size
+        order = self.order()
+        for b in range(self.position, len(self)):
             # counted before the yield: a checkpoint taken while the consumer
             # holds batch b must resume at b + 1
             self.position = b + 1
-            yield batch
+            yield order[b * bs : (b + 1) * bs]
         self.set_epoch(self.epoch + 1)
 
     def state_dict(self) -> dict[str, int]:

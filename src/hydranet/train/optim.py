@@ -9,13 +9,19 @@ import torch
 from hydranet.spec import TrainSpec
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainSpec, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+    """``capturable``: Adam/AdamW safe inside a CUDA graph, with the learning rate as a device
+    tensor that the scheduler updates in place (a float would be frozen into the graph)."""
     # fused kernels on CUDA: one launch per step instead of one per parameter
     fused = {"fused": True} if device.type == "cuda" else {}
+    lr: float | torch.Tensor = cfg.lr
+    if capturable:
+        fused["capturable"] = True
+        lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
 
 
@@ -36,3 +42,11 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainSpec, total_steps: int
         return floor + (1 - floor) * (1 - progress)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def device_lr_(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """After ``load_state_dict``: the learning rates back as device tensors (capturable optimizers)."""
+    for group in opt.param_groups:
+        for key in ("lr", "initial_lr"):
+            if key in group:
+                group[key] = torch.tensor(float(group[key]), dtype=torch.float32, device=device)

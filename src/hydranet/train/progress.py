@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
 class _Bar:
+    # the fields (running losses) are read from the device at most this often: reading them
+    # is a host sync, which on a GPU would stall the queue of kernels every step
+    FIELDS_EVERY_S = 0.5
+
     def __init__(self, progress, task_id):
         self._progress, self._task = progress, task_id
+        self._fields_at = float("-inf")
 
-    def advance(self, fields: str | None = None) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, fields=fields or "")
+    def advance(self, fields: Callable[[], str] | None = None) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if fields is not None and now - self._fields_at >= self.FIELDS_EVERY_S:
+            self._fields_at = now
+            self._progress.update(self._task, advance=1, fields=fields())
+        else:
+            self._progress.update(self._task, advance=1)
 
 
 class Progress:
@@ -32,7 +44,13 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        columns = [TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[fields]}")]
+        columns = [
+            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[fields]}"),
+        ]
         with RichProgress(*columns, console=Console(file=self.stream), transient=True) as p:
             task_id = p.add_task("train", total=steps, completed=start, fields="")
             yield _Bar(p, task_id)
@@ -41,6 +59,8 @@ class Progress:
         parts = [f"epoch {record['epoch']}"]
         parts.append("loss " + " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items()))
         for task, ms in record.get("val", {}).items():
-            parts.append(f"{task}: " + " ".join(f"{m}={v:.4f}" for m, v in ms.items() if v is not None))
+            parts.append(
+                f"{task}: " + " ".join(f"{m}={v:.4f}" for m, v in ms.items() if v is not None)
+            )
         parts.append(f"{record['rows_per_s']:,.0f} rows/s")
         print(" | ".join(parts), file=self.stream, flush=True)

@@ -10,6 +10,7 @@ an atomic rename, so ``--resume`` after a kill continues bit-for-bit on CPU.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from hydranet.models.model import MultiTaskModel
 from hydranet.spec import Spec
 from hydranet.tasks import HIGHER_IS_BETTER, Task
 from hydranet.train.distributed import APPROXIMATE, Distributed, ShardedLoader
-from hydranet.train.optim import build_optimizer, build_scheduler
+from hydranet.train.graph import GraphedStep, blockers
+from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
 from hydranet.train.prepare import Split, prepare, resolve_spec
 from hydranet.train.progress import Progress
 from hydranet.train.state_io import atomic_save_tensors, load_state, save_state
@@ -118,16 +120,29 @@ class Trainer:
         self.device = self.dist.device(select_device(cfg.device))
         self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(self.device)
         self.balancer = build_balancer(spec).to(self.device)
+        self.train_data = None  # the in-memory training split, on the device
         self.loader = self._train_loader(splits["train"])
+        # every training row labeled for every task: each batch's task presence is known
+        # without looking (no host sync per step, and the step can be a CUDA graph)
+        self.all_labeled = self.train_data is not None and all(bool(m.all()) for m in self.train_data.masks.values())
+        self.diagnostics = None
+        if diagnose:
+            from hydranet.balance.diagnostics import ConflictTracker
+
+            self.diagnostics = ConflictTracker([t.name for t in tasks])
+        self.graph_step = self._graph_step()
         params = list(self.model.parameters()) + [p for p in self.balancer.parameters() if p.requires_grad]
         self.balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, cfg, self.device)
+        self.optimizer = build_optimizer(params, cfg, self.device, capturable=self.graph_step is not None)
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
         # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
         # the wrapped one only runs the training forward
         self.ddp = self.dist.wrap(self.model, self.device)
         self.dist.reduce_task_gradients(self.balancer)
-        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
+        if cfg.compile:
+            self.forward = torch.compile(self.ddp, **({} if cfg.compile is True else {"mode": cfg.compile}))
+        else:
+            self.forward = self.ddp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda")
         # the balancer says whether it works on the shared representation (mgda_ub always does;
@@ -136,17 +151,19 @@ class Trainer:
         self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in self.shared_params}
         self.task_params = [p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad]
-        self.diagnostics = None
-        if diagnose:
-            from hydranet.balance.diagnostics import ConflictTracker
-
-            self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.progress = Progress(enabled=progress if self.dist.is_main else False)
         # loop state (all of it goes into checkpoints)
         self.epoch = 0
         self.step = 0
-        self.loss_sums = torch.zeros(len(tasks), dtype=torch.float64)
+        # running loss sums stay on the device: the host reads them for the progress bar, the
+        # epoch's log and checkpoints, not every step
+        self.loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=self.device)
         self.loss_steps = 0
+        # divergence is tracked on the device too and checked every `check_every` steps (every
+        # step on CPU, where a check costs nothing), always before a checkpoint is written
+        self.check_every = 1 if self.device.type == "cpu" else 32
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_losses = torch.zeros(len(tasks), dtype=torch.float32, device=self.device)
         self.best: float | None = None
         self.best_epoch = -1
         self.bad_epochs = 0
@@ -163,7 +180,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "rng": torch.get_rng_state(),
             "loop": {"epoch": self.epoch, "step": self.step, "loss_steps": self.loss_steps, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early},
-            "loss_sums": self.loss_sums,
+            "loss_sums": self.loss_sums.cpu(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -179,7 +196,19 @@ class Trainer:
         loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
         return ShardedLoader(loader, self.dist.rank, self.dist.world_size) if self.dist.enabled else loader
 
+    def _graph_step(self) -> GraphedStep | None:
+        mode = self.cfg.cuda_graph
+        if mode == "off":
+            return None
+        reasons = blockers(self)
+        if reasons:
+            if mode == "on":
+                raise SpecError([("train.cuda_graph", f"cannot capture the training step as a CUDA graph: {'; '.join(reasons)}")])
+            return None
+        return GraphedStep(self, self.cfg.batch_size)
+
     def checkpoint(self) -> None:
+        self.check_finite()  # never a checkpoint of a diverged model
         if self.dist.is_main:
             save_state(self.state(), self.out / rundir.CHECKPOINT)
 
@@ -190,6 +219,8 @@ class Trainer:
         s = load_state(path)
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
+        if self.graph_step is not None:
+            device_lr_(self.optimizer, self.device)
         self.scheduler.load_state_dict(s["scheduler"])
         self.balancer.load_state_dict(s["balancer"])
         if s.get("scaler"):
@@ -201,7 +232,7 @@ class Trainer:
         loop = s["loop"]
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
         self.best, self.best_epoch, self.bad_epochs, self.stopped_early = loop["best"], loop["best_epoch"], loop["bad_epochs"], loop["stopped_early"]
-        self.loss_sums = s["loss_sums"]
+        self.loss_sums = s["loss_sums"].to(self.device)
         if self.dist.is_main:
             rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
 
@@ -214,23 +245,39 @@ class Trainer:
             if not resuming_mid_epoch:
                 self.loader.set_epoch(self.epoch)
             t0 = time.perf_counter()
-            rows = 0
             with self.progress.epoch(self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]) as bar:
-                for batch in self.loader:
-                    if batch.cat.device != self.device:
-                        batch = batch.to(self.device, non_blocking=True)
-                    self.train_step(batch)
-                    rows += batch.size
-                    bar.advance(self._progress_fields())
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                        self.checkpoint()
-                    if stop_after_steps is not None and self.step >= stop_after_steps:
-                        return
+                rows = self.run_epoch(bar, stop_after_steps)
+                if rows is None:
+                    return
             seconds = time.perf_counter() - t0
             if self.dist.enabled:
                 rows = int(self.dist.sum(torch.tensor([rows], dtype=torch.float64))[0])
             self.end_epoch(rows / max(seconds, 1e-9), seconds)
         self.finish()
+
+    def run_epoch(self, bar=None, stop_after_steps: int | None = None) -> int | None:
+        """The steps of the loader's current epoch (from its position); the rows trained, or
+        None when ``stop_after_steps`` was reached."""
+        cfg, rows = self.cfg, 0
+        graph = self.graph_step
+        for batch in self.loader.indices() if graph is not None else self.loader:
+            if graph is not None:  # row indices: the step gathers them itself
+                self._after_step(graph(batch))
+                rows += batch.shape[0]
+            else:
+                if batch.cat.device != self.device:
+                    batch = batch.to(self.device, non_blocking=True)
+                self.train_step(batch)
+                rows += batch.size
+            if bar is not None:
+                bar.advance(self._progress_fields)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+            if stop_after_steps is not None and self.step >= stop_after_steps:
+                return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's time covers its kernels
+        return rows
 
     def train_step(self, batch) -> None:
         if not self.dist.enabled:
@@ -248,7 +295,13 @@ class Trainer:
             self._step(batch, (counts, global_counts))
 
     def _step(self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        self._after_step(self.compute_step(batch, counts))
+
+    def compute_step(self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Forward, losses, the balancer's backward, clipping and the optimizer step; the stacked
+        task losses (detached). No host sync when every row is labeled (it may be a CUDA graph)."""
+        # graphs replay without autocast's cast cache (it would hold tensors from the capture)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=self.graph_step is None):
             if self.need_rep:
                 outputs, rep = self.model.forward_with_rep(batch.cat, batch.num)
             else:
@@ -258,16 +311,14 @@ class Trainer:
         if counts is not None:
             losses, global_present = self.dist.global_losses(losses, *counts)
         stacked = torch.stack([loss.detach() for loss in losses.values()])
-        finite = torch.isfinite(stacked)
-        if not bool(finite.all()):
-            bad = [t.name for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
-            raise TrainingDiverged(
-                f"loss of task {bad[0]!r} is {float(stacked[finite.logical_not()][0])} at step {self.step + 1} (epoch {self.epoch + 1}); "
-                f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
-            )
         # every balancer learns which tasks have labels in this batch (an absent task's loss is
         # an exact zero that must not count as a perfect loss in uw, gls, famo or gradnorm)
-        present = global_present if global_present is not None else {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
+        if global_present is not None:
+            present = global_present
+        elif self.all_labeled:
+            present = dict.fromkeys(losses, True)
+        else:
+            present = {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
         if self.diagnostics is not None:
             self.diagnostics.observe(losses, self.shared_params, present)
         ctx = BalanceContext(shared_params=self.shared_params, task_params=self.task_params, rep=rep, present=present, step=self.step, epoch=self.epoch, scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
@@ -280,12 +331,34 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         if self.dist.enabled and self.spec.balance.method in APPROXIMATE:
             self.dist.broadcast_buffers_(self.balancer)  # rank 0's weights on every rank
-        self.loss_sums += stacked.double().cpu()
-        self.loss_steps += 1
+        return stacked
+
+    def _after_step(self, stacked: torch.Tensor) -> None:
+        """The host side of a step: schedule, running sums, divergence (recorded on the device)."""
+        self.scheduler.step()
         self.step += 1
+        self.loss_sums += stacked
+        self.loss_steps += 1
+        first = (self._bad_step < 0) & ~torch.isfinite(stacked).all()
+        self._bad_step = torch.where(first, self.step, self._bad_step)
+        self._bad_losses = torch.where(first, stacked.float(), self._bad_losses)
+        if self.step % self.check_every == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if a loss has been NaN or infinite (one host sync)."""
+        step = int(self._bad_step)
+        if step < 0:
+            return
+        values = self._bad_losses.tolist()
+        k = next(i for i, v in enumerate(values) if not math.isfinite(v))
+        epoch = self.epoch + 1
+        raise TrainingDiverged(
+            f"loss of task {self.tasks[k].name!r} is {values[k]} at step {step} (epoch {epoch}); "
+            f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
+        )
 
     def _average_gradients(self) -> None:
         if self._sync_grads:
@@ -297,14 +370,15 @@ class Trainer:
 
     def _progress_fields(self) -> str:
         n = max(self.loss_steps, 1)
-        parts = [f"{t.name} {float(v) / n:.4f}" for t, v in zip(self.tasks, self.loss_sums, strict=True)]
+        parts = [f"{t.name} {v / n:.4f}" for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)]
         if self.balancer.family != "weighting" or type(self.balancer).__name__ != "EqualWeighting":
             parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
         return "  ".join(parts)
 
     def end_epoch(self, rows_per_s: float, seconds: float) -> None:
+        self.check_finite()
         n = max(self.loss_steps, 1)
-        train_loss = {t.name: float(v) / n for t, v in zip(self.tasks, self.loss_sums, strict=True)}
+        train_loss = {t.name: v / n for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)}
         self.balancer.end_epoch(train_loss)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss}
         if "validation" in self.splits and self.dist.is_main:

@@ -1,0 +1,136 @@
+"""The GPU step path: static-index steps (a CUDA graph on CUDA), deferred host syncs, compile modes.
+
+On CPU the captured graph is off; everything around it runs: the loader's row
+indices, the static index buffer, the eager last batch, the on-device running
+sums and divergence record, the constant task presence of a fully labeled split.
+The ``gpu`` tests capture for real and run where CUDA is present.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import hydranet
+from hydranet import Spec
+from hydranet.errors import SpecError, TrainingDiverged
+from hydranet.train.graph import GraphedStep, blockers
+from hydranet.train.trainer import setup
+
+
+def _spec(tiny, epochs: int = 2, **train) -> Spec:
+    spec = Spec.load(tiny(epochs=epochs))
+    return spec.model_copy(update={"train": spec.train.model_copy(update=train)})
+
+
+def _fit(spec: Spec, out, static: bool, capture: bool = False):
+    trainer = setup(spec, out, progress=False)
+    if static:
+        trainer.graph_step = GraphedStep(trainer, spec.train.batch_size, capture=capture)
+    trainer.fit()
+    return trainer
+
+
+def test_static_index_steps_equal_plain_steps_bit_for_bit(tiny, tmp_path):
+    """600 rows at batch 64: 9 full batches through the static index buffer, the 10th (24
+    rows) eagerly; parameters, optimizer state and logged losses equal the plain loop's."""
+    spec = _spec(tiny, epochs=2, grad_clip=1.0)
+    plain = _fit(spec, tmp_path / "plain", static=False)
+    static = _fit(spec, tmp_path / "static", static=True)
+    assert static.graph_step.index.shape == (64,)
+    for (name, a), (_, b) in zip(
+        plain.model.state_dict().items(), static.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    sa, sb = plain.optimizer.state_dict()["state"], static.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+    log_a = [r["train_loss"] for r in hydranet.Run.load(tmp_path / "plain").metrics_log]
+    log_b = [r["train_loss"] for r in hydranet.Run.load(tmp_path / "static").metrics_log]
+    assert log_a == log_b
+    assert static.step == plain.step == 20
+
+
+def test_fully_labeled_split_needs_no_presence_check(tiny, tmp_path):
+    from conftest import make_table
+
+    trainer = setup(_spec(tiny), tmp_path / "full", progress=False)
+    assert trainer.all_labeled
+    pq.write_table(make_table(600, seed=0, missing_frac=0.3), tiny.paths["train"])
+    trainer = setup(_spec(tiny), tmp_path / "partial", progress=False)
+    assert not trainer.all_labeled
+    assert any("lack a label" in r for r in blockers(trainer))
+
+
+def test_cuda_graph_on_says_why_it_cannot(tiny, tmp_path):
+    spec = _spec(tiny, cuda_graph="on")
+    spec = spec.model_copy(update={"balance": spec.balance.model_copy(update={"method": "uw"})})
+    with pytest.raises(SpecError) as e:
+        setup(spec, tmp_path / "on", progress=False)
+    text = str(e.value)
+    assert "train.cuda_graph" in text and "the device is cpu" in text and "'uw'" in text
+    # auto on CPU: the plain loop, no error
+    assert setup(_spec(tiny), tmp_path / "auto", progress=False).graph_step is None
+
+
+def test_divergence_checked_late_names_the_first_bad_step(tiny, tmp_path):
+    """With the check every 7 steps (as on a GPU, every 32), the error still names the task
+    and the step where the loss first went bad, and no checkpoint holds the diverged model."""
+    table = pq.read_table(tiny.paths["train"])
+    values = table.column("value").to_numpy().copy()
+    values[300] = 1e38  # squared error overflows to inf
+    pq.write_table(
+        table.set_column(table.column_names.index("value"), "value", pa.array(values)),
+        tiny.paths["train"],
+    )
+    messages = []
+    for every in (1, 7):
+        spec = _spec(tiny, epochs=3)
+        spec.tasks[1].standardize = False
+        trainer = setup(spec, tmp_path / f"every{every}", progress=False)
+        trainer.check_every = every
+        with pytest.raises(TrainingDiverged) as e:
+            trainer.fit()
+        messages.append(str(e.value).replace(f"every{every}", "RUN"))
+    assert messages[0] == messages[1]
+    assert "task 'value' is inf at step" in messages[0]
+
+
+def test_compile_mode_reaches_torch_compile(tiny, tmp_path, monkeypatch):
+    seen = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        seen.append(kw.get("mode"))
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    run = hydranet.train(
+        _spec(tiny, epochs=1, compile="max-autotune"), tmp_path / "m", progress=False
+    )
+    assert seen == ["max-autotune"] and run.final_metrics["epochs"] == 1
+    from hydranet.cli import _load_spec
+
+    with pytest.raises(SpecError, match="train.compile"):
+        _load_spec(str(tiny(epochs=1)), ["train.compile=fastest"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_matches_eager_on_gpu(tiny, tmp_path):
+    """Captured replays against the same static-index steps run eagerly: equal to float tolerance."""
+    spec = _spec(tiny, epochs=2, device="cuda")
+    eager = _fit(
+        spec.model_copy(update={"train": spec.train.model_copy(update={"cuda_graph": "off"})}),
+        tmp_path / "e",
+        static=False,
+    )
+    graphed = setup(spec, tmp_path / "g", progress=False)
+    assert graphed.graph_step is not None  # auto: eligible on CUDA
+    graphed.fit()
+    assert graphed.graph_step.graph is not None
+    for (name, a), (_, b) in zip(
+        eager.model.state_dict().items(), graphed.model.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
