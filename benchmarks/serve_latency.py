@@ -5,9 +5,10 @@
     python benchmarks/serve_latency.py --smoke            # tiny run, a few hundred requests, prints only
 
 The server is the real one (``python -m hydranet serve RUN --port 0``) in its own
-process, with its defaults (one torch thread, no batch wait) unless flags say
-otherwise, once per ``--workers`` count (default: 1 and 2 worker processes). Each of the ``--clients`` clients holds one keep-alive connection and
-sends its next request as soon as the previous answer is in (closed loop), one
+process(es), with its defaults (one torch thread, no batch wait) unless flags say
+otherwise, once per ``--workers`` count (default: 1 and 2 worker processes).
+Each of the ``--clients`` clients holds one keep-alive connection and sends its
+next request as soon as the previous answer is in (closed loop), one
 census test row per request, for ``--requests`` requests in all after a warm-up.
 Latency is client-side, request written to answer read. rows/s = rows answered /
 wall time of the timed phase. The server's own ``/metrics`` give the mean rows
