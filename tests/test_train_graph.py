@@ -134,3 +134,32 @@ def test_cuda_graph_step_matches_eager_on_gpu(tiny, tmp_path):
         eager.model.state_dict().items(), graphed.model.state_dict().items(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+
+
+def test_tensor_learning_rate_is_updated_in_place_and_survives_a_reload():
+    """A captured optimizer step reads the lr tensor's memory: the scheduler must fill it, not
+    replace it, and a reloaded optimizer gets device tensors back (device_lr_)."""
+    from hydranet.spec import TrainSpec
+    from hydranet.train.optim import build_scheduler, device_lr_
+
+    cfg = TrainSpec(lr=0.5, schedule={"kind": "cosine", "warmup_steps": 2})
+    param = torch.nn.Parameter(torch.zeros(3))
+    # what build_optimizer(capturable=True) makes on CUDA, here on CPU without capturable
+    opt = torch.optim.Adam([param], lr=torch.tensor(0.5), foreach=False)
+    lr = opt.param_groups[0]["lr"]
+    sched = build_scheduler(opt, cfg, total_steps=10)
+    seen = []
+    for _ in range(4):
+        param.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+        seen.append(float(lr))
+        assert opt.param_groups[0]["lr"] is lr
+    assert seen[0] == pytest.approx(0.5) and seen[-1] < 0.5
+    assert isinstance(float(sched.get_last_lr()[0]), float)
+    state = opt.state_dict()
+    fresh = torch.optim.Adam([param], lr=0.1, foreach=False)
+    fresh.load_state_dict(state)
+    device_lr_(fresh, torch.device("cpu"))
+    group = fresh.param_groups[0]
+    assert isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(seen[-1])

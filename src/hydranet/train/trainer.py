@@ -390,7 +390,7 @@ class Trainer:
             # rank 0 alone evaluates; its decision is every rank's
             self.best, self.best_epoch, self.bad_epochs, self.stopped_early = self.dist.broadcast((self.best, self.best_epoch, self.bad_epochs, self.stopped_early))
         record["weights"] = dict(self.balancer.last_weights)
-        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["lr"] = float(self.scheduler.get_last_lr()[0])  # a device tensor with capturable optimizers
         if self.diagnostics is not None:
             record["diagnostics"] = self.diagnostics.epoch_summary()
         record["rows_per_s"] = rows_per_s
