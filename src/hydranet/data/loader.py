@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from hydranet.data.preprocess import Preprocessor
     from hydranet.tasks import Task
 
-__all__ = ["Batch", "BatchLoader", "TensorData", "build_tensor_data"]
+__all__ = ["Batch", "BatchLoader", "ResumablePosition", "TensorData", "build_tensor_data"]
 
 
 @dataclass
@@ -106,7 +106,36 @@ class TensorData:
         return Batch(*self._map(lambda t: t[start:stop]), size=max(0, stop - start))
 
 
-class BatchLoader:
+class ResumablePosition:
+    """An epoch, a position in it and a seed: the resumable state of a batch loader.
+
+    ``len(self)`` is the batches per epoch. ``state_dict`` taken after the ``k``-th batch
+    of an epoch records ``position = k``; a loader restored from it continues at batch
+    ``k``. Shared by :class:`BatchLoader` and the streaming loader.
+    """
+
+    epoch: int = 0
+    position: int = 0
+    seed: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch."""
+        self.epoch = int(epoch)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(
+                f"loader position {position} is outside this epoch's {len(self)} batches"
+            )
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
+
+
+class BatchLoader(ResumablePosition):
     """Batches of a TensorData in a seeded per-epoch order, resumable mid-epoch.
 
     Iterating yields the batches of the current epoch from the current position,
@@ -136,11 +165,6 @@ class BatchLoader:
     def __len__(self) -> int:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch."""
-        self.epoch = int(epoch)
-        self.position = 0
 
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """The row order of an epoch (a permutation when shuffling), on the data's device."""
@@ -173,19 +197,6 @@ class BatchLoader:
             self.position = b + 1
             yield order[b * bs : (b + 1) * bs]
         self.set_epoch(self.epoch + 1)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(
-                f"loader position {position} is outside this epoch's {len(self)} batches"
-            )
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        self.position = position
 
 
 def build_tensor_data(

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
 
-from hydranet.data.loader import Batch, TensorData, build_tensor_data
+from hydranet.data.loader import Batch, ResumablePosition, TensorData, build_tensor_data
 from hydranet.data.preprocess import Preprocessor
 from hydranet.data.sources import _first_line, _open
 from hydranet.errors import DataError, UserError
@@ -251,7 +251,7 @@ def concat(parts: Sequence[TensorData]) -> TensorData:
     )
 
 
-class StreamingLoader:
+class StreamingLoader(ResumablePosition):
     """Shuffled batches streamed from a :class:`StreamingSplit`; the BatchLoader interface.
 
     ``state_dict`` is ``{"epoch", "position", "seed"}`` like BatchLoader's, and an epoch's
@@ -280,21 +280,6 @@ class StreamingLoader:
 
     def __len__(self) -> int:
         return math.ceil(self.split.rows / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.position = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(
-                f"loader position {position} is outside this epoch's {len(self)} batches"
-            )
-        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), position
 
     def __iter__(self) -> Iterator[Batch]:
         skip = self.position

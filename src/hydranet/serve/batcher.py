@@ -113,7 +113,7 @@ class MicroBatcher:
             if first.rows.n + self._queued_rows < self.max_rows:
                 # no window (or its end already past): one turn of the loop still lets
                 # the requests that arrived with this one join it
-                await asyncio.sleep(wait if wait > 0 else 0)
+                await asyncio.sleep(max(wait, 0.0))
             jobs, rows = [first], first.rows.n
             while rows < self.max_rows and not queue.empty():
                 job = queue.get_nowait()

@@ -61,11 +61,7 @@ class Metrics:
             with open(shared, "r+b") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0)
             self._all = np.frombuffer(self._mmap, dtype=np.float64).reshape(-1, SLOT_FLOATS)
-        mine = self._all[slot]
-        self._requests = mine[:_N_REQ].reshape(len(ENDPOINTS), len(_CODES))
-        self._latency = mine[_N_REQ : _N_REQ + len(ENDPOINTS) * _LAT].reshape(len(ENDPOINTS), _LAT)
-        self._rows = mine[_N_REQ + len(ENDPOINTS) * _LAT :][:1]
-        self._batch = mine[-_BAT:]
+        self._requests, self._latency, self._rows, self._batch = _views(self._all[slot])
         self._endpoint = {e: i for i, e in enumerate(ENDPOINTS)}
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
@@ -79,9 +75,7 @@ class Metrics:
 
     def render(self) -> str:
         """All workers' counters, summed."""
-        total = self._all.sum(axis=0)
-        requests = total[:_N_REQ].reshape(len(ENDPOINTS), len(_CODES))
-        latency = total[_N_REQ : _N_REQ + len(ENDPOINTS) * _LAT].reshape(len(ENDPOINTS), _LAT)
+        requests, latency, rows, batch = _views(self._all.sum(axis=0))
         series = sorted(
             (ENDPOINTS[e], _CODES[c], int(requests[e, c])) for e, c in np.argwhere(requests > 0)
         )
@@ -113,12 +107,23 @@ class Metrics:
         lines += [
             "# HELP hydranet_predicted_rows_total Rows predicted.",
             "# TYPE hydranet_predicted_rows_total counter",
-            f"hydranet_predicted_rows_total {int(total[_N_REQ + len(ENDPOINTS) * _LAT])}",
+            f"hydranet_predicted_rows_total {int(rows[0])}",
             "# HELP hydranet_batch_rows Rows per forward pass (micro-batches of concurrent requests).",
             "# TYPE hydranet_batch_rows histogram",
-            *_histogram_lines("hydranet_batch_rows", "", BATCH_BUCKETS, total[-_BAT:]),
+            *_histogram_lines("hydranet_batch_rows", "", BATCH_BUCKETS, batch),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _views(slot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A slot's parts, as views: requests [endpoint, code], latency [endpoint, bins], rows [1], batch."""
+    lat_end = _N_REQ + len(ENDPOINTS) * _LAT
+    return (
+        slot[:_N_REQ].reshape(len(ENDPOINTS), len(_CODES)),
+        slot[_N_REQ:lat_end].reshape(len(ENDPOINTS), _LAT),
+        slot[lat_end : lat_end + 1],
+        slot[-_BAT:],
+    )
 
 
 def _observe(hist: np.ndarray, buckets: tuple[float, ...], value: float) -> None:
