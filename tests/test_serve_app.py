@@ -328,6 +328,33 @@ def test_concurrent_requests_share_forward_passes(predictor, tiny_run, wait_ms, 
         assert [g["kind"] for g in got] == ref.column("kind").to_pylist()
 
 
+def test_a_float32_overflow_fails_only_its_own_request_in_a_shared_pass(predictor, tiny_run):
+    # a value finite in float64 but beyond float32 once scaled is found after the requests
+    # were grouped into one pass: its request gets the 422, the others their predictions
+    app = create_app(predictor, Settings(batch_wait_ms=50))
+    batches: list[int] = []
+    app.batcher.on_batch = lambda rows, requests: batches.append(requests)
+    requests = [good_rows(2, seed=i, mixed=False) for i in range(6)]
+    requests[3][1]["b"] = 1e300
+
+    async def burst(client):
+        return await asyncio.gather(
+            *(client.post("/v1/predict", json={"rows": rows}) for rows in requests)
+        )
+
+    answers = asyncio.run(_with_app(app, burst))
+    assert max(batches) > 1  # the bad request shared its pass
+    bad = answers[3].json()["error"]
+    assert (answers[3].status_code, bad["row"], bad["field"]) == (422, 1, "b")
+    run = Run.load(tiny_run)
+    for i, (rows, r) in enumerate(zip(requests, answers, strict=True)):
+        if i == 3:
+            continue
+        assert r.status_code == 200
+        ref = run.predict(pa.Table.from_pylist(rows)).column("value").to_numpy()
+        assert np.allclose([g["value"] for g in r.json()["predictions"]], ref, atol=1e-6)
+
+
 def test_errors_for_paths_methods_and_limits(predictor):
     app = create_app(predictor, Settings(max_body_bytes=1000, max_rows=3))
 

@@ -29,7 +29,9 @@ request larger than ``max_rows`` runs alone; requests are never split.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,22 +154,25 @@ class MicroBatcher:
             cat = np.concatenate([j.rows.cat for j in jobs])
             raw = np.concatenate([j.rows.raw for j in jobs])
         num = self.encoder.scale_numeric(raw)
-        bounds = np.cumsum([0] + [j.rows.n for j in jobs])
+        bounds = list(itertools.accumulate((j.rows.n for j in jobs), initial=0))
         results: list[Outputs | Exception | None] = [None] * len(jobs)
-        # a finite value can still overflow float32 once scaled; only those rows' requests fail
-        for r, col in np.argwhere(~np.isfinite(num)).tolist():
-            k = int(np.searchsorted(bounds, r, side="right")) - 1
-            if results[k] is None:
-                local, name = r - int(bounds[k]), self.encoder.names_out[col]
-                results[k] = RequestError(
-                    422,
-                    f"rows[{local}].{name}: {jobs[k].rows.raw[local, col]!r} is too large for the model (beyond float32 once scaled)",
-                    field=name,
-                    row=local,
-                )
+        if not np.isfinite(num).all():
+            # a finite value can still overflow float32 once scaled; only those rows' requests fail
+            for r, col in np.argwhere(~np.isfinite(num)).tolist():
+                k = bisect.bisect_right(bounds, r) - 1
+                if results[k] is None:
+                    local, name = r - bounds[k], self.encoder.names_out[col]
+                    results[k] = RequestError(
+                        422,
+                        f"rows[{local}].{name}: {jobs[k].rows.raw[local, col]!r} is too large for the model (beyond float32 once scaled)",
+                        field=name,
+                        row=local,
+                    )
         out = self.predictor.backend.forward(torch.from_numpy(cat), torch.from_numpy(num))
+        if len(jobs) == 1 and results[0] is None:
+            return [out]
         for k in range(len(jobs)):
             if results[k] is None:
-                lo, hi = int(bounds[k]), int(bounds[k + 1])
+                lo, hi = bounds[k], bounds[k + 1]
                 results[k] = {name: arr[lo:hi] for name, arr in out.items()}
         return results  # type: ignore[return-value]

@@ -27,6 +27,7 @@ the signal.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -126,14 +127,36 @@ def _run_uvicorn(
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets)
-            if self.started and on_ready is not None:
-                on_ready(url)
+            if self.started:
+                freeze_startup_heap()
+                if on_ready is not None:
+                    on_ready(url)
 
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         _Server(config).run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up out of the cyclic garbage collector's reach.
+
+    Once torch, onnxruntime, FastAPI and the model are loaded the process holds
+    about 230,000 tracked objects, nearly all alive until exit, and CPython's
+    full (generation 2) collection walks every one: 120-240 ms per collection
+    on the census model (2-core machine), with the event loop stopped, so
+    every request in flight or arriving waits the whole pause (at 2,000
+    requests/s that is 250-500 of them, past any p99). Full collections are
+    rare under a steady load (none in 60 s at 2,000 requests/s; CPython runs
+    one when the objects promoted since the last reach a quarter of the heap),
+    but a long-running server meets them. ``gc.freeze()`` puts the start-up
+    objects in the permanent generation: later collections walk only what was
+    allocated since (measured: under 0.1 ms), and cyclic garbage made by
+    requests is still collected.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 # ------------------------------------------------------------------ workers
