@@ -252,3 +252,27 @@ def test_numeric_only_single_task_still_has_a_rep_gradient():
     outputs, rep = model.forward_with_rep(torch.empty(3, 0, dtype=torch.long), torch.randn(3, 4))
     (grad,) = torch.autograd.grad(outputs["a"].sum(), rep)
     assert grad.shape == rep.shape == (3, 4)
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "shared_bottom", "cross_stitch"])
+def test_initialisation_small_embeddings_and_scaled_output_layers(arch):
+    # the same seed gives the same parameters but for the embedding's spread and the
+    # output layers' scale; scale 0 starts every prediction at its output bias
+    ref = build(arch, embedding_init_std=1.0, head_init_scale=1.0)
+    small = build(arch)
+    assert torch.allclose(small.encoder.embedding.weight * 20, ref.encoder.embedding.weight)
+    outputs = {id(p) for layer in small.towers.output_layers() for p in [layer.weight]}
+    ref_params = dict(ref.named_parameters())
+    for name, p in small.named_parameters():
+        if name == "encoder.embedding.weight":
+            continue
+        want = ref_params[name] * 0.1 if id(p) in outputs else ref_params[name]
+        assert torch.allclose(p, want), name
+    assert len(outputs) >= 1
+    zero = build(arch, head_init_scale=0.0)
+    cat, num = batch()
+    with torch.no_grad():
+        out = zero(cat, num)
+    for t in HEADS:  # every row the same: the output bias, whatever the input
+        assert torch.equal(out[t], out[t][:1].expand_as(out[t])), t
+        assert out[t].abs().sum() > 0
