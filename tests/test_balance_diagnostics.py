@@ -77,3 +77,35 @@ def test_gradient_balancer_feeds_its_own_accumulator():
     out = bal.diagnostics.epoch_means()
     assert out["cos/a~b"] == pytest.approx(-1 / math.sqrt(2))
     assert out["conflict_frac"] == 1.0
+
+
+def test_accumulator_state_round_trip():
+    acc = ConflictAccumulator(["a", "b"])
+    acc.update(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]))
+    again = ConflictAccumulator(["a", "b"])
+    again.load_state_dict(acc.state_dict())
+    acc.update(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    again.update(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert again.compute() == acc.compute()
+    with pytest.raises(ValueError, match="tasks"):
+        ConflictAccumulator(["a", "c"]).load_state_dict(acc.state_dict())
+
+
+def test_diagnostics_survive_a_mid_epoch_resume(tiny, tmp_path):
+    """A run stopped mid-epoch and resumed logs the same epoch diagnostics as an unbroken one."""
+    from hydranet import rundir
+    from hydranet.spec import Spec
+    from hydranet.train.trainer import setup
+
+    spec = Spec.load(tiny(epochs=2, checkpoint_every=3))
+    whole = setup(spec, tmp_path / "whole", diagnose=True, progress=False)
+    whole.fit()
+    part = setup(spec, tmp_path / "part", diagnose=True, progress=False)
+    part.fit(stop_after_steps=7)  # mid first epoch (10 steps); the checkpoint is at step 6
+    resumed = setup(spec, tmp_path / "part", resume=True, diagnose=True, progress=False)
+    resumed.fit()
+    a = [r["diagnostics"] for r in rundir.read_metrics(tmp_path / "whole")]
+    b = [r["diagnostics"] for r in rundir.read_metrics(tmp_path / "part")]
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y)

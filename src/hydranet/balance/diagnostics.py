@@ -83,6 +83,18 @@ class ConflictAccumulator:
         out["conflict_frac"] = float(self._conflicts) / self._steps if self._steps else 0.0
         return out
 
+    def state_dict(self) -> dict:
+        """The partial epoch's sums (for checkpoints: a run resumed mid-epoch keeps them)."""
+        return {"tasks": list(self.tasks), "sum": self._sum.cpu(), "count": self._count.cpu(), "conflicts": self._conflicts.cpu(), "steps": self._steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["tasks"]) != self.tasks:
+            raise ValueError(f"diagnostics state is for tasks {list(state['tasks'])}, not {self.tasks}")
+        device = self._sum.device
+        self._sum, self._count = state["sum"].to(device, torch.float64), state["count"].to(device, torch.float64)
+        self._conflicts = state["conflicts"].to(device, torch.float64).reshape(())
+        self._steps = int(state["steps"])
+
     def epoch_means(self) -> dict[str, float]:
         """``compute()`` then ``reset()``: call once at the end of each epoch."""
         out = self.compute()

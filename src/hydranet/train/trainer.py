@@ -184,6 +184,8 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.diagnostics is not None:
+            state["diagnostics"] = self.diagnostics.state_dict()
         return state
 
     def _train_loader(self, split):
@@ -233,6 +235,10 @@ class Trainer:
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
         self.best, self.best_epoch, self.bad_epochs, self.stopped_early = loop["best"], loop["best_epoch"], loop["bad_epochs"], loop["stopped_early"]
         self.loss_sums = s["loss_sums"].to(self.device)
+        if self.diagnostics is not None and "diagnostics" in s:
+            # a checkpoint from a run without --diagnose has none: the epoch's means then cover
+            # the steps after the resume only
+            self.diagnostics.load_state_dict(s["diagnostics"])
         if self.dist.is_main:
             rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
 
