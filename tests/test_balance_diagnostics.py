@@ -107,5 +107,5 @@ def test_diagnostics_survive_a_mid_epoch_resume(tiny, tmp_path):
     a = [r["diagnostics"] for r in rundir.read_metrics(tmp_path / "whole")]
     b = [r["diagnostics"] for r in rundir.read_metrics(tmp_path / "part")]
     assert len(a) == len(b) == 2
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x == pytest.approx(y)
