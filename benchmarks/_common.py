@@ -97,7 +97,9 @@ def command_line(argv: list[str] | None = None) -> str:
         script_s = str(script)
     if not script_s.endswith(".py"):  # called as a function (tests)
         script_s = "benchmarks/<script>.py"
-    return " ".join([".venv/bin/python", script_s, *map(shlex.quote, args)])
+    # benchmarks/gpu/run.sh runs the image's python3 with PYTHONPATH=src, not the venv
+    python = os.environ.get("HYDRANET_BENCH_PYTHON", ".venv/bin/python")
+    return " ".join([python, script_s, *map(shlex.quote, args)])
 
 
 def report_command(argv: list[str] | None, report_only: bool, rerendered: str) -> str:
@@ -135,6 +137,10 @@ def git_commit() -> str:
 
 
 def _git_commit() -> str:
+    # a copy of the tree without .git (the GPU machine: benchmarks/gpu/run.sh) names the commit
+    # prepare.sh recorded where the checkout is
+    if os.environ.get("HYDRANET_BENCH_COMMIT"):
+        return os.environ["HYDRANET_BENCH_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -159,6 +165,10 @@ def _version(module: str) -> str | None:
         from importlib.metadata import version
 
         return version(module)
+    except Exception:
+        pass
+    try:  # importable but not installed (PYTHONPATH=src on the GPU machine)
+        return str(__import__(module).__version__)
     except Exception:
         return None
 

@@ -85,13 +85,24 @@ class ConflictAccumulator:
 
     def state_dict(self) -> dict:
         """The partial epoch's sums (for checkpoints: a run resumed mid-epoch keeps them)."""
-        return {"tasks": list(self.tasks), "sum": self._sum.cpu(), "count": self._count.cpu(), "conflicts": self._conflicts.cpu(), "steps": self._steps}
+        return {
+            "tasks": list(self.tasks),
+            "sum": self._sum.cpu(),
+            "count": self._count.cpu(),
+            "conflicts": self._conflicts.cpu(),
+            "steps": self._steps,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["tasks"]) != self.tasks:
-            raise ValueError(f"diagnostics state is for tasks {list(state['tasks'])}, not {self.tasks}")
+            raise ValueError(
+                f"diagnostics state is for tasks {list(state['tasks'])}, not {self.tasks}"
+            )
         device = self._sum.device
-        self._sum, self._count = state["sum"].to(device, torch.float64), state["count"].to(device, torch.float64)
+        self._sum, self._count = (
+            state["sum"].to(device, torch.float64),
+            state["count"].to(device, torch.float64),
+        )
         self._conflicts = state["conflicts"].to(device, torch.float64).reshape(())
         self._steps = int(state["steps"])
 

