@@ -254,19 +254,32 @@ def test_numeric_only_single_task_still_has_a_rep_gradient():
     assert grad.shape == rep.shape == (3, 4)
 
 
-@pytest.mark.parametrize("arch", ["mmoe", "shared_bottom", "cross_stitch"])
-def test_initialisation_small_embeddings_and_scaled_output_layers(arch):
+@pytest.mark.parametrize(
+    "arch, spec_scale, scale",
+    [
+        ("mmoe", None, 0.1),  # gated trunks start with small heads
+        ("omoe", None, 0.1),
+        ("cgc", None, 0.1),
+        ("ple", None, 0.1),
+        ("shared_bottom", None, 1.0),  # the others with PyTorch's
+        ("cross_stitch", None, 1.0),
+        ("single_task", None, 1.0),
+        ("shared_bottom", 0.1, 0.1),  # the spec overrides the trunk's default
+        ("mmoe", 0.5, 0.5),
+    ],
+)
+def test_initialisation_small_embeddings_and_scaled_output_layers(arch, spec_scale, scale):
     # the same seed gives the same parameters but for the embedding's spread and the
     # output layers' scale; scale 0 starts every prediction at its output bias
     ref = build(arch, embedding_init_std=1.0, head_init_scale=1.0)
-    small = build(arch)
+    small = build(arch, head_init_scale=spec_scale)
     assert torch.allclose(small.encoder.embedding.weight * 20, ref.encoder.embedding.weight)
     outputs = {id(p) for layer in small.towers.output_layers() for p in [layer.weight]}
     ref_params = dict(ref.named_parameters())
     for name, p in small.named_parameters():
         if name == "encoder.embedding.weight":
             continue
-        want = ref_params[name] * 0.1 if id(p) in outputs else ref_params[name]
+        want = ref_params[name] * scale if id(p) in outputs else ref_params[name]
         assert torch.allclose(p, want), name
     assert len(outputs) >= 1
     zero = build(arch, head_init_scale=0.0)

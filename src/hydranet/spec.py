@@ -75,7 +75,7 @@ class ModelSpec(_Part):
     architecture: str = Field("mmoe", description="trunk: single_task, shared_bottom, mmoe, cgc, ple, cross_stitch or 'pkg.mod:Trunk'")
     embedding_dim: int = Field(4, ge=1)
     embedding_init_std: float = Field(0.05, gt=0.0, description="std of the normal initialisation of the categorical embeddings (nn.Embedding's own: 1.0)")
-    head_init_scale: float = Field(0.1, ge=0.0, description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); with plain SGD a larger lr makes up for the small first gradients")
+    head_init_scale: float | None = Field(None, ge=0.0, description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); unset: the trunk's own default, 0.1 for the gated expert mixtures (mmoe, omoe, cgc, ple) and 1.0 for the others; with plain SGD and 0.1 a larger lr makes up for the small first gradients")
     params: dict[str, Any] = Field(default_factory=dict, description="the architecture's hyper-parameters")
     tower: list[int] = Field(default_factory=lambda: [8], description="hidden sizes of each task tower")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

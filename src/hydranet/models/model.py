@@ -137,11 +137,22 @@ class MultiTaskModel(nn.Module):
         income but left one seed's marital at 0.9919. Scaling rather than
         zeroing keeps the first step's gradients non-zero everywhere, which
         gradient balancers divide by.
+
+        The 0.1 is the default of the gated trunks only (``Trunk.head_init_scale``;
+        ``ModelSpec.head_init_scale`` overrides it). Trunks without gates have
+        nothing to collapse and only learn later from a small head: on the MMoE
+        paper's synthetic regression (``benchmarks/synthetic_correlation.py``
+        sizes, p = 0.9, seeds 0-3, 40 epochs) shared-bottom's final training
+        loss was 0.127 with 0.1 against 0.028 with 1.0, while MMoE's was 0.031
+        against 0.026 (test MSE 0.073 against 0.080).
         """
         if self.encoder.embedding is not None:
             nn.init.normal_(self.encoder.embedding.weight, 0.0, spec.embedding_init_std)
+        scale = spec.head_init_scale
+        if scale is None:
+            scale = self.trunk.head_init_scale
         for layer in self.towers.output_layers():
-            layer.weight.mul_(spec.head_init_scale)
+            layer.weight.mul_(scale)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_with_rep(cat, num)[0]

@@ -29,6 +29,10 @@ from hydranet.registry import Registry
 
 class Trunk(nn.Module):
     out_dims: dict[str, int]
+    head_init_scale: float = 1.0
+    """What ``ModelSpec.head_init_scale = None`` means for this trunk: the towers' output layers
+    start at PyTorch's initialisation times this. Trunks that mix experts through softmax gates
+    set 0.1 (see ``MultiTaskModel._initialise``); a user trunk may set its own."""
 
     def __init__(self, input_dim: int, tasks: list[str]):
         super().__init__()

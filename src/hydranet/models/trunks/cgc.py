@@ -112,6 +112,8 @@ class CGC(Trunk):
     gets gradient from its own task only). The gates are task-specific.
     """
 
+    head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+
     def __init__(
         self,
         input_dim: int,

@@ -27,6 +27,8 @@ class MMoE(Trunk):
     from ``x`` to the outputs bypasses ``rep`` (see ``MultiTaskModel.forward_with_rep``).
     """
 
+    head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+
     def __init__(
         self,
         input_dim: int,

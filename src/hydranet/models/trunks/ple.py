@@ -34,6 +34,8 @@ class PLE(Trunk):
     are task-specific.
     """
 
+    head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+
     def __init__(
         self,
         input_dim: int,
