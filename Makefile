@@ -32,6 +32,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	@$(if $(HAS_JAVA),,echo "make test: no Java on this machine: the Spark tests are SKIPPED (apt-get install openjdk-17-jre-headless, then make clean test)")
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed

@@ -70,9 +70,9 @@ def main() -> None:
 
     out = args.predictions or f"{args.out}.predictions"
     scored = hydranet.spark.predict(run.path, frames["test"])
-    scored.select(
-        "income", "marital", "prediction_income", "prediction_marital"
-    ).write.mode("overwrite").parquet(out)
+    scored.select("income", "marital", "prediction_income", "prediction_marital").write.mode(
+        "overwrite"
+    ).parquet(out)
     print(f"wrote {spark.read.parquet(out).count():,} rows of predictions to {out}")
     spark.stop()
 

@@ -11,7 +11,9 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _data_dir(tmp_path_factory, monkeypatch):
     """Bundled datasets go to a per-session temporary cache, never the user's."""
     if "HYDRANET_TEST_REAL_CACHE" not in os.environ:
-        monkeypatch.setenv("HYDRANET_DATA_DIR", str(tmp_path_factory.getbasetemp() / "hydranet-cache"))
+        monkeypatch.setenv(
+            "HYDRANET_DATA_DIR", str(tmp_path_factory.getbasetemp() / "hydranet-cache")
+        )
 
 
 def make_table(n: int, seed: int = 0, missing_frac: float = 0.0):
@@ -31,12 +33,21 @@ def make_table(n: int, seed: int = 0, missing_frac: float = 0.0):
     click_col = pa.array(click, type=pa.int64())
     if missing_frac:
         miss = rng.random(n) < missing_frac
-        click_col = pa.array([None if m else int(v) for m, v in zip(miss, click, strict=True)], type=pa.int64())
-    return pa.table({
-        "a": a, "b": b, "c": c,
-        "color": color, "size": size,
-        "click": click_col, "value": value, "kind": kind,
-    })
+        click_col = pa.array(
+            [None if m else int(v) for m, v in zip(miss, click, strict=True)], type=pa.int64()
+        )
+    return pa.table(
+        {
+            "a": a,
+            "b": b,
+            "c": c,
+            "color": color,
+            "size": size,
+            "click": click_col,
+            "value": value,
+            "kind": kind,
+        }
+    )
 
 
 SPEC_TEMPLATE = """
@@ -84,8 +95,22 @@ def tiny(tmp_path):
         paths[split] = tmp_path / f"{split}.parquet"
         pq.write_table(make_table(n, seed=i), paths[split])
 
-    def write_spec(arch: str = "mmoe", epochs: int = 3, checkpoint_every: int = 0, extra: str = "", name: str = "spec.toml"):
-        text = SPEC_TEMPLATE.format(arch=arch, epochs=epochs, checkpoint_every=checkpoint_every, **{k: str(v) for k, v in paths.items()}) + extra
+    def write_spec(
+        arch: str = "mmoe",
+        epochs: int = 3,
+        checkpoint_every: int = 0,
+        extra: str = "",
+        name: str = "spec.toml",
+    ):
+        text = (
+            SPEC_TEMPLATE.format(
+                arch=arch,
+                epochs=epochs,
+                checkpoint_every=checkpoint_every,
+                **{k: str(v) for k, v in paths.items()},
+            )
+            + extra
+        )
         p = tmp_path / name
         p.write_text(text)
         return p

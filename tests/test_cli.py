@@ -21,17 +21,43 @@ def test_plan_train_evaluate_predict(tiny, tmp_path, capsys):
     spec = tiny(epochs=2)
     code, out, _ = _cli(capsys, "plan", str(spec))
     assert code == 0
-    assert '"architecture": "mmoe"' in out and "encoder" in out and "600 rows" in out.replace(",", "")
-    code, _, err = _cli(capsys, "train", str(spec), "--out", str(tmp_path / "r"), "--no-progress", "--set", "train.epochs=1")
+    assert (
+        '"architecture": "mmoe"' in out and "encoder" in out and "600 rows" in out.replace(",", "")
+    )
+    code, _, err = _cli(
+        capsys,
+        "train",
+        str(spec),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--set",
+        "train.epochs=1",
+    )
     assert code == 0 and "epoch 1" in err
-    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1  # --set took effect
+    assert (
+        len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+    )  # --set took effect
     code, out, _ = _cli(capsys, "evaluate", str(tmp_path / "r"), "--split", "test")
     assert code == 0 and "click" in out and "auc" in out
     code, out, _ = _cli(capsys, "evaluate", str(tmp_path / "r"), "--json")
     metrics = json.loads(out)
-    assert set(metrics) == {"click", "value", "kind"} and set(metrics["click"]) == {"auc", "logloss", "accuracy"}
+    assert set(metrics) == {"click", "value", "kind"} and set(metrics["click"]) == {
+        "auc",
+        "logloss",
+        "accuracy",
+    }
     out_file = tmp_path / "pred.parquet"
-    code, _, _ = _cli(capsys, "predict", str(tmp_path / "r"), str(tiny.paths["test"]), "--output", str(out_file), "--keep", "size")
+    code, _, _ = _cli(
+        capsys,
+        "predict",
+        str(tmp_path / "r"),
+        str(tiny.paths["test"]),
+        "--output",
+        str(out_file),
+        "--keep",
+        "size",
+    )
     assert code == 0
     preds = pq.read_table(out_file)
     assert preds.num_rows == 200 and preds.column_names[:2] == ["size", "click"]
@@ -50,27 +76,131 @@ def _bad_cases(tiny, tmp_path):
     pq.write_table(pq.read_table(tiny.paths["train"]).slice(0, 0), empty)
     strlabel = tmp_path / "strlabel.parquet"
     t = pq.read_table(tiny.paths["train"])
-    pq.write_table(t.set_column(t.column_names.index("value"), "value", pa.array(["high"] * t.num_rows)), strlabel)
+    pq.write_table(
+        t.set_column(t.column_names.index("value"), "value", pa.array(["high"] * t.num_rows)),
+        strlabel,
+    )
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     out = str(tmp_path / "out")
     return [
-        ("unknown key", ["train", variant("k.toml", text.replace("lr = 0.01", "lr = 0.01\nlearning_rate = 0.1")), "--out", out], "train.learning_rate"),
-        ("wrong type", ["train", variant("t.toml", text.replace("batch_size = 64", 'batch_size = "big"')), "--out", out], "train.batch_size"),
+        (
+            "unknown key",
+            [
+                "train",
+                variant("k.toml", text.replace("lr = 0.01", "lr = 0.01\nlearning_rate = 0.1")),
+                "--out",
+                out,
+            ],
+            "train.learning_rate",
+        ),
+        (
+            "wrong type",
+            [
+                "train",
+                variant("t.toml", text.replace("batch_size = 64", 'batch_size = "big"')),
+                "--out",
+                out,
+            ],
+            "train.batch_size",
+        ),
         ("missing spec", ["train", str(tmp_path / "nope.toml"), "--out", out], "nope.toml"),
-        ("missing data file", ["train", variant("f.toml", text.replace(str(tiny.paths["train"]), str(tmp_path / "gone.parquet"))), "--out", out], "gone.parquet"),
-        ("missing column", ["train", variant("c.toml", text.replace('numeric = ["a", "b", "c"]', 'numeric = ["a", "b", "zz"]')), "--out", out], "'zz'"),
-        ("string numeric label", ["train", variant("s.toml", text.replace(str(tiny.paths["train"]), str(strlabel))), "--out", out], "'value'"),
-        ("empty file", ["train", variant("e.toml", text.replace(str(tiny.paths["train"]), str(empty))), "--out", out], "empty.parquet"),
-        ("unknown architecture", ["train", variant("a.toml", text.replace('architecture = "mmoe"', 'architecture = "transformer9"')), "--out", out], "transformer9"),
-        ("unknown task kind", ["train", variant("tk.toml", text.replace('kind = "multiclass"', 'kind = "ranking"')), "--out", out], "tasks[2].kind"),
-        ("negative batch size", ["train", variant("n.toml", text.replace("batch_size = 64", "batch_size = -8")), "--out", out], "train.batch_size"),
+        (
+            "missing data file",
+            [
+                "train",
+                variant(
+                    "f.toml", text.replace(str(tiny.paths["train"]), str(tmp_path / "gone.parquet"))
+                ),
+                "--out",
+                out,
+            ],
+            "gone.parquet",
+        ),
+        (
+            "missing column",
+            [
+                "train",
+                variant(
+                    "c.toml",
+                    text.replace('numeric = ["a", "b", "c"]', 'numeric = ["a", "b", "zz"]'),
+                ),
+                "--out",
+                out,
+            ],
+            "'zz'",
+        ),
+        (
+            "string numeric label",
+            [
+                "train",
+                variant("s.toml", text.replace(str(tiny.paths["train"]), str(strlabel))),
+                "--out",
+                out,
+            ],
+            "'value'",
+        ),
+        (
+            "empty file",
+            [
+                "train",
+                variant("e.toml", text.replace(str(tiny.paths["train"]), str(empty))),
+                "--out",
+                out,
+            ],
+            "empty.parquet",
+        ),
+        (
+            "unknown architecture",
+            [
+                "train",
+                variant(
+                    "a.toml", text.replace('architecture = "mmoe"', 'architecture = "transformer9"')
+                ),
+                "--out",
+                out,
+            ],
+            "transformer9",
+        ),
+        (
+            "unknown task kind",
+            [
+                "train",
+                variant("tk.toml", text.replace('kind = "multiclass"', 'kind = "ranking"')),
+                "--out",
+                out,
+            ],
+            "tasks[2].kind",
+        ),
+        (
+            "negative batch size",
+            [
+                "train",
+                variant("n.toml", text.replace("batch_size = 64", "batch_size = -8")),
+                "--out",
+                out,
+            ],
+            "train.batch_size",
+        ),
         ("unwritable output dir", ["train", str(spec), "--out", str(a_file / "run")], "a_file"),
         ("malformed toml", ["plan", variant("m.toml", text + "\n[[tasks]\n")], "m.toml"),
-        ("unknown balance method", ["plan", variant("b.toml", text + '\n[balance]\nmethod = "magic"\n')], "balance.method"),
+        (
+            "unknown balance method",
+            ["plan", variant("b.toml", text + '\n[balance]\nmethod = "magic"\n')],
+            "balance.method",
+        ),
         ("bad --set", ["train", str(spec), "--out", out, "--set", "train.epochs"], "train.epochs"),
         ("not a run", ["evaluate", str(tmp_path)], str(tmp_path)),
-        ("bad early stopping metric", ["train", variant("es.toml", text + 'early_stopping = { metric = "click.rmse" }\n'), "--out", out], "click.rmse"),
+        (
+            "bad early stopping metric",
+            [
+                "train",
+                variant("es.toml", text + 'early_stopping = { metric = "click.rmse" }\n'),
+                "--out",
+                out,
+            ],
+            "click.rmse",
+        ),
     ]
 
 
@@ -90,7 +220,11 @@ def test_real_process_exit_code_and_no_traceback(tiny, tmp_path):
     spec = tiny()
     bad = tmp_path / "bad.toml"
     bad.write_text(spec.read_text().replace("batch_size = 64", "batch_size = -8"))
-    res = subprocess.run([sys.executable, "-m", "hydranet", "train", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "hydranet", "train", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert res.stderr.strip().startswith("hydranet: error:") and "train.batch_size" in res.stderr
     assert "Traceback" not in res.stderr

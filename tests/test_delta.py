@@ -25,7 +25,10 @@ def test_evaluate_with_baseline_prints_delta(tiny, tmp_path, capsys):
     hydranet.train(tiny(arch="single_task", epochs=1), tmp_path / "single", progress=False)
     hydranet.train(tiny(arch="mmoe", epochs=1, name="m.toml"), tmp_path / "mmoe", progress=False)
     capsys.readouterr()
-    assert main(["evaluate", str(tmp_path / "mmoe"), "--baseline", str(tmp_path / "single"), "--json"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "mmoe"), "--baseline", str(tmp_path / "single"), "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     m = hydranet.Run.load(tmp_path / "mmoe").evaluate("test")
     b = hydranet.Run.load(tmp_path / "single").evaluate("test")

@@ -51,7 +51,10 @@ def test_registry_names_are_checked_after_types():
 
 
 def test_architecture_params_are_checked_against_the_constructor():
-    with pytest.raises(SpecError, match=r"model\.params\.num_expert: unknown parameter of 'mmoe'; allowed: .*num_experts"):
+    with pytest.raises(
+        SpecError,
+        match=r"model\.params\.num_expert: unknown parameter of 'mmoe'; allowed: .*num_experts",
+    ):
         Spec.from_dict(_with(model__params={"num_expert": 4}))
 
 
@@ -66,7 +69,9 @@ def test_yaml_and_toml_load_the_same(tmp_path):
     import yaml
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE))
-    (tmp_path / "s.toml").write_text('[data]\ntrain = "t.parquet"\nnumeric = ["a"]\n[[tasks]]\nname = "y"\nkind = "binary"\n')
+    (tmp_path / "s.toml").write_text(
+        '[data]\ntrain = "t.parquet"\nnumeric = ["a"]\n[[tasks]]\nname = "y"\nkind = "binary"\n'
+    )
     assert Spec.load(tmp_path / "s.yaml") == Spec.load(tmp_path / "s.toml")
 
 
@@ -78,7 +83,9 @@ def test_parse_error_names_the_file(tmp_path):
 
 
 def test_user_class_by_import_path():
-    spec = Spec.from_dict(_with(model__architecture="hydranet.models.trunks.shared_bottom:SharedBottom"))
+    spec = Spec.from_dict(
+        _with(model__architecture="hydranet.models.trunks.shared_bottom:SharedBottom")
+    )
     assert spec.model.architecture.endswith(":SharedBottom")
 
 

@@ -34,7 +34,9 @@ def test_binary_loss_ignores_unlabeled_rows():
     assert mask.tolist() == [True, False, True, True, False]
     logits = torch.tensor([[0.3], [5.0], [-1.0], [2.0], [-7.0]])
     loss = task.loss(logits, task.targets(values), torch.as_tensor(mask))
-    ref = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0]))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+    )
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
@@ -61,12 +63,16 @@ def test_binary_positive_value_maps_text():
 
 
 def test_pos_weight_auto():
-    task = build_task(TaskSpec(name="y", kind="binary", pos_weight="auto")).fit(pa.table({"y": [1, 0, 0, 0]}))
+    task = build_task(TaskSpec(name="y", kind="binary", pos_weight="auto")).fit(
+        pa.table({"y": [1, 0, 0, 0]})
+    )
     assert task.state["pos_weight"] == pytest.approx(3.0)
 
 
 def test_multiclass_metrics_and_unseen_class():
-    task = build_task(TaskSpec(name="k", kind="multiclass")).fit(pa.table({"k": ["a", "b", "c", "a"]}))
+    task = build_task(TaskSpec(name="k", kind="multiclass")).fit(
+        pa.table({"k": ["a", "b", "c", "a"]})
+    )
     assert task.out_dim == 3
     values, mask = task.encode(pa.table({"k": ["a", "c", "zzz", None]}))
     assert values[:2].tolist() == [0, 2] and mask.tolist() == [True, True, False, False]
@@ -77,7 +83,9 @@ def test_multiclass_metrics_and_unseen_class():
 
 
 def test_regression_standardizes_and_reports_original_units():
-    task = build_task(TaskSpec(name="v", kind="regression")).fit(pa.table({"v": [10.0, 20.0, 30.0]}))
+    task = build_task(TaskSpec(name="v", kind="regression")).fit(
+        pa.table({"v": [10.0, 20.0, 30.0]})
+    )
     values, mask = task.encode(pa.table({"v": [10.0, 20.0, 30.0]}))
     t = task.targets(values)
     assert t.mean().item() == pytest.approx(0.0, abs=1e-6)

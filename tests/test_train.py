@@ -22,13 +22,24 @@ from tests_helpers import ROOT
 
 def test_train_evaluate_predict(tiny, tmp_path):
     run = hydranet.train(tiny(epochs=4), tmp_path / "run", progress=False)
-    for name in ("spec.json", "preprocessor.json", "tasks.json", "model.safetensors", "metrics.jsonl", "final_metrics.json"):
+    for name in (
+        "spec.json",
+        "preprocessor.json",
+        "tasks.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "final_metrics.json",
+    ):
         assert (run.path / name).is_file(), name
     log = run.metrics_log
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
     assert set(log[0]["train_loss"]) == {"click", "value", "kind"}
     assert log[-1]["train_loss"]["click"] < log[0]["train_loss"]["click"]
-    assert log[0]["rows_per_s"] > 0 and log[0]["weights"] == {"click": 1.0, "value": 1.0, "kind": 1.0}
+    assert log[0]["rows_per_s"] > 0 and log[0]["weights"] == {
+        "click": 1.0,
+        "value": 1.0,
+        "kind": 1.0,
+    }
     metrics = Run.load(run.path).evaluate("test")
     assert metrics["click"]["auc"] > 0.75
     assert metrics["value"]["r2"] > 0.8
@@ -46,7 +57,15 @@ def test_train_evaluate_predict(tiny, tmp_path):
 
 def test_unknown_categories_and_missing_numbers_at_predict_time(tiny, tmp_path):
     run = hydranet.train(tiny(epochs=1), tmp_path / "run", progress=False)
-    table = pa.table({"a": [None, 1.0], "b": [0.0, float("nan")], "c": [0.0, 0.0], "color": ["purple", None], "size": [99, 1]})
+    table = pa.table(
+        {
+            "a": [None, 1.0],
+            "b": [0.0, float("nan")],
+            "c": [0.0, 0.0],
+            "color": ["purple", None],
+            "size": [99, 1],
+        }
+    )
     preds = run.predict(table)
     assert np.all(np.isfinite(preds.column("click").to_numpy()))
 
@@ -57,7 +76,9 @@ def test_missing_feature_column_at_predict_time_is_named(tiny, tmp_path):
         run.predict(pa.table({"a": [1.0], "b": [1.0], "c": [1.0], "size": [1]}))
 
 
-@pytest.mark.parametrize("arch", ["single_task", "shared_bottom", "mmoe", "cgc", "ple", "cross_stitch"])
+@pytest.mark.parametrize(
+    "arch", ["single_task", "shared_bottom", "mmoe", "cgc", "ple", "cross_stitch"]
+)
 def test_every_architecture_trains_end_to_end(tiny, tmp_path, arch):
     run = hydranet.train(tiny(arch=arch, epochs=2), tmp_path / arch, progress=False)
     assert run.final_metrics["test"]["click"]["auc"] > 0.6
@@ -79,7 +100,10 @@ def test_nan_loss_stops_with_task_and_step_and_keeps_checkpoint(tiny, tmp_path):
     table = pq.read_table(tiny.paths["train"])
     values = table.column("value").to_numpy().copy()
     values[300] = 1e38  # standardization keeps it finite; squared error overflows to inf
-    pq.write_table(table.set_column(table.column_names.index("value"), "value", pa.array(values)), tiny.paths["train"])
+    pq.write_table(
+        table.set_column(table.column_names.index("value"), "value", pa.array(values)),
+        tiny.paths["train"],
+    )
     spec = Spec.load(path)
     spec.tasks[1].standardize = False
     with pytest.raises(TrainingDiverged, match=r"task 'value' is inf at step \d+"):
@@ -113,7 +137,9 @@ def test_missing_labels_train_and_are_ignored(tiny, tmp_path):
     g_masked = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
     run.model.zero_grad()
     keep = torch.as_tensor(mask)
-    ref = torch.nn.functional.binary_cross_entropy_with_logits(run.model(cat[keep], num[keep])["click"].squeeze(1), task.targets(y)[keep])
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        run.model(cat[keep], num[keep])["click"].squeeze(1), task.targets(y)[keep]
+    )
     ref.backward()
     g_ref = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
     for a, b in zip(g_masked, g_ref, strict=True):
@@ -121,7 +147,17 @@ def test_missing_labels_train_and_are_ignored(tiny, tmp_path):
 
 
 def _train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hydranet", "train", str(spec), "--out", str(out), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hydranet",
+        "train",
+        str(spec),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
@@ -134,7 +170,9 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
     subprocess.run(_train_cmd(spec, tmp_path / "whole"), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(spec, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(spec, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     # kill mid-way: after the first epoch's line, while the second epoch is running
     while time.time() < deadline:
@@ -148,18 +186,27 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
     assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
     assert (killed / "checkpoint.safetensors").exists()
 
-    res = subprocess.run(_train_cmd(spec, killed, "--resume"), env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        _train_cmd(spec, killed, "--resume"), env=env, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     whole = json.loads((tmp_path / "whole" / "final_metrics.json").read_text())
     resumed = json.loads((killed / "final_metrics.json").read_text())
     assert resumed == whole
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("rows_per_s", "seconds")} for r in rs]  # noqa: E731
-    assert strip(hydranet.rundir.read_metrics(killed)) == strip(hydranet.rundir.read_metrics(tmp_path / "whole"))
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("rows_per_s", "seconds")} for r in rs]
+
+    assert strip(hydranet.rundir.read_metrics(killed)) == strip(
+        hydranet.rundir.read_metrics(tmp_path / "whole")
+    )
 
 
 def test_loading_refuses_non_safetensors_weights(tiny, tmp_path):
     run = hydranet.train(tiny(epochs=1), tmp_path / "run", progress=False)
-    torch.save(run.model.state_dict(), run.path / "model.safetensors")  # a pickle under the right name
+    torch.save(
+        run.model.state_dict(), run.path / "model.safetensors"
+    )  # a pickle under the right name
     with pytest.raises(UserError, match="not a valid safetensors file"):
         Run.load(run.path)
 
@@ -168,5 +215,10 @@ def test_package_never_unpickles():
     import re
 
     pattern = re.compile(r"^\s*import pickle|pickle\.load|torch\.load\((?!.*weights_only=True)")
-    offenders = [f"{p}:{i}" for p in (ROOT / "src").rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{p}:{i}"
+        for p in (ROOT / "src").rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []

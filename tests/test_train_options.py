@@ -26,7 +26,9 @@ def test_bf16_autocast_trains(tiny, tmp_path):
 def test_compile_traces_the_model(tiny, tmp_path, monkeypatch):
     """Dynamo traces the whole model; the eager backend keeps this fast (inductor: the slow test)."""
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend="eager", fullgraph=True))
+    monkeypatch.setattr(
+        torch, "compile", lambda model, **kw: real(model, backend="eager", fullgraph=True)
+    )
     run = hydranet.train(_spec(tiny, compile=True, epochs=1), tmp_path / "compiled", progress=False)
     assert np.isfinite(run.metrics_log[0]["train_loss"]["click"])
 
@@ -42,7 +44,9 @@ def test_other_optimizers_and_grad_clip(tiny, tmp_path, optimizer):
     # plain SGD needs a larger step than Adam: the output layers start at a tenth of
     # PyTorch's init (ModelSpec.head_init_scale), so the first gradients are small
     lr = {"adamw": 0.01, "sgd": 0.1}[optimizer]
-    run = hydranet.train(_spec(tiny, optimizer=optimizer, lr=lr, grad_clip=1.0), tmp_path / optimizer, progress=False)
+    run = hydranet.train(
+        _spec(tiny, optimizer=optimizer, lr=lr, grad_clip=1.0), tmp_path / optimizer, progress=False
+    )
     log = run.metrics_log
     assert log[-1]["train_loss"]["value"] < log[0]["train_loss"]["value"]
 
@@ -63,7 +67,11 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_lr_is_logged_per_epoch(tiny, tmp_path):
-    run = hydranet.train(_spec(tiny, schedule=ScheduleSpec(kind="linear"), epochs=3), tmp_path / "lin", progress=False)
+    run = hydranet.train(
+        _spec(tiny, schedule=ScheduleSpec(kind="linear"), epochs=3),
+        tmp_path / "lin",
+        progress=False,
+    )
     lrs = [r["lr"] for r in run.metrics_log]
     assert lrs[0] > lrs[1] > lrs[2]
 
@@ -73,7 +81,15 @@ def test_fraction_splits_and_csv_source(tiny, tmp_path):
     csv = tmp_path / "all.csv"
     pacsv.write_csv(table, csv)
     spec = Spec.load(tiny(epochs=1))
-    data = spec.data.model_copy(update={"train": str(csv), "validation": None, "test": None, "validation_fraction": 0.2, "test_fraction": 0.1})
+    data = spec.data.model_copy(
+        update={
+            "train": str(csv),
+            "validation": None,
+            "test": None,
+            "validation_fraction": 0.2,
+            "test_fraction": 0.1,
+        }
+    )
     run = hydranet.train(spec.model_copy(update={"data": data}), tmp_path / "csv", progress=False)
     assert set(run.final_metrics) >= {"validation", "test"}
     assert len(run.evaluate("validation")) == 3
@@ -83,14 +99,31 @@ def test_multilabel_task_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     n = 800
     x = rng.normal(size=(n, 2))
-    table = pa.table({"x0": x[:, 0], "x1": x[:, 1], "p": (x[:, 0] > 0).astype(np.int64), "q": (x[:, 1] > 0).astype(np.int64), "r": x.sum(1)})
+    table = pa.table(
+        {
+            "x0": x[:, 0],
+            "x1": x[:, 1],
+            "p": (x[:, 0] > 0).astype(np.int64),
+            "q": (x[:, 1] > 0).astype(np.int64),
+            "r": x.sum(1),
+        }
+    )
     pq.write_table(table, tmp_path / "d.parquet")
-    spec = Spec.from_dict({
-        "data": {"train": str(tmp_path / "d.parquet"), "numeric": ["x0", "x1"], "validation_fraction": 0.25},
-        "tasks": [{"name": "tags", "kind": "multilabel", "columns": ["p", "q"]}, {"name": "r", "kind": "regression", "loss": "huber"}],
-        "model": {"architecture": "shared_bottom", "params": {"hidden": [16]}},
-        "train": {"epochs": 5, "batch_size": 64, "lr": 0.01},
-    })
+    spec = Spec.from_dict(
+        {
+            "data": {
+                "train": str(tmp_path / "d.parquet"),
+                "numeric": ["x0", "x1"],
+                "validation_fraction": 0.25,
+            },
+            "tasks": [
+                {"name": "tags", "kind": "multilabel", "columns": ["p", "q"]},
+                {"name": "r", "kind": "regression", "loss": "huber"},
+            ],
+            "model": {"architecture": "shared_bottom", "params": {"hidden": [16]}},
+            "train": {"epochs": 5, "batch_size": 64, "lr": 0.01},
+        }
+    )
     run = hydranet.train(spec, tmp_path / "ml", progress=False)
     assert run.final_metrics["validation"]["tags"]["macro_auc"] > 0.9
     preds = run.predict(table.slice(0, 5))
@@ -123,7 +156,9 @@ def test_trainer_gives_representation_methods_a_rep(tiny, tmp_path, method, rep_
     import warnings
 
     spec = Spec.load(tiny(epochs=1))
-    spec = spec.model_copy(update={"balance": spec.balance.model_copy(update={"method": method, "rep_grad": rep_grad})})
+    spec = spec.model_copy(
+        update={"balance": spec.balance.model_copy(update={"method": method, "rep_grad": rep_grad})}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the no-representation fallback warns
         run = hydranet.train(spec, tmp_path / method, progress=False)

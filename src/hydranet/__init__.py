@@ -24,4 +24,17 @@ from hydranet.train.trainer import train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["BALANCERS", "TASK_KINDS", "TRUNKS", "Balancer", "DataError", "Run", "Spec", "SpecError", "Task", "Trunk", "UserError", "train"]
+__all__ = [
+    "BALANCERS",
+    "TASK_KINDS",
+    "TRUNKS",
+    "Balancer",
+    "DataError",
+    "Run",
+    "Spec",
+    "SpecError",
+    "Task",
+    "Trunk",
+    "UserError",
+    "train",
+]

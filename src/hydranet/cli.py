@@ -22,18 +22,49 @@ def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hydranet", description="Multi-task learning: one trunk, many heads.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    plan = sub.add_parser("plan", help="print the resolved spec, the model and the data, without training")
+    plan = sub.add_parser(
+        "plan", help="print the resolved spec, the model and the data, without training"
+    )
     plan.add_argument("spec")
-    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=2")
+    plan.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. train.epochs=2",
+    )
 
     tr = sub.add_parser("train", help="train a spec into a run directory")
     tr.add_argument("spec")
-    tr.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    tr.add_argument(
+        "--out", required=True, help="run directory to create (or to continue with --resume)"
+    )
     tr.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    tr.add_argument("--diagnose", action="store_true", help="log task-gradient cosine similarities and conflicts per epoch")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=2")
-    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
-    tr.add_argument("--nproc", type=int, default=None, metavar="N", help="train with N data-parallel processes (launches torchrun; train.batch_size is the global batch)")
+    tr.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="log task-gradient cosine similarities and conflicts per epoch",
+    )
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. train.epochs=2",
+    )
+    tr.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    tr.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N data-parallel processes (launches torchrun; train.batch_size is the global batch)",
+    )
 
     ev = sub.add_parser("evaluate", help="metrics of a run on a split")
     ev.add_argument("run")
@@ -45,7 +76,13 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run")
     pr.add_argument("input", help="Parquet or CSV file, directory or glob")
     pr.add_argument("--output", required=True, help="output file (.parquet or .csv)")
-    pr.add_argument("--keep", nargs="*", default=[], metavar="COLUMN", help="input columns to copy into the output (e.g. an id)")
+    pr.add_argument(
+        "--keep",
+        nargs="*",
+        default=[],
+        metavar="COLUMN",
+        help="input columns to copy into the output (e.g. an id)",
+    )
 
     sv = sub.add_parser(
         "serve",
@@ -54,18 +91,59 @@ def _build_parser() -> argparse.ArgumentParser:
         "Preprocessing always runs in Python from the run's preprocessor.json; with --backend onnxruntime "
         "only the model's forward pass runs in ONNX Runtime.",
     )
-    sv.add_argument("run", help="run directory (a compressed run from 'hydranet compress' serves with onnxruntime)")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (0: any free port; the ready line names it)")
-    sv.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="forward pass: torch (model.safetensors) or onnxruntime (auto: torch when the run has safetensors weights)")
-    sv.add_argument("--onnx", metavar="PATH", help="ONNX model for --backend onnxruntime (default: RUN/model.onnx, written by 'hydranet export')")
-    sv.add_argument("--api-key-file", metavar="PATH", help="require this key (file contents) as 'Authorization: Bearer KEY' or 'X-API-Key'; default: $HYDRANET_API_KEY if set, else no key")
-    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
-    sv.add_argument("--max-rows", type=int, default=10_000, help="most rows per request (default 10,000)")
-    sv.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a request may wait for others to share its forward pass (default 0: it shares with those that arrived while the previous pass ran)")
-    sv.add_argument("--max-batch-rows", type=int, default=8192, help="most rows per forward pass (default 8192)")
-    sv.add_argument("--threads", type=int, default=1, help="CPU threads per worker for the forward pass (default 1)")
-    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model, sharing the port (default 1; about one per core)")
+    sv.add_argument(
+        "run",
+        help="run directory (a compressed run from 'hydranet compress' serves with onnxruntime)",
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    sv.add_argument(
+        "--port", type=int, default=8000, help="port (0: any free port; the ready line names it)"
+    )
+    sv.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="forward pass: torch (model.safetensors) or onnxruntime (auto: torch when the run has safetensors weights)",
+    )
+    sv.add_argument(
+        "--onnx",
+        metavar="PATH",
+        help="ONNX model for --backend onnxruntime (default: RUN/model.onnx, written by 'hydranet export')",
+    )
+    sv.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require this key (file contents) as 'Authorization: Bearer KEY' or 'X-API-Key'; default: $HYDRANET_API_KEY if set, else no key",
+    )
+    sv.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)"
+    )
+    sv.add_argument(
+        "--max-rows", type=int, default=10_000, help="most rows per request (default 10,000)"
+    )
+    sv.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a request may wait for others to share its forward pass (default 0: it shares with those that arrived while the previous pass ran)",
+    )
+    sv.add_argument(
+        "--max-batch-rows", type=int, default=8192, help="most rows per forward pass (default 8192)"
+    )
+    sv.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per worker for the forward pass (default 1)",
+    )
+    sv.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own copy of the model, sharing the port (default 1; about one per core)",
+    )
     sv.add_argument("--access-log", action="store_true", help="log every request")
 
     ex = sub.add_parser(
@@ -77,8 +155,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "(validation when there is none) and refused (exit 1) beyond --tolerance.",
     )
     ex.add_argument("run")
-    ex.add_argument("--onnx", metavar="PATH", help="output file (default: RUN/model.onnx, which 'hydranet serve --backend onnxruntime' uses)")
-    ex.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed |ONNX - PyTorch| of any output (default 1e-5)")
+    ex.add_argument(
+        "--onnx",
+        metavar="PATH",
+        help="output file (default: RUN/model.onnx, which 'hydranet serve --backend onnxruntime' uses)",
+    )
+    ex.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="largest allowed |ONNX - PyTorch| of any output (default 1e-5)",
+    )
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
 
     cp = sub.add_parser(
@@ -89,12 +176,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "with onnxruntime.",
     )
     cp.add_argument("run")
-    cp.add_argument("--int8", action="store_true", help="int8 dynamic quantization (the one method so far)")
+    cp.add_argument(
+        "--int8", action="store_true", help="int8 dynamic quantization (the one method so far)"
+    )
     cp.add_argument("--out", required=True, help="new run directory")
     cp.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    demo = sub.add_parser("demo", help="train the bundled census MMoE example and print test metrics")
-    demo.add_argument("--out", default="runs/census-demo", help="run directory (replaced if it holds an earlier demo)")
+    demo = sub.add_parser(
+        "demo", help="train the bundled census MMoE example and print test metrics"
+    )
+    demo.add_argument(
+        "--out",
+        default="runs/census-demo",
+        help="run directory (replaced if it holds an earlier demo)",
+    )
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     return p
 
@@ -174,15 +269,30 @@ def _train(args) -> int:
     from hydranet.train import distributed
 
     if args.nproc is not None and distributed.env_world_size() == 1:
-        argv = ["train", args.spec, "--out", args.out, *(["--resume"] if args.resume else []), *(["--diagnose"] if args.diagnose else [])]
-        argv += [f"--set={item}" for item in args.set] + ([] if args.progress is None else ["--progress" if args.progress else "--no-progress"])
+        argv = [
+            "train",
+            args.spec,
+            "--out",
+            args.out,
+            *(["--resume"] if args.resume else []),
+            *(["--diagnose"] if args.diagnose else []),
+        ]
+        argv += [f"--set={item}" for item in args.set] + (
+            [] if args.progress is None else ["--progress" if args.progress else "--no-progress"]
+        )
         return distributed.launch(args.nproc, argv)  # rank 0 prints the metrics
     spec = None if args.resume else _load_spec(args.spec, args.set)
     if args.resume and args.set:
         raise UserError("--set cannot be combined with --resume: a resumed run keeps its spec")
     if args.resume and not Path(args.spec).is_file():
         raise UserError(f"spec file not found: {args.spec}")
-    run = hydranet.train(spec if spec is not None else args.spec, args.out, resume=args.resume, diagnose=args.diagnose, progress=args.progress)
+    run = hydranet.train(
+        spec if spec is not None else args.spec,
+        args.out,
+        resume=args.resume,
+        diagnose=args.diagnose,
+        progress=args.progress,
+    )
     final = run.final_metrics if distributed.is_main_process() else {}
     for split in ("validation", "test"):
         if split in final:
@@ -229,7 +339,9 @@ def _demo(args) -> int:
 
     example = Path(__file__).resolve().parents[2] / "examples" / "census.toml"
     if not example.is_file():
-        raise UserError(f"the census example is not found at {example}; run the demo from a source checkout")
+        raise UserError(
+            f"the census example is not found at {example}; run the demo from a source checkout"
+        )
     out = Path(args.out)
     if (out / rundir.SPEC).exists():
         shutil.rmtree(out)
@@ -245,11 +357,21 @@ def _serve(args) -> int:
     from hydranet.serve.server import ModelSource, api_key, print_ready, serve
 
     key = api_key(args.api_key_file, os.environ)
-    settings = Settings(args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key).check()
+    settings = Settings(
+        args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key
+    ).check()
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1; got {args.threads}")
     source = ModelSource(args.run, args.backend, args.onnx, args.threads)
-    code = serve(source, settings, args.host, args.port, workers=args.workers, access_log=args.access_log, on_ready=print_ready)
+    code = serve(
+        source,
+        settings,
+        args.host,
+        args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+        on_ready=print_ready,
+    )
     print("hydranet serve: stopped", file=sys.stderr)
     return code
 
@@ -281,7 +403,16 @@ def _compress(args) -> int:
     return 0
 
 
-_COMMANDS = {"plan": _plan, "train": _train, "evaluate": _evaluate, "predict": _predict, "demo": _demo, "serve": _serve, "export": _export, "compress": _compress}
+_COMMANDS = {
+    "plan": _plan,
+    "train": _train,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "demo": _demo,
+    "serve": _serve,
+    "export": _export,
+    "compress": _compress,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,5 +68,7 @@ def _import_path(path: str, kind: str):
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise UserError(f"cannot import {kind} {path!r}: module {module_name!r} has no {attr!r}") from None
+        raise UserError(
+            f"cannot import {kind} {path!r}: module {module_name!r} has no {attr!r}"
+        ) from None
     return obj

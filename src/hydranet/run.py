@@ -25,8 +25,23 @@ from hydranet.train.state_io import load_tensors
 
 
 class Run:
-    def __init__(self, path: Path, spec: Spec, preprocessor: Preprocessor, tasks: list[Task], model: torch.nn.Module, device: torch.device):
-        self.path, self.spec, self.preprocessor, self.tasks, self.model, self.device = path, spec, preprocessor, tasks, model, device
+    def __init__(
+        self,
+        path: Path,
+        spec: Spec,
+        preprocessor: Preprocessor,
+        tasks: list[Task],
+        model: torch.nn.Module,
+        device: torch.device,
+    ):
+        self.path, self.spec, self.preprocessor, self.tasks, self.model, self.device = (
+            path,
+            spec,
+            preprocessor,
+            tasks,
+            model,
+            device,
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
@@ -38,9 +53,13 @@ class Run:
                 raise UserError(f"{path} is not a complete hydranet run: {name} is missing")
         weights = path / rundir.WEIGHTS
         if not weights.is_file() and (path / "compress.json").is_file():
-            raise UserError(f"{path} is an int8 (ONNX-only) run: use 'hydranet predict' or 'hydranet serve --backend onnxruntime' with it; evaluate the original run for PyTorch metrics")
+            raise UserError(
+                f"{path} is an int8 (ONNX-only) run: use 'hydranet predict' or 'hydranet serve --backend onnxruntime' with it; evaluate the original run for PyTorch metrics"
+            )
         if not weights.is_file():
-            raise UserError(f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'")
+            raise UserError(
+                f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'"
+            )
         spec = Spec.from_dict(_read_json(path / rundir.SPEC), source=str(path / rundir.SPEC))
         prep = Preprocessor.from_dict(_read_json(path / rundir.PREPROCESSOR))
         states = _read_json(path / rundir.TASKS)
@@ -50,7 +69,9 @@ class Run:
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
-            raise UserError(f"{weights} does not match the model described by {path / rundir.SPEC}: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"{weights} does not match the model described by {path / rundir.SPEC}: {str(e).splitlines()[0]}"
+            ) from None
         dev = torch.device(device)
         model.to(dev).eval()
         return cls(path, spec, prep, tasks, model, dev)
@@ -80,7 +101,9 @@ class Run:
                 return pa.Table.from_pandas(data, preserve_index=False)
         except ImportError:  # pragma: no cover - pandas is a dependency
             pass
-        raise UserError(f"cannot predict on {type(data).__name__}; pass a pyarrow Table, a pandas DataFrame or a file path")
+        raise UserError(
+            f"cannot predict on {type(data).__name__}; pass a pyarrow Table, a pandas DataFrame or a file path"
+        )
 
     def predict_arrays(self, table: pa.Table, batch_size: int = 65536) -> dict[str, np.ndarray]:
         cat, num = self.preprocessor.transform(table)
@@ -108,7 +131,9 @@ class Run:
         if split in ("train", "validation", "test"):
             tables = load_splits(self.spec.data, needed_columns(self.spec))
             if split not in tables:
-                raise UserError(f"the run's data has no {split!r} split (available: {', '.join(tables)})")
+                raise UserError(
+                    f"the run's data has no {split!r} split (available: {', '.join(tables)})"
+                )
             table = tables[split]
         else:
             table = self._table(split)

@@ -39,7 +39,9 @@ def prepare_dir(out: Path, *, resume: bool) -> Path:
         raise UserError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if (out / SPEC).exists():
-            raise UserError(f"output directory {out} already holds a run; pass --resume to continue it or choose another --out")
+            raise UserError(
+                f"output directory {out} already holds a run; pass --resume to continue it or choose another --out"
+            )
         raise UserError(f"output directory {out} is not empty; choose an empty or new directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,11 @@ def write_meta(out: Path, spec, preprocessor, tasks) -> None:
 def write_weights(out: Path, model: torch.nn.Module) -> None:
     from hydranet.train.state_io import atomic_save_tensors
 
-    atomic_save_tensors(model.state_dict(), out / WEIGHTS, metadata={"format": "hydranet", "version": FORMAT_VERSION})
+    atomic_save_tensors(
+        model.state_dict(),
+        out / WEIGHTS,
+        metadata={"format": "hydranet", "version": FORMAT_VERSION},
+    )
 
 
 def append_metrics(out: Path, record: dict[str, Any]) -> None:

@@ -26,28 +26,55 @@ class _Part(BaseModel):
 
 
 class EarlyStopping(_Part):
-    metric: str = Field(description="'task.metric' to watch on the validation split, e.g. 'income.auc'; 'loss' for the mean validation loss")
+    metric: str = Field(
+        description="'task.metric' to watch on the validation split, e.g. 'income.auc'; 'loss' for the mean validation loss"
+    )
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     mode: Literal["auto", "max", "min"] = Field("auto", description="'auto' picks from the metric")
     min_delta: float = Field(0.0, ge=0.0)
 
 
 class DataSpec(_Part):
-    dataset: str | None = Field(None, description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given")
-    train: str | None = Field(None, description="training rows: a Parquet/CSV file, a directory or a glob")
+    dataset: str | None = Field(
+        None,
+        description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given",
+    )
+    train: str | None = Field(
+        None, description="training rows: a Parquet/CSV file, a directory or a glob"
+    )
     validation: str | None = None
     test: str | None = None
     format: Literal["auto", "parquet", "csv"] = "auto"
-    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="split off from train when no validation file")
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="split off from train when no test file")
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="split off from train when no validation file"
+    )
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="split off from train when no test file"
+    )
     split_seed: int = 0
     numeric: list[str] = Field(default_factory=list, description="numeric feature columns")
     categorical: list[str] = Field(default_factory=list, description="categorical feature columns")
-    log1p: list[str] = Field(default_factory=list, description="numeric columns to transform with sign(x)*log1p(|x|) before scaling")
-    min_count: int = Field(1, ge=1, description="categories seen fewer times in train go to the out-of-vocabulary bucket")
-    params: dict[str, Any] = Field(default_factory=dict, description="parameters of the bundled dataset generator")
-    streaming: bool = Field(False, description="read the training data in bounded chunks (out of core) instead of into memory; validation/test stay in memory")
-    shuffle_buffer_rows: int = Field(262_144, ge=1, description="streaming: rows shuffled together (row groups are also visited in a random order)")
+    log1p: list[str] = Field(
+        default_factory=list,
+        description="numeric columns to transform with sign(x)*log1p(|x|) before scaling",
+    )
+    min_count: int = Field(
+        1,
+        ge=1,
+        description="categories seen fewer times in train go to the out-of-vocabulary bucket",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="parameters of the bundled dataset generator"
+    )
+    streaming: bool = Field(
+        False,
+        description="read the training data in bounded chunks (out of core) instead of into memory; validation/test stay in memory",
+    )
+    shuffle_buffer_rows: int = Field(
+        262_144,
+        ge=1,
+        description="streaming: rows shuffled together (row groups are also visited in a random order)",
+    )
     chunk_rows: int = Field(65_536, ge=1, description="streaming: rows read and encoded at a time")
 
 
@@ -56,13 +83,24 @@ class TaskSpec(_Part):
     kind: str = Field(description="binary, multiclass, multilabel or regression")
     column: str | None = Field(None, description="label column (defaults to the task name)")
     columns: list[str] | None = Field(None, description="label columns of a multilabel task")
-    positive: str | int | float | bool | None = Field(None, description="the positive value of a binary label given as text")
-    loss: str | None = Field(None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'")
-    metrics: list[str] | None = Field(None, description="metrics to report (default: all of the kind's)")
+    positive: str | int | float | bool | None = Field(
+        None, description="the positive value of a binary label given as text"
+    )
+    loss: str | None = Field(
+        None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'"
+    )
+    metrics: list[str] | None = Field(
+        None, description="metrics to report (default: all of the kind's)"
+    )
     weight: float = Field(1.0, ge=0.0, description="static loss weight")
-    pos_weight: float | Literal["auto"] | None = Field(None, description="binary: weight of positives in the loss; 'auto' = negatives/positives")
+    pos_weight: float | Literal["auto"] | None = Field(
+        None, description="binary: weight of positives in the loss; 'auto' = negatives/positives"
+    )
     huber_delta: float = Field(1.0, gt=0.0)
-    standardize: bool = Field(True, description="regression: train on the standardized target; predictions and metrics stay in the original units")
+    standardize: bool = Field(
+        True,
+        description="regression: train on the standardized target; predictions and metrics stay in the original units",
+    )
 
     @property
     def label_columns(self) -> list[str]:
@@ -72,12 +110,27 @@ class TaskSpec(_Part):
 
 
 class ModelSpec(_Part):
-    architecture: str = Field("mmoe", description="trunk: single_task, shared_bottom, mmoe, cgc, ple, cross_stitch or 'pkg.mod:Trunk'")
+    architecture: str = Field(
+        "mmoe",
+        description="trunk: single_task, shared_bottom, mmoe, cgc, ple, cross_stitch or 'pkg.mod:Trunk'",
+    )
     embedding_dim: int = Field(4, ge=1)
-    embedding_init_std: float = Field(0.05, gt=0.0, description="std of the normal initialisation of the categorical embeddings (nn.Embedding's own: 1.0)")
-    head_init_scale: float | None = Field(None, ge=0.0, description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); unset: the trunk's own default, 0.1 for the gated expert mixtures (mmoe, omoe, cgc, ple) and 1.0 for the others; with plain SGD and 0.1 a larger lr makes up for the small first gradients")
-    params: dict[str, Any] = Field(default_factory=dict, description="the architecture's hyper-parameters")
-    tower: list[int] = Field(default_factory=lambda: [8], description="hidden sizes of each task tower")
+    embedding_init_std: float = Field(
+        0.05,
+        gt=0.0,
+        description="std of the normal initialisation of the categorical embeddings (nn.Embedding's own: 1.0)",
+    )
+    head_init_scale: float | None = Field(
+        None,
+        ge=0.0,
+        description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); unset: the trunk's own default, 0.1 for the gated expert mixtures (mmoe, omoe, cgc, ple) and 1.0 for the others; with plain SGD and 0.1 a larger lr makes up for the small first gradients",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the architecture's hyper-parameters"
+    )
+    tower: list[int] = Field(
+        default_factory=lambda: [8], description="hidden sizes of each task tower"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
 
@@ -101,18 +154,27 @@ class TrainSpec(_Part):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(False, description="torch.compile the model's forward: true (default mode) or a mode")
-    cuda_graph: Literal["auto", "on", "off"] = Field("auto", description="capture the whole training step as one CUDA graph (auto: on CUDA when the run allows it)")
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile the model's forward: true (default mode) or a mode"
+    )
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="capture the whole training step as one CUDA graph (auto: on CUDA when the run allows it)",
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
     early_stopping: EarlyStopping | None = None
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch")
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch"
+    )
     deterministic: bool = False
 
 
 class BalanceSpec(_Part):
     method: str = Field("ew", description="loss weighting or gradient aggregation method")
     params: dict[str, Any] = Field(default_factory=dict)
-    rep_grad: bool = Field(False, description="gradient methods: use gradients w.r.t. the shared representation")
+    rep_grad: bool = Field(
+        False, description="gradient methods: use gradients w.r.t. the shared representation"
+    )
 
 
 class Spec(_Part):
@@ -179,15 +241,46 @@ class Spec(_Part):
         problems: list[tuple[str, str]] = []
         for i, task in enumerate(self.tasks):
             if task.kind not in TASK_KINDS:
-                problems.append((f"tasks[{i}].kind", f"unknown task kind {task.kind!r}; allowed: {', '.join(TASK_KINDS.names())}"))
+                problems.append(
+                    (
+                        f"tasks[{i}].kind",
+                        f"unknown task kind {task.kind!r}; allowed: {', '.join(TASK_KINDS.names())}",
+                    )
+                )
             if task.loss is not None and task.loss not in LOSSES and ":" not in task.loss:
-                problems.append((f"tasks[{i}].loss", f"unknown loss {task.loss!r}; allowed: {', '.join(LOSSES.names())} or 'pkg.mod:Loss'"))
+                problems.append(
+                    (
+                        f"tasks[{i}].loss",
+                        f"unknown loss {task.loss!r}; allowed: {', '.join(LOSSES.names())} or 'pkg.mod:Loss'",
+                    )
+                )
             if task.kind == "multilabel" and not task.columns:
-                problems.append((f"tasks[{i}].columns", "a multilabel task needs 'columns', one 0/1 column per label"))
+                problems.append(
+                    (
+                        f"tasks[{i}].columns",
+                        "a multilabel task needs 'columns', one 0/1 column per label",
+                    )
+                )
             if task.kind != "multilabel" and task.columns:
-                problems.append((f"tasks[{i}].columns", "only multilabel tasks take 'columns'; use 'column'"))
-        problems += _check_named(TRUNKS, self.model.architecture, self.model.params, "model.architecture", "model.params", skip=_TRUNK_BUILT_ARGS)
-        problems += _check_named(BALANCERS, self.balance.method, self.balance.params, "balance.method", "balance.params", skip=_BALANCER_BUILT_ARGS)
+                problems.append(
+                    (f"tasks[{i}].columns", "only multilabel tasks take 'columns'; use 'column'")
+                )
+        problems += _check_named(
+            TRUNKS,
+            self.model.architecture,
+            self.model.params,
+            "model.architecture",
+            "model.params",
+            skip=_TRUNK_BUILT_ARGS,
+        )
+        problems += _check_named(
+            BALANCERS,
+            self.balance.method,
+            self.balance.params,
+            "balance.method",
+            "balance.params",
+            skip=_BALANCER_BUILT_ARGS,
+        )
         return problems
 
 
@@ -196,7 +289,9 @@ _TRUNK_BUILT_ARGS = {"self", "input_dim", "tasks", "activation", "dropout"}
 _BALANCER_BUILT_ARGS = {"self", "tasks", "weights", "rep_grad"}
 
 
-def _check_named(registry, name: str, params: dict[str, Any], name_key: str, params_key: str, skip: set[str]) -> list[tuple[str, str]]:
+def _check_named(
+    registry, name: str, params: dict[str, Any], name_key: str, params_key: str, skip: set[str]
+) -> list[tuple[str, str]]:
     from hydranet.errors import UserError
 
     try:
@@ -210,9 +305,14 @@ def _check_named(registry, name: str, params: dict[str, Any], name_key: str, par
     accepted = {n: p for n, p in sig.parameters.items() if n not in skip}
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         return []
-    allowed = sorted(n for n, p in accepted.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    allowed = sorted(
+        n for n, p in accepted.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
     return [
-        (f"{params_key}.{key}", f"unknown parameter of {name!r}; allowed: {', '.join(allowed) or '(none)'}")
+        (
+            f"{params_key}.{key}",
+            f"unknown parameter of {name!r}; allowed: {', '.join(allowed) or '(none)'}",
+        )
         for key in params
         if key not in allowed
     ]
@@ -227,7 +327,11 @@ def _problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[str, st
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         else:
             msg = e["msg"]
-            if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+            if (
+                "input" in e
+                and e["type"] not in ("missing",)
+                and not isinstance(e["input"], (dict, list))
+            ):
                 msg += f" (got {e['input']!r})"
         out.append((path, msg))
     return out

@@ -35,8 +35,12 @@ LOSSES: Registry[Callable[..., torch.Tensor]] = Registry("loss")
 
 
 @LOSSES.register("bce")
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, *, pos_weight: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+def bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, pos_weight: torch.Tensor | None = None, **_: Any
+) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=pos_weight, reduction="none"
+    )
 
 
 @LOSSES.register("ce")
@@ -50,7 +54,9 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, **_: Any) -> torch.Tensor
 
 
 @LOSSES.register("huber")
-def huber_loss(pred: torch.Tensor, target: torch.Tensor, *, huber_delta: float = 1.0, **_: Any) -> torch.Tensor:
+def huber_loss(
+    pred: torch.Tensor, target: torch.Tensor, *, huber_delta: float = 1.0, **_: Any
+) -> torch.Tensor:
     return F.huber_loss(pred, target, delta=huber_delta, reduction="none")
 
 
@@ -96,8 +102,16 @@ def _macro_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
 
 
 HIGHER_IS_BETTER = {
-    "auc": True, "accuracy": True, "macro_f1": True, "micro_auc": True, "macro_auc": True, "r2": True,
-    "logloss": False, "rmse": False, "mae": False, "loss": False,
+    "auc": True,
+    "accuracy": True,
+    "macro_f1": True,
+    "micro_auc": True,
+    "macro_auc": True,
+    "r2": True,
+    "logloss": False,
+    "rmse": False,
+    "mae": False,
+    "loss": False,
 }
 
 
@@ -135,14 +149,20 @@ class Task:
 
     def _column(self, table: pa.Table, name: str) -> pa.ChunkedArray:
         if name not in table.column_names:
-            raise DataError(f"label column {name!r} of task {self.name!r} not found; columns: {', '.join(table.column_names[:20])}")
+            raise DataError(
+                f"label column {name!r} of task {self.name!r} not found; columns: {', '.join(table.column_names[:20])}"
+            )
         return table.column(name)
 
     def _numeric(self, table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
         col = self._column(table, name)
         if pa.types.is_boolean(col.type):
             col = pc.cast(col, pa.float64())
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
+        if not (
+            pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+            or pa.types.is_null(col.type)
+        ):
             raise DataError(
                 f"label column {name!r} of task {self.name!r} must be numeric for a {self.kind} task; got {col.type}"
                 + ("; set 'positive' to the value that means 1" if self.kind == "binary" else "")
@@ -200,7 +220,12 @@ class BinaryTask(Task):
             pos = self.spec.positive
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                 pos = str(pos)
-            values = np.asarray(pc.fill_null(pc.equal(col, pa.scalar(pos, type=col.type)), False).to_numpy(zero_copy_only=False), dtype=np.float64)
+            values = np.asarray(
+                pc.fill_null(pc.equal(col, pa.scalar(pos, type=col.type)), False).to_numpy(
+                    zero_copy_only=False
+                ),
+                dtype=np.float64,
+            )
             return values, mask
         values, mask = self._numeric(table, self.spec.label_columns[0])
         bad = mask & (values != 0) & (values != 1)
@@ -223,7 +248,11 @@ class BinaryTask(Task):
 
     def _loss_kwargs(self, out):
         pw = self.state.get("pos_weight")
-        return {"pos_weight": None if pw is None else torch.tensor(pw, dtype=out.dtype, device=out.device)}
+        return {
+            "pos_weight": None
+            if pw is None
+            else torch.tensor(pw, dtype=out.dtype, device=out.device)
+        }
 
     def output(self, out):
         return out.reshape(out.shape[0])
@@ -233,7 +262,11 @@ class BinaryTask(Task):
 
     def metrics(self, pred, labels, mask):
         p, y = pred[mask], labels[mask]
-        res = {"auc": auc(p, y), "logloss": _logloss(p, y) if y.size else float("nan"), "accuracy": float(np.mean((p >= 0.5) == (y == 1))) if y.size else float("nan")}
+        res = {
+            "auc": auc(p, y),
+            "logloss": _logloss(p, y) if y.size else float("nan"),
+            "accuracy": float(np.mean((p >= 0.5) == (y == 1))) if y.size else float("nan"),
+        }
         return {k: res[k] for k in self.metric_names}
 
 
@@ -250,7 +283,9 @@ class MulticlassTask(Task):
         col = self._column(table, self.spec.label_columns[0]).drop_null()
         classes = pc.unique(col).to_pylist()
         if len(classes) < 2:
-            raise DataError(f"multiclass task {self.name!r}: label column {self.spec.label_columns[0]!r} has {len(classes)} distinct value(s) in train; need at least 2")
+            raise DataError(
+                f"multiclass task {self.name!r}: label column {self.spec.label_columns[0]!r} has {len(classes)} distinct value(s) in train; need at least 2"
+            )
         self.state = {"classes": sorted(classes, key=lambda v: (str(type(v)), v))}
         return self
 
@@ -286,7 +321,10 @@ class MulticlassTask(Task):
 
     def to_arrow(self, pred):
         classes = self.state["classes"]
-        return {self.name: pa.array([classes[i] for i in pred.argmax(1)]), f"{self.name}_probs": pa.array(list(pred.astype(np.float64)))}
+        return {
+            self.name: pa.array([classes[i] for i in pred.argmax(1)]),
+            f"{self.name}_probs": pa.array(list(pred.astype(np.float64))),
+        }
 
 
 class MultilabelTask(Task):
@@ -305,7 +343,9 @@ class MultilabelTask(Task):
         bad = mask & (values != 0) & (values != 1)
         if bad.any():
             r, c = map(int, np.argwhere(bad)[0])
-            raise DataError(f"label column {self.spec.label_columns[c]!r} of multilabel task {self.name!r} must be 0/1; row {r} has {float(values[r, c])!r}")
+            raise DataError(
+                f"label column {self.spec.label_columns[c]!r} of multilabel task {self.name!r} must be 0/1; row {r} has {float(values[r, c])!r}"
+            )
         return np.where(mask, values, 0.0), mask
 
     def predict(self, out):
@@ -342,7 +382,9 @@ class RegressionTask(Task):
         return self
 
     def targets(self, values):
-        return torch.as_tensor((values - self.state["mean"]) / self.state["std"], dtype=torch.float32)
+        return torch.as_tensor(
+            (values - self.state["mean"]) / self.state["std"], dtype=torch.float32
+        )
 
     def output(self, out):
         return out.reshape(out.shape[0])
@@ -356,7 +398,11 @@ class RegressionTask(Task):
             return {k: float("nan") for k in self.metric_names}
         err = p - y
         var = float(np.var(y))
-        res = {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))), "r2": 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan")}
+        res = {
+            "rmse": float(np.sqrt(np.mean(err**2))),
+            "mae": float(np.mean(np.abs(err))),
+            "r2": 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan"),
+        }
         return {k: res[k] for k in self.metric_names}
 
 
@@ -370,5 +416,7 @@ def build_task(spec: TaskSpec, state: dict[str, Any] | None = None) -> Task:
     task = cls(spec=spec, state=dict(state or {}))
     bad = [m for m in task.metric_names if m not in task.all_metrics]
     if bad:
-        raise UserError(f"task {spec.name!r}: unknown metric {bad[0]!r} for a {spec.kind} task; allowed: {', '.join(task.all_metrics)}")
+        raise UserError(
+            f"task {spec.name!r}: unknown metric {bad[0]!r} for a {spec.kind} task; allowed: {', '.join(task.all_metrics)}"
+        )
     return task

@@ -38,7 +38,9 @@ def predict_arrays(
             if targets is not None and masks is not None:
                 m = masks[t.name][sl].to(device)
                 cnt = float(m.sum())
-                loss_sum[t.name] += float(t.loss(out[t.name].float(), targets[t.name][sl].to(device), m)) * cnt
+                loss_sum[t.name] += (
+                    float(t.loss(out[t.name].float(), targets[t.name][sl].to(device), m)) * cnt
+                )
                 loss_n[t.name] += cnt
     model.train(was_training)
     arrays = {k: (torch.cat(v).numpy() if v else np.zeros((0,))) for k, v in preds.items()}
@@ -46,5 +48,10 @@ def predict_arrays(
     return arrays, losses
 
 
-def split_metrics(tasks: list[Task], preds: dict[str, np.ndarray], labels: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def split_metrics(
+    tasks: list[Task],
+    preds: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+) -> dict[str, dict[str, float]]:
     return {t.name: t.metrics(preds[t.name], labels[t.name], masks[t.name]) for t in tasks}

@@ -9,7 +9,9 @@ import torch
 from hydranet.spec import TrainSpec
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainSpec, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[torch.nn.Parameter], cfg: TrainSpec, device: torch.device, capturable: bool = False
+) -> torch.optim.Optimizer:
     """``capturable``: Adam/AdamW safe inside a CUDA graph, with the learning rate as a device
     tensor that the scheduler updates in place (a float would be frozen into the graph)."""
     # fused kernels on CUDA: one launch per step instead of one per parameter
@@ -22,10 +24,14 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainSpec, device: to
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused
+    )
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainSpec, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainSpec, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then constant, cosine or linear decay to ``min_lr_ratio`` of the base rate."""
     sched = cfg.schedule
     warm = sched.warmup_steps

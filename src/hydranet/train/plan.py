@@ -25,10 +25,14 @@ def plan(spec: Spec) -> str:
         lines.append(f"  {part:<{width}}  {n:>10,}")
     lines.append(f"  {'total':<{width}}  {sum(p.numel() for p in model.parameters()):>10,}")
     lines += ["", "# data"]
-    lines.append(f"  features: {len(spec.data.numeric)} numeric → {prep.n_numeric_out} columns, {len(spec.data.categorical)} categorical (vocabulary sizes {sum(prep.cardinalities):,} in all)")
+    lines.append(
+        f"  features: {len(spec.data.numeric)} numeric → {prep.n_numeric_out} columns, {len(spec.data.categorical)} categorical (vocabulary sizes {sum(prep.cardinalities):,} in all)"
+    )
     for name, split in splits.items():
         if not hasattr(split, "masks"):  # a streamed split is never loaded whole
-            lines.append(f"  {name:<10} {len(split):>10,} rows | streamed from {spec.data.train} in chunks of {spec.data.chunk_rows:,} rows")
+            lines.append(
+                f"  {name:<10} {len(split):>10,} rows | streamed from {spec.data.train} in chunks of {spec.data.chunk_rows:,} rows"
+            )
             continue
         parts = []
         for t in tasks:

@@ -40,16 +40,34 @@ def resolve_spec(spec: Spec) -> Spec:
     data = spec.data if spec.data.dataset is None else resolve_dataset(spec.data)
     resolved = spec.model_copy(update={"data": data})
     if not data.train:
-        raise SpecError([("data.train", "no training data: give 'train' (a file, directory or glob) or a bundled 'dataset'")])
+        raise SpecError(
+            [
+                (
+                    "data.train",
+                    "no training data: give 'train' (a file, directory or glob) or a bundled 'dataset'",
+                )
+            ]
+        )
     if not data.numeric and not data.categorical:
-        raise SpecError([("data.numeric", "no feature columns: list 'numeric' and/or 'categorical' columns")])
+        raise SpecError(
+            [("data.numeric", "no feature columns: list 'numeric' and/or 'categorical' columns")]
+        )
     overlap = set(data.numeric) & set(data.categorical)
     if overlap:
-        raise SpecError([("data.categorical", f"column(s) listed as both numeric and categorical: {', '.join(sorted(overlap))}")])
+        raise SpecError(
+            [
+                (
+                    "data.categorical",
+                    f"column(s) listed as both numeric and categorical: {', '.join(sorted(overlap))}",
+                )
+            ]
+        )
     labels = {c for t in spec.tasks for c in t.label_columns}
     leak = labels & (set(data.numeric) | set(data.categorical))
     if leak:
-        raise SpecError([("data", f"label column(s) also used as features: {', '.join(sorted(leak))}")])
+        raise SpecError(
+            [("data", f"label column(s) also used as features: {', '.join(sorted(leak))}")]
+        )
     bad_log = set(data.log1p) - set(data.numeric)
     if bad_log:
         raise SpecError([("data.log1p", f"not numeric feature(s): {', '.join(sorted(bad_log))}")])
@@ -77,8 +95,15 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
     for t in tasks:
         _, mask = t.encode(train)
         if not mask.any():
-            raise DataError(f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data")
-    prep = Preprocessor(spec.data.numeric, spec.data.categorical, log1p=spec.data.log1p, min_count=spec.data.min_count).fit(train)
+            raise DataError(
+                f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data"
+            )
+    prep = Preprocessor(
+        spec.data.numeric,
+        spec.data.categorical,
+        log1p=spec.data.log1p,
+        min_count=spec.data.min_count,
+    ).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
     return tasks, prep, splits
 
@@ -88,13 +113,32 @@ def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:
     from hydranet.data.stream import open_streaming
 
     data = resolve_dataset(spec.data)
-    fractions = [f"data.{s}_fraction" for s in ("validation", "test") if getattr(data, f"{s}_fraction") > 0 and not getattr(data, s)]
+    fractions = [
+        f"data.{s}_fraction"
+        for s in ("validation", "test")
+        if getattr(data, f"{s}_fraction") > 0 and not getattr(data, s)
+    ]
     if fractions:
-        raise SpecError([(fractions[0], "cannot carve a split out of streamed training data; give the split as its own file (data.validation / data.test)")])
+        raise SpecError(
+            [
+                (
+                    fractions[0],
+                    "cannot carve a split out of streamed training data; give the split as its own file (data.validation / data.test)",
+                )
+            ]
+        )
     columns = list(dict.fromkeys(needed_columns(spec)))
     tasks = [build_task(ts) for ts in spec.tasks]
     prep = Preprocessor(data.numeric, data.categorical, log1p=data.log1p, min_count=data.min_count)
-    train = open_streaming(data.train, data.format, columns, prep, tasks, shuffle_buffer_rows=data.shuffle_buffer_rows, chunk_rows=data.chunk_rows)
+    train = open_streaming(
+        data.train,
+        data.format,
+        columns,
+        prep,
+        tasks,
+        shuffle_buffer_rows=data.shuffle_buffer_rows,
+        chunk_rows=data.chunk_rows,
+    )
     splits: dict = {"train": train}
     for name in ("validation", "test"):
         path = getattr(data, name)

@@ -52,10 +52,14 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return node
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata
+    )
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -79,7 +83,9 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a valid safetensors file ({e}); hydranet loads weights from safetensors only") from None
+        raise UserError(
+            f"{path} is not a valid safetensors file ({e}); hydranet loads weights from safetensors only"
+        ) from None
 
 
 def load_state(path: Path) -> dict[str, Any]:

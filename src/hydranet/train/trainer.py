@@ -39,13 +39,24 @@ def select_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise SpecError([("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]) from None
+        raise SpecError(
+            [("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError([("train.device", f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")])
+        raise SpecError(
+            [
+                (
+                    "train.device",
+                    f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'",
+                )
+            ]
+        )
     return dev
 
 
-def build_model(spec: Spec, cardinalities: list[int], n_numeric: int, tasks: list[Task]) -> MultiTaskModel:
+def build_model(
+    spec: Spec, cardinalities: list[int], n_numeric: int, tasks: list[Task]
+) -> MultiTaskModel:
     return MultiTaskModel(cardinalities, n_numeric, {t.name: t.out_dim for t in tasks}, spec.model)
 
 
@@ -62,7 +73,15 @@ def build_balancer(spec: Spec) -> Balancer:
     return cls([t.name for t in spec.tasks], **kwargs)
 
 
-def train(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, diagnose: bool = False, progress: bool | None = None, stop_after_steps: int | None = None):
+def train(
+    spec: Spec | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    diagnose: bool = False,
+    progress: bool | None = None,
+    stop_after_steps: int | None = None,
+):
     """Train ``spec`` into the run directory ``out`` and return the :class:`~hydranet.Run`.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes the run and every
@@ -79,7 +98,14 @@ def train(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, dia
     return Run.load(trainer.out)
 
 
-def setup(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, diagnose: bool = False, progress: bool | None = None) -> Trainer:
+def setup(
+    spec: Spec | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    diagnose: bool = False,
+    progress: bool | None = None,
+) -> Trainer:
     """Everything before the first step: run directory, data, preprocessor, model, optimizer."""
     if not isinstance(spec, Spec):
         spec = Spec.load(spec)
@@ -100,7 +126,9 @@ def setup(spec: Spec | str | Path, out: str | Path, *, resume: bool = False, dia
     _check_early_stopping(spec, tasks, splits)
     if not resume:
         dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks))
-    trainer = Trainer(spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress, dist=dist)
+    trainer = Trainer(
+        spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress, dist=dist
+    )
     if resume:
         trainer.restore()
     return trainer
@@ -113,44 +141,69 @@ def _device_type(name: str) -> str:
 
 
 class Trainer:
-    def __init__(self, spec: Spec, tasks: list[Task], splits: dict[str, Split], prep, out: Path, *, diagnose: bool = False, progress: bool | None = None, dist: Distributed | None = None):
+    def __init__(
+        self,
+        spec: Spec,
+        tasks: list[Task],
+        splits: dict[str, Split],
+        prep,
+        out: Path,
+        *,
+        diagnose: bool = False,
+        progress: bool | None = None,
+        dist: Distributed | None = None,
+    ):
         cfg = spec.train
         self.spec, self.cfg, self.tasks, self.splits, self.out = spec, cfg, tasks, splits, out
         self.dist = dist or Distributed()
         self.device = self.dist.device(select_device(cfg.device))
-        self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(self.device)
+        self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(
+            self.device
+        )
         self.balancer = build_balancer(spec).to(self.device)
         self.train_data = None  # the in-memory training split, on the device
         self.loader = self._train_loader(splits["train"])
         # every training row labeled for every task: each batch's task presence is known
         # without looking (no host sync per step, and the step can be a CUDA graph)
-        self.all_labeled = self.train_data is not None and all(bool(m.all()) for m in self.train_data.masks.values())
+        self.all_labeled = self.train_data is not None and all(
+            bool(m.all()) for m in self.train_data.masks.values()
+        )
         self.diagnostics = None
         if diagnose:
             from hydranet.balance.diagnostics import ConflictTracker
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.graph_step = self._graph_step()
-        params = list(self.model.parameters()) + [p for p in self.balancer.parameters() if p.requires_grad]
+        params = list(self.model.parameters()) + [
+            p for p in self.balancer.parameters() if p.requires_grad
+        ]
         self.balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, cfg, self.device, capturable=self.graph_step is not None)
+        self.optimizer = build_optimizer(
+            params, cfg, self.device, capturable=self.graph_step is not None
+        )
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
         # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
         # the wrapped one only runs the training forward
         self.ddp = self.dist.wrap(self.model, self.device)
         self.dist.reduce_task_gradients(self.balancer)
         if cfg.compile:
-            self.forward = torch.compile(self.ddp, **({} if cfg.compile is True else {"mode": cfg.compile}))
+            self.forward = torch.compile(
+                self.ddp, **({} if cfg.compile is True else {"mode": cfg.compile})
+            )
         else:
             self.forward = self.ddp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda"
+        )
         # the balancer says whether it works on the shared representation (mgda_ub always does;
         # gradnorm and the gradient methods when rep_grad is set)
         self.need_rep = bool(getattr(self.balancer, "rep_grad", False))
         self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in self.shared_params}
-        self.task_params = [p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad]
+        self.task_params = [
+            p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad
+        ]
         self.progress = Progress(enabled=progress if self.dist.is_main else False)
         # loop state (all of it goes into checkpoints)
         self.epoch = 0
@@ -179,7 +232,15 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": torch.get_rng_state(),
-            "loop": {"epoch": self.epoch, "step": self.step, "loss_steps": self.loss_steps, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early},
+            "loop": {
+                "epoch": self.epoch,
+                "step": self.step,
+                "loss_steps": self.loss_steps,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs,
+                "stopped_early": self.stopped_early,
+            },
             "loss_sums": self.loss_sums.cpu(),
         }
         if self.device.type == "cuda":
@@ -193,10 +254,16 @@ class Trainer:
 
         cfg = self.cfg
         if isinstance(split, StreamingSplit):
-            return split.loader(cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+            return split.loader(
+                cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size
+            )
         self.train_data = split.data.to(self.device)
         loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        return ShardedLoader(loader, self.dist.rank, self.dist.world_size) if self.dist.enabled else loader
+        return (
+            ShardedLoader(loader, self.dist.rank, self.dist.world_size)
+            if self.dist.enabled
+            else loader
+        )
 
     def _graph_step(self) -> GraphedStep | None:
         mode = self.cfg.cuda_graph
@@ -205,7 +272,14 @@ class Trainer:
         reasons = blockers(self)
         if reasons:
             if mode == "on":
-                raise SpecError([("train.cuda_graph", f"cannot capture the training step as a CUDA graph: {'; '.join(reasons)}")])
+                raise SpecError(
+                    [
+                        (
+                            "train.cuda_graph",
+                            f"cannot capture the training step as a CUDA graph: {'; '.join(reasons)}",
+                        )
+                    ]
+                )
             return None
         return GraphedStep(self, self.cfg.batch_size)
 
@@ -217,7 +291,9 @@ class Trainer:
     def restore(self) -> None:
         path = self.out / rundir.CHECKPOINT
         if not path.exists():
-            raise UserError(f"cannot resume: no checkpoint in {self.out} (train without --resume to start afresh)")
+            raise UserError(
+                f"cannot resume: no checkpoint in {self.out} (train without --resume to start afresh)"
+            )
         s = load_state(path)
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
@@ -233,7 +309,12 @@ class Trainer:
             torch.cuda.set_rng_state(s["cuda_rng"], self.device)
         loop = s["loop"]
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
-        self.best, self.best_epoch, self.bad_epochs, self.stopped_early = loop["best"], loop["best_epoch"], loop["bad_epochs"], loop["stopped_early"]
+        self.best, self.best_epoch, self.bad_epochs, self.stopped_early = (
+            loop["best"],
+            loop["best_epoch"],
+            loop["bad_epochs"],
+            loop["stopped_early"],
+        )
         self.loss_sums = s["loss_sums"].to(self.device)
         if self.diagnostics is not None and "diagnostics" in s:
             # a checkpoint from a run without --diagnose has none: the epoch's means then cover
@@ -247,11 +328,16 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         while self.epoch < cfg.epochs and not self.stopped_early:
-            resuming_mid_epoch = self.loader.state_dict()["position"] > 0 and self.loader.state_dict()["epoch"] == self.epoch
+            resuming_mid_epoch = (
+                self.loader.state_dict()["position"] > 0
+                and self.loader.state_dict()["epoch"] == self.epoch
+            )
             if not resuming_mid_epoch:
                 self.loader.set_epoch(self.epoch)
             t0 = time.perf_counter()
-            with self.progress.epoch(self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]) as bar:
+            with self.progress.epoch(
+                self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]
+            ) as bar:
                 rows = self.run_epoch(bar, stop_after_steps)
                 if rows is None:
                     return
@@ -303,16 +389,26 @@ class Trainer:
     def _step(self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self._after_step(self.compute_step(batch, counts))
 
-    def compute_step(self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def compute_step(
+        self, batch, counts: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Forward, losses, the balancer's backward, clipping and the optimizer step; the stacked
         task losses (detached). No host sync when every row is labeled (it may be a CUDA graph)."""
         # graphs replay without autocast's cast cache (it would hold tensors from the capture)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None, cache_enabled=self.graph_step is None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=self.graph_step is None,
+        ):
             if self.need_rep:
                 outputs, rep = self.model.forward_with_rep(batch.cat, batch.num)
             else:
                 outputs, rep = self.forward(batch.cat, batch.num), None
-        losses = {t.name: t.loss(outputs[t.name].float(), batch.labels[t.name], batch.masks[t.name]) for t in self.tasks}
+        losses = {
+            t.name: t.loss(outputs[t.name].float(), batch.labels[t.name], batch.masks[t.name])
+            for t in self.tasks
+        }
         global_present = None
         if counts is not None:
             losses, global_present = self.dist.global_losses(losses, *counts)
@@ -327,7 +423,15 @@ class Trainer:
             present = {t.name: bool(batch.masks[t.name].any()) for t in self.tasks}
         if self.diagnostics is not None:
             self.diagnostics.observe(losses, self.shared_params, present)
-        ctx = BalanceContext(shared_params=self.shared_params, task_params=self.task_params, rep=rep, present=present, step=self.step, epoch=self.epoch, scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        ctx = BalanceContext(
+            shared_params=self.shared_params,
+            task_params=self.task_params,
+            rep=rep,
+            present=present,
+            step=self.step,
+            epoch=self.epoch,
+            scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.balancer.backward(losses, ctx)
         if self.dist.enabled:
@@ -370,13 +474,20 @@ class Trainer:
         if self._sync_grads:
             # gradient methods: the shared .grad is the aggregate of the rank-averaged G,
             # already identical on every rank; the heads' gradients are local
-            params = self.task_params if self.balancer.family == "gradient" else list(self.model.parameters())
+            params = (
+                self.task_params
+                if self.balancer.family == "gradient"
+                else list(self.model.parameters())
+            )
             self.dist.average_grads_(params)
         self.dist.average_grads_(self.balancer_params)  # outside DDP (uw's log-variances)
 
     def _progress_fields(self) -> str:
         n = max(self.loss_steps, 1)
-        parts = [f"{t.name} {v / n:.4f}" for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)]
+        parts = [
+            f"{t.name} {v / n:.4f}"
+            for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)
+        ]
         if self.balancer.family != "weighting" or type(self.balancer).__name__ != "EqualWeighting":
             parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
         return "  ".join(parts)
@@ -384,9 +495,15 @@ class Trainer:
     def end_epoch(self, rows_per_s: float, seconds: float) -> None:
         self.check_finite()
         n = max(self.loss_steps, 1)
-        train_loss = {t.name: v / n for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)}
+        train_loss = {
+            t.name: v / n for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)
+        }
         self.balancer.end_epoch(train_loss)
-        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss}
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": train_loss,
+        }
         if "validation" in self.splits and self.dist.is_main:
             metrics, val_loss = self.evaluate("validation")
             record["val_loss"] = val_loss
@@ -394,9 +511,13 @@ class Trainer:
             self.update_early_stopping(metrics, val_loss)
         if self.dist.enabled:
             # rank 0 alone evaluates; its decision is every rank's
-            self.best, self.best_epoch, self.bad_epochs, self.stopped_early = self.dist.broadcast((self.best, self.best_epoch, self.bad_epochs, self.stopped_early))
+            self.best, self.best_epoch, self.bad_epochs, self.stopped_early = self.dist.broadcast(
+                (self.best, self.best_epoch, self.bad_epochs, self.stopped_early)
+            )
         record["weights"] = dict(self.balancer.last_weights)
-        record["lr"] = float(self.scheduler.get_last_lr()[0])  # a device tensor with capturable optimizers
+        record["lr"] = float(
+            self.scheduler.get_last_lr()[0]
+        )  # a device tensor with capturable optimizers
         if self.diagnostics is not None:
             record["diagnostics"] = self.diagnostics.epoch_summary()
         record["rows_per_s"] = rows_per_s
@@ -411,15 +532,28 @@ class Trainer:
 
     def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         s = self.splits[split]
-        preds, losses = predict_arrays(self.model, s.data.cat, s.data.num, self.tasks, self.cfg.eval_batch_size, self.device, targets=s.data.labels, masks=s.data.masks)
+        preds, losses = predict_arrays(
+            self.model,
+            s.data.cat,
+            s.data.num,
+            self.tasks,
+            self.cfg.eval_batch_size,
+            self.device,
+            targets=s.data.labels,
+            masks=s.data.masks,
+        )
         return split_metrics(self.tasks, preds, s.labels, s.masks), losses
 
-    def update_early_stopping(self, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]) -> None:
+    def update_early_stopping(
+        self, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
+    ) -> None:
         es = self.cfg.early_stopping
         if es is None:
             return
         value, higher = _watched(es.metric, es.mode, metrics, val_loss)
-        improved = self.best is None or (value > self.best + es.min_delta if higher else value < self.best - es.min_delta)
+        improved = self.best is None or (
+            value > self.best + es.min_delta if higher else value < self.best - es.min_delta
+        )
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
             atomic_save_tensors(self.model.state_dict(), self.out / rundir.BEST)
@@ -437,7 +571,12 @@ class Trainer:
 
             self.model.load_state_dict(load_tensors(self.out / rundir.BEST)[0])
         rundir.write_weights(self.out, self.model)
-        final: dict[str, Any] = {"epochs": self.epoch, "steps": self.step, "best_epoch": self.best_epoch if self.cfg.early_stopping else self.epoch, "stopped_early": self.stopped_early}
+        final: dict[str, Any] = {
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best_epoch": self.best_epoch if self.cfg.early_stopping else self.epoch,
+            "stopped_early": self.stopped_early,
+        }
         for split in ("validation", "test"):
             if split in self.splits:
                 final[split] = self.evaluate(split)[0]
@@ -449,20 +588,42 @@ def _check_early_stopping(spec: Spec, tasks: list[Task], splits: dict[str, Split
     if es is None:
         return
     if "validation" not in splits:
-        raise SpecError([("train.early_stopping", "needs a validation split: give data.validation or data.validation_fraction")])
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping",
+                    "needs a validation split: give data.validation or data.validation_fraction",
+                )
+            ]
+        )
     options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss"]
     if es.metric not in options:
-        raise SpecError([("train.early_stopping.metric", f"unknown metric {es.metric!r}; allowed: {', '.join(options)}")])
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping.metric",
+                    f"unknown metric {es.metric!r}; allowed: {', '.join(options)}",
+                )
+            ]
+        )
 
 
-def _watched(metric: str, mode: str, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]) -> tuple[float, bool]:
+def _watched(
+    metric: str, mode: str, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
+) -> tuple[float, bool]:
     if metric == "loss":
         vals = [v for v in val_loss.values()]
         return sum(vals) / len(vals), mode == "max"
     task, _, name = metric.partition(".")
     if task not in metrics or name not in metrics[task]:
         options = [f"{t}.{m}" for t, ms in metrics.items() for m in ms] + ["loss"]
-        raise SpecError([("train.early_stopping.metric", f"unknown metric {metric!r}; allowed: {', '.join(options)}")])
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping.metric",
+                    f"unknown metric {metric!r}; allowed: {', '.join(options)}",
+                )
+            ]
+        )
     higher = HIGHER_IS_BETTER.get(name, True) if mode == "auto" else mode == "max"
     return metrics[task][name], higher
-
