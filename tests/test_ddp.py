@@ -25,13 +25,17 @@ from hydranet.train.state_io import load_tensors
 from hydranet.train.trainer import setup
 
 STEPS = 12  # 600 rows / 63 per batch = 10 batches per epoch: crosses an epoch boundary
-METHODS = ["ew", "uw", "mgda", "gradnorm"]  # reducer, balancer parameters, averaged G, approximate
+# reducer, balancer parameters, averaged G, approximate, gathered representation gradients
+METHODS = ["ew", "uw", "mgda", "gradnorm", "mgda_ub", "pcgrad+rep"]
 EXACT = [m for m in METHODS if m != "gradnorm"]
 
 
 def _spec(path: Path, method: str, **train) -> Spec:
+    """``method``, or ``method+rep`` for the method with ``rep_grad = true``."""
     spec = Spec.load(path)
+    method, _, rep = method.partition("+")
     spec.balance.method = method
+    spec.balance.rep_grad = rep == "rep"
     spec.train.batch_size = 63  # uneven slices (32 + 31) and a short last batch
     for k, v in train.items():
         setattr(spec.train, k, v)
@@ -150,11 +154,17 @@ def test_torchrun_launch_matches_one_process(missing_labels, tmp_path):
     assert len(rundir.read_metrics(tmp_path / "ddp")) == ddp["epochs"]
 
 
-def test_rep_grad_is_refused_under_ddp(tiny, tmp_path, monkeypatch):
+def test_rep_grad_of_a_weighting_method_is_refused_under_ddp(tiny):
+    """gradnorm's rep_grad trains through DDP's reducer, which the representation path skips;
+    the gradient-aggregation methods (mgda_ub, any with rep_grad) run, exactly (see above)."""
     from hydranet.errors import SpecError
     from hydranet.train.distributed import Distributed
 
     spec = Spec.load(tiny())
-    spec.balance.method = "mgda_ub"
-    with pytest.raises(SpecError, match="rep_grad"):
+    spec.balance.method = "gradnorm"
+    spec.balance.rep_grad = True
+    with pytest.raises(SpecError, match="balance.rep_grad.*'gradnorm'"):
+        Distributed(rank=0, world_size=2).check_spec(spec)
+    for method, rep in (("mgda_ub", False), ("pcgrad", True)):
+        spec.balance.method, spec.balance.rep_grad = method, rep
         Distributed(rank=0, world_size=2).check_spec(spec)

@@ -54,6 +54,7 @@ class GradientAggregation(Balancer):
         self._names: list[str] = []
         self._finite = True
         self._warned_no_rep = False
+        self.used_rep = False  # whether the last backward took the rep_grad path
 
     def aggregate(self, G: Tensor) -> Tensor:
         """Combine the rows of ``G`` ``[K, P]`` into one direction ``[P]``; set ``self._coef``."""
@@ -88,8 +89,15 @@ class GradientAggregation(Balancer):
         g = self.aggregate(G)
         return g * scale if scale != 1.0 else g
 
+    def _aggregate_rep(self, J: Tensor, scale: float) -> Tensor:
+        # rep_grad's task matrix: its columns are this process's rows of the representation.
+        # train/distributed.py wraps it per instance to aggregate all ranks' columns together
+        # and hand back this rank's slice. Keep the name and (J, scale) signature.
+        return self._aggregate_unscaled(J, scale)
+
     # ------------------------------------------------------------------ backward
     def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> None:
+        self.used_rep = False
         names = self.present_tasks(losses, ctx)
         self._names = names
         if not names:
@@ -112,10 +120,11 @@ class GradientAggregation(Balancer):
                 stacklevel=2,
             )
             self._warned_no_rep = True
+        self.used_rep = use_rep
         if use_rep:
             rep = ctx.rep
             J = task_jacobian(scaled, [rep], retain_graph=True)
-            g = self._aggregate_unscaled(J, scale)
+            g = self._aggregate_rep(J, scale)
             rep.backward(g.view_as(rep).to(rep.dtype), inputs=shared)
         else:
             J = task_jacobian(scaled, shared)

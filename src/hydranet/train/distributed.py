@@ -24,15 +24,22 @@ What makes N ranks train the *same* model as one process with the same spec:
   ``.grad`` are averaged after the balancer's backward. The same no-sync path is taken by
   loss weighting in a step where some task has no labeled row on any rank (DDP's reducer
   would wait forever for that tower's gradients).
+* Representation gradients (``rep_grad = true``, mgda_ub). The columns of ``G`` are this
+  rank's rows of the representation, so they are not averaged but gathered: every rank
+  aggregates all ranks' columns side by side (the global batch's ``G``; a few hundred KB
+  per step for the census MMoE), keeps its own slice of the direction, backpropagates it,
+  and the shared parameters' ``.grad`` is then summed over ranks.
 
 Exact under DDP (same update as one process on the global batch, up to float summation
-order): ew, static, uw, dwa, rlw, famo, gls, and every gradient-aggregation method with
-``rep_grad = false`` (mgda, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl,
-graddrop). Approximate: gradnorm (its weight update uses gradient norms of rank 0's
-shard; rank 0's balancer state is broadcast after every step, so ranks stay consistent).
-Refused: ``rep_grad = true`` and mgda_ub (gradients w.r.t. the representation are per-row,
-so they do not average across ranks). Also not bit-exact: dropout masks (drawn per rank)
-and ``--diagnose`` statistics (computed on rank 0's shard).
+order): ew, static, uw, dwa, rlw, famo, gls, and every gradient-aggregation method (mgda,
+mgda_ub, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl, graddrop), with or without
+``rep_grad`` (graddrop's per-coordinate random draws under ``rep_grad`` meet the columns in
+another order than in one process: same distribution, not the same numbers). Approximate:
+gradnorm (its weight update uses gradient norms of rank 0's shard; rank 0's balancer state
+is broadcast after every step, so ranks stay consistent). Refused: gradnorm with ``rep_grad
+= true`` (it trains through DDP's reducer, which the representation path bypasses). Also
+not bit-exact: dropout masks (drawn per rank) and ``--diagnose`` statistics (computed on
+rank 0's shard).
 
 Only rank 0 writes the run directory, checkpoints and metrics, and evaluates; its
 early-stopping decision is broadcast so every rank stops at the same epoch. ``--resume``
@@ -118,12 +125,15 @@ class Distributed:
     def check_spec(self, spec) -> None:
         if not self.enabled:
             return
-        if spec.balance.method == "mgda_ub" or spec.balance.rep_grad:
+        from hydranet.balance import BALANCERS
+
+        family = getattr(BALANCERS.get(spec.balance.method), "family", "")
+        if spec.balance.rep_grad and family != "gradient":
             raise SpecError(
                 [
                     (
                         "balance.rep_grad",
-                        "gradients w.r.t. the shared representation (rep_grad = true, mgda_ub) are per row and cannot be averaged across DDP ranks; use parameter gradients (rep_grad = false) or train in one process",
+                        f"{spec.balance.method!r} with rep_grad = true cannot run under DDP (its representation gradients are per row and it trains through DDP's reducer); use rep_grad = false or train in one process",
                     )
                 ]
             )
@@ -170,6 +180,9 @@ class Distributed:
 
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Average tensors in place across ranks: one all-reduce per dtype over their concatenation."""
+        self._all_reduce_(tensors, average=True)
+
+    def _all_reduce_(self, tensors: Sequence[torch.Tensor], average: bool) -> None:
         if not self.enabled or not tensors:
             return
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -178,12 +191,17 @@ class Distributed:
         for group in by_dtype.values():
             flat = torch.cat([t.reshape(-1) for t in group])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= self.world_size
+            if average:
+                flat /= self.world_size
             offset = 0
             for t in group:
                 n = t.numel()
                 t.copy_(flat[offset : offset + n].view_as(t))
                 offset += n
+
+    def sum_grads_(self, params: Sequence[nn.Parameter]) -> None:
+        """Sum ``.grad`` across ranks (parameters without a gradient are skipped)."""
+        self._all_reduce_([p.grad for p in params if p.grad is not None], average=False)
 
     def average_grads_(self, params: Sequence[nn.Parameter]) -> None:
         """Average ``.grad`` across ranks (parameters without a gradient are skipped: which
@@ -234,12 +252,13 @@ class Distributed:
         return DDP(model, device_ids=ids, output_device=device.index if ids else None)
 
     def reduce_task_gradients(self, balancer: nn.Module) -> None:
-        """Make a gradient-aggregation balancer aggregate the rank-averaged ``G``.
+        """Make a gradient-aggregation balancer aggregate the global batch's ``G``.
 
         ``GradientAggregation._aggregate_unscaled(J, scale)`` is the one place every
-        aggregation method receives the per-task gradient matrix (exact parameter-gradient
-        formulation; rep_grad is refused under DDP), so averaging J there gives every rank
-        the global-batch G and the same aggregated direction.
+        aggregation method receives the per-task gradient matrix of the parameters, so
+        averaging J there gives every rank the global-batch G and the same aggregated
+        direction; ``_aggregate_rep(J, scale)`` receives the representation's, whose
+        columns are gathered instead (see the module docstring).
         """
         if not self.enabled or getattr(balancer, "family", "") != "gradient":
             return
@@ -250,9 +269,36 @@ class Distributed:
             self.average_([J])
             return inner(J, scale)
 
-        balancer._aggregate_unscaled = (
-            aggregate_reduced  # instance attribute; the class is untouched
-        )
+        def aggregate_gathered(J: torch.Tensor, scale: float) -> torch.Tensor:
+            # rep_grad: the columns are this rank's rows of the representation. The global
+            # batch's matrix is every rank's columns side by side, divided by W (each rank's
+            # loss is scaled so that the rank average of gradients is the global mean's, see
+            # global_losses); every rank aggregates that same matrix and keeps its own slice,
+            # which the trainer backpropagates and then sums over ranks (average_grads_ would
+            # be wrong here: each rank holds a different part of the shared gradient)
+            parts, offset = self.all_gather_columns(J)
+            g = inner(parts / self.world_size, scale)
+            return g[offset : offset + J.shape[1]]
+
+        # instance attributes; the class is untouched
+        balancer._aggregate_unscaled = aggregate_reduced
+        balancer._aggregate_rep = aggregate_gathered
+
+    def all_gather_columns(self, J: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Every rank's ``J`` [K, n_r] side by side, in rank order, and where this rank's begin
+        (the n_r may differ: the last batch's slices are uneven)."""
+        J = J.contiguous()
+        sizes = torch.zeros(self.world_size, dtype=torch.long, device=J.device)
+        sizes[self.rank] = J.shape[1]
+        dist.all_reduce(sizes, op=dist.ReduceOp.SUM)
+        sizes_l = sizes.tolist()
+        width = max(sizes_l)
+        padded = J.new_zeros(J.shape[0], width)
+        padded[:, : J.shape[1]] = J
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        out = torch.cat([g[:, :n] for g, n in zip(gathered, sizes_l, strict=True)], dim=1)
+        return out, sum(sizes_l[: self.rank])
 
 
 class ShardedLoader:

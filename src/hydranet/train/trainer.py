@@ -471,6 +471,10 @@ class Trainer:
         )
 
     def _average_gradients(self) -> None:
+        if getattr(self.balancer, "used_rep", False):
+            # rep_grad under DDP: each rank backpropagated its own slice of the aggregated
+            # representation gradient, so the shared gradient is the sum of the ranks' parts
+            self.dist.sum_grads_(self.shared_params)
         if self._sync_grads:
             # gradient methods: the shared .grad is the aggregate of the rank-averaged G,
             # already identical on every rank; the heads' gradients are local
