@@ -43,6 +43,10 @@ class GradNorm(LossWeighting):
         k = len(self.tasks)
         self.register_buffer("task_weights", torch.ones(k, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.full((k,), math.nan, dtype=torch.float64))
+        # set by train/distributed.py under DDP: averages the per-task gradients of W across
+        # ranks (each rank's loss is scaled so that the average is the global batch's
+        # gradient), so every rank computes the global norms and the same weights
+        self.jacobian_reducer = None
 
     def weights(self, losses, ctx):
         return dict(zip(self.tasks, self.task_weights.tolist(), strict=True))
@@ -86,4 +90,6 @@ class GradNorm(LossWeighting):
             target = next((p for p in reversed(shared) if p.ndim >= 2), shared[-1])
         scaled = [loss * ctx.scale for loss in task_losses]
         J = task_jacobian(scaled, [target], retain_graph=True)
+        if self.jacobian_reducer is not None and target is not ctx.rep:
+            J = self.jacobian_reducer(J.detach())
         return J.norm(dim=1).detach() / ctx.scale

@@ -31,13 +31,13 @@ What makes N ranks train the *same* model as one process with the same spec:
   and the shared parameters' ``.grad`` is then summed over ranks.
 
 Exact under DDP (same update as one process on the global batch, up to float summation
-order): ew, static, uw, dwa, rlw, famo, gls, and every gradient-aggregation method (mgda,
+order): ew, static, uw, dwa, rlw, famo, gls, gradnorm (the per-task gradients of the layer
+it takes norms of are averaged across ranks first), and every gradient-aggregation method (mgda,
 mgda_ub, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl, graddrop), with or without
 ``rep_grad`` (graddrop's per-coordinate random draws under ``rep_grad`` meet the columns in
-another order than in one process: same distribution, not the same numbers). Approximate:
-gradnorm (its weight update uses gradient norms of rank 0's shard; rank 0's balancer state
-is broadcast after every step, so ranks stay consistent). Refused: gradnorm with ``rep_grad
-= true`` (it trains through DDP's reducer, which the representation path bypasses). Also
+another order than in one process: same distribution, not the same numbers). Refused:
+gradnorm with ``rep_grad = true`` (it trains through DDP's reducer, which the
+representation path bypasses). Also
 not bit-exact: dropout masks (drawn per rank) and ``--diagnose`` statistics (computed on
 rank 0's shard).
 
@@ -64,9 +64,6 @@ from hydranet.errors import SpecError, UserError
 __all__ = ["Distributed", "ShardedLoader", "is_main_process", "launch"]
 
 T = TypeVar("T")
-
-# balance methods whose DDP update is not exactly the single-process one (see above)
-APPROXIMATE = frozenset({"gradnorm"})
 
 
 def env_world_size() -> int:
@@ -208,11 +205,6 @@ class Distributed:
         ones have one is the same on every rank, since presence decisions are global)."""
         self.average_([p.grad for p in params if p.grad is not None])
 
-    def broadcast_buffers_(self, module: nn.Module) -> None:
-        if self.enabled:
-            for b in module.buffers():
-                dist.broadcast(b, src=0)
-
     # ------------------------------------------------------------ the loss
     def global_losses(
         self, losses: dict[str, torch.Tensor], counts: torch.Tensor, global_counts: torch.Tensor
@@ -260,14 +252,22 @@ class Distributed:
         direction; ``_aggregate_rep(J, scale)`` receives the representation's, whose
         columns are gathered instead (see the module docstring).
         """
-        if not self.enabled or getattr(balancer, "family", "") != "gradient":
+        if not self.enabled:
+            return
+
+        def averaged(J: torch.Tensor) -> torch.Tensor:
+            J = J.contiguous().clone()
+            self.average_([J])
+            return J
+
+        if hasattr(balancer, "jacobian_reducer"):  # gradnorm's norms of the global gradients
+            balancer.jacobian_reducer = averaged
+        if getattr(balancer, "family", "") != "gradient":
             return
         inner = balancer._aggregate_unscaled
 
         def aggregate_reduced(J: torch.Tensor, scale: float) -> torch.Tensor:
-            J = J.contiguous().clone()
-            self.average_([J])
-            return inner(J, scale)
+            return inner(averaged(J), scale)
 
         def aggregate_gathered(J: torch.Tensor, scale: float) -> torch.Tensor:
             # rep_grad: the columns are this rank's rows of the representation. The global

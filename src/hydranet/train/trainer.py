@@ -25,7 +25,7 @@ from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.model import MultiTaskModel
 from hydranet.spec import Spec
 from hydranet.tasks import HIGHER_IS_BETTER, Task
-from hydranet.train.distributed import APPROXIMATE, Distributed, ShardedLoader
+from hydranet.train.distributed import Distributed, ShardedLoader
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
 from hydranet.train.prepare import Split, prepare, resolve_spec
@@ -441,8 +441,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.dist.enabled and self.spec.balance.method in APPROXIMATE:
-            self.dist.broadcast_buffers_(self.balancer)  # rank 0's weights on every rank
         return stacked
 
     def _after_step(self, stacked: torch.Tensor) -> None:
