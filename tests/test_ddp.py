@@ -173,3 +173,34 @@ def test_rep_grad_of_a_weighting_method_is_refused_under_ddp(tiny):
     for method, rep in (("mgda_ub", False), ("pcgrad", True)):
         spec.balance.method, spec.balance.rep_grad = method, rep
         Distributed(rank=0, world_size=2).check_spec(spec)
+
+
+def test_nproc_errors_are_one_line_each_without_a_traceback(tiny, tmp_path):
+    """A spec DDP cannot run fails in the launcher before any rank starts; an error inside
+    the ranks (a missing data file) is each rank's one line, torchrun's report kept out."""
+    spec = tiny(arch="mmoe", epochs=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hydranet", "train", str(spec), "--no-progress", "--nproc", "2"]
+    bad_spec = ["--set", "balance.method=gradnorm", "--set", "balance.rep_grad=true"]
+    res = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "a"), *bad_spec], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "hydranet: error: balance.rep_grad: 'gradnorm' with rep_grad = true cannot run under DDP "
+        "(its representation gradients are per row and it trains through DDP's reducer); use "
+        "rep_grad = false or train in one process"
+    ]
+    tiny.paths["train"].unlink()
+    res = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr
+    # every rank that got that far says so; torchrun may stop the other first
+    want = {
+        f"hydranet: error: data file not found: {tiny.paths['train']}",
+        f"hydranet (rank 1): error: data file not found: {tiny.paths['train']}",
+    }
+    assert lines and set(lines) <= want, lines

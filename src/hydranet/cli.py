@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except UserError as e:
-        print(f"hydranet: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under --nproc every rank reports its own error
+        who = "hydranet" if rank == "0" else f"hydranet (rank {rank})"
+        print(f"{who}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hydranet: interrupted", file=sys.stderr)
@@ -269,6 +272,11 @@ def _train(args) -> int:
     from hydranet.train import distributed
 
     if args.nproc is not None and distributed.env_world_size() == 1:
+        if not args.resume and args.nproc > 1:
+            # what the spec alone decides fails here, once, before any rank starts
+            distributed.Distributed(rank=0, world_size=args.nproc).check_spec(
+                _load_spec(args.spec, args.set)
+            )
         argv = [
             "train",
             args.spec,

@@ -49,8 +49,6 @@ loads the checkpoint on every rank.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -336,17 +334,29 @@ class ShardedLoader:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """``torchrun --standalone --nproc-per-node nproc -m hydranet <argv>``; its exit code."""
+    """``torchrun --standalone --nproc-per-node nproc -m hydranet <argv>``, run in this process
+    through torchrun's own API; the exit code of the first rank that failed, else 0.
+
+    Each rank reports its own error in one line (``hydranet: error: ...``); torchrun's
+    failure report (a traceback of its agent) and its log lines are kept out, so a bad spec
+    or data file under ``--nproc`` reads as it does in one process.
+    """
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1; got {nproc}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "hydranet",
-        *argv,
-    ]
-    return subprocess.call(cmd)
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "hydranet", *argv])
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    finally:
+        elastic.setLevel(level)
+    return 0
