@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,20 @@ def report_command(argv: list[str] | None, report_only: bool, rerendered: str) -
         return command
     # the numbers come from the same command without --report-only
     return command.replace(" --report-only", "") + f"` ({rerendered} with `--report-only"
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """A script's entry point: hydranet's own errors (a bad spec, a missing file) end it with
+    one line and exit 2, as the CLI does, instead of a traceback."""
+    from hydranet.errors import UserError
+
+    try:
+        result = main()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if isinstance(result, int) and not isinstance(result, bool):
+        raise SystemExit(result)
 
 
 def setup_torch(threads: int, device: str) -> None:

@@ -407,6 +407,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="hydranet's training step (see the docstring; default auto)",
     )
     args = p.parse_args(argv)
+    if args.mode == "cuda-graph" and not args.device.startswith("cuda"):
+        p.error(
+            f"--mode cuda-graph captures CUDA graphs: it needs --device cuda, not {args.device}"
+        )
     if args.smoke:
         args.epochs, args.repeats, args.seeds = 1, 1, 1
     try:
@@ -449,4 +453,4 @@ def _results(args) -> Path | None:
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

@@ -47,6 +47,7 @@ from _common import (
     markdown_table,
     provenance,
     results_path,
+    run_main,
     work_dir,
     write_section,
 )
@@ -491,4 +492,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -326,4 +326,4 @@ def _results(args) -> Path | None:
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

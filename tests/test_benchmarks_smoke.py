@@ -139,3 +139,19 @@ def test_peers_census_smoke(tmp_path, real_results_untouched):
     # the same sizes on both sides: parameter counts within the biases DeepCTR leaves out
     assert abs(out["deepctr"]["parameters"] - out["hydranet"]["parameters"]) <= 32
     assert "keep me" in results.read_text()
+
+
+def test_a_script_stops_on_a_hydranet_error_with_one_line_and_exit_2(capsys):
+    from hydranet.errors import DataError
+
+    def main():
+        raise DataError("data file not found: x.parquet")
+
+    with pytest.raises(SystemExit) as e:
+        _common.run_main(main)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("error: data file not found: x.parquet")
+    with pytest.raises(SystemExit) as e:
+        _common.run_main(lambda: 3)  # an int result is the exit status
+    assert e.value.code == 3
+    _common.run_main(lambda: {"summary": 1})  # anything else: a normal end

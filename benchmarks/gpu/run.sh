@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in one device call, after benchmarks/gpu/prepare.sh filled .gpu/ here:
 #
-#     run(command="bash benchmarks/gpu/run.sh", carry=[".gpu"], timeout_s=600)
+#     run(command="MODES=cuda-graph bash benchmarks/gpu/run.sh", carry=[".gpu"], timeout_s=600)
+#     run(command="TESTS=0 MODES='eager max-autotune' bash benchmarks/gpu/run.sh", carry=[".gpu"], timeout_s=600)
 #
+# (two calls: each mode re-runs DeepCTR-Torch for its ratio, and max-autotune compiles for
+# minutes; one command may run 10 minutes at most.)
 # It installs the carried wheels into /tmp/site (the image's torch, numpy, pyarrow... stay), runs
 # the gpu-marked tests, then benchmarks/peers_census.py on CUDA once per step mode, each writing
 # its own section into a copy of benchmarks/RESULTS.md under $OUT. Copy the sections you keep
@@ -29,6 +32,10 @@ failed=0
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 
 if [ "${TESTS:-1}" = 1 ]; then
+    # the CLI end to end on the device: train (a graphed step where eligible), evaluate, predict
+    "$PY" -m hydranet train examples/census.toml --out /tmp/gpu-cli --no-progress \
+        --set train.device="${DEVICE:-cuda}" --set train.epochs=3 2>&1 | tee "$OUT/cli-train.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
     # the gpu tests, and the graph/loader/train tests whose CPU halves share their code
     "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not spark and not service" \
         tests/test_train_graph.py tests/test_data.py -k "gpu or cuda or graph or resume" 2>&1 | tee "$OUT/pytest-gpu.log"
