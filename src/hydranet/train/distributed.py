@@ -31,15 +31,14 @@ What makes N ranks train the *same* model as one process with the same spec:
   and the shared parameters' ``.grad`` is then summed over ranks.
 
 Exact under DDP (same update as one process on the global batch, up to float summation
-order): ew, static, uw, dwa, rlw, famo, gls, gradnorm (the per-task gradients of the layer
-it takes norms of are averaged across ranks first), and every gradient-aggregation method (mgda,
-mgda_ub, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl, graddrop), with or without
-``rep_grad`` (graddrop's per-coordinate random draws under ``rep_grad`` meet the columns in
-another order than in one process: same distribution, not the same numbers). Refused:
-gradnorm with ``rep_grad = true`` (it trains through DDP's reducer, which the
-representation path bypasses). Also
-not bit-exact: dropout masks (drawn per rank) and ``--diagnose`` statistics (computed on
-rank 0's shard).
+order): ew, static, uw, dwa, rlw, famo, gls, gradnorm (the per-task gradients of the
+layer it takes norms of are averaged across ranks first), and every gradient-aggregation
+method (mgda, mgda_ub, pcgrad, cagrad, imtl, nash_mtl, upgrad, aligned_mtl, graddrop), with
+or without ``rep_grad`` (graddrop's per-coordinate random draws under ``rep_grad`` meet the
+columns in another order than in one process: same distribution, not the same numbers).
+Refused: gradnorm with ``rep_grad = true`` (it trains through DDP's reducer, which the
+representation path bypasses). Also not bit-exact: dropout masks (drawn per rank) and
+``--diagnose`` statistics (computed on rank 0's shard).
 
 Only rank 0 writes the run directory, checkpoints and metrics, and evaluates; its
 early-stopping decision is broadcast so every rank stops at the same epoch. ``--resume``
@@ -248,7 +247,9 @@ class Distributed:
         aggregation method receives the per-task gradient matrix of the parameters, so
         averaging J there gives every rank the global-batch G and the same aggregated
         direction; ``_aggregate_rep(J, scale)`` receives the representation's, whose
-        columns are gathered instead (see the module docstring).
+        columns are gathered instead (see the module docstring). A loss-weighting balancer
+        with a ``jacobian_reducer`` slot (gradnorm) gets the same averaging for the
+        gradients it takes norms of.
         """
         if not self.enabled:
             return
