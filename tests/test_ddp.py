@@ -204,3 +204,30 @@ def test_nproc_errors_are_one_line_each_without_a_traceback(tiny, tmp_path):
         f"hydranet (rank 1): error: data file not found: {tiny.paths['train']}",
     }
     assert lines and set(lines) <= want, lines
+
+
+def test_sigterm_to_the_launcher_stops_the_ranks_and_the_run_resumes(tiny, tmp_path):
+    import signal
+    import time
+
+    spec = tiny(arch="mmoe", epochs=20, checkpoint_every=5)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hydranet", "train", str(spec), "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--nproc", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / rundir.CHECKPOINT).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / rundir.CHECKPOINT).exists(), "no checkpoint written"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["hydranet: stopped by SIGTERM; the ranks were stopped"]
+    assert not (out / rundir.FINAL).exists()
+    res = subprocess.run(
+        [*cmd, "--nproc", "2", "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / rundir.FINAL).read_text())["epochs"] == 20

@@ -48,6 +48,7 @@ loads the checkpoint on every rank.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -344,20 +345,34 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1; got {nproc}")
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "hydranet", *argv])
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level = elastic.level
-    elastic.setLevel(logging.CRITICAL)
+    # torchrun's modules set their own loggers' levels, so each one is quietened (and restored)
+    manager = logging.Logger.manager
+    elastic = [
+        logging.getLogger(name)
+        for name in list(manager.loggerDict)
+        if name.startswith("torch.distributed.elastic")
+    ]
+    levels = [log.level for log in elastic]
+    for log in elastic:
+        log.setLevel(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:
+        # SIGTERM/SIGINT to this launcher: torchrun has stopped the ranks; the last
+        # checkpoint stands (--resume continues from it)
+        print(f"hydranet: stopped by {e.sigval.name}; the ranks were stopped", file=sys.stderr)
+        return 128 + int(e.sigval)
     finally:
-        elastic.setLevel(level)
+        for log, level in zip(elastic, levels, strict=True):
+            log.setLevel(level)
     return 0
