@@ -211,6 +211,40 @@ def test_batched_jacobian_matches_loop():
     torch.testing.assert_close(J, torch.stack(rows))
 
 
+class _NumpySquare(torch.autograd.Function):
+    """x * x with a backward through NumPy: it has no vmap batching rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy((2 * x * g).detach().numpy().copy())
+
+
+def test_jacobian_falls_back_per_owner_when_a_graph_cannot_be_batched():
+    torch.manual_seed(0)
+    w = torch.randn(3, requires_grad=True)
+    h = _NumpySquare.apply(w)
+    memo_a: dict[str, bool] = {}
+    J = task_jacobian([h.sum(), 3 * h[0]], [w], retain_graph=True, memo=memo_a)
+    w0 = w.detach()
+    want = torch.stack([2 * w0, torch.tensor([6 * w0[0], 0.0, 0.0])])
+    torch.testing.assert_close(J, want)
+    assert memo_a == {"batched": False}  # this owner's later steps skip the batched attempt
+    J = task_jacobian([h.sum(), 3 * h[0]], [w], retain_graph=True, memo=memo_a)
+    torch.testing.assert_close(J, want)
+    # another owner (another model in the same process) still takes the batched pass
+    memo_b: dict[str, bool] = {}
+    v = torch.randn(3, requires_grad=True)
+    J = task_jacobian([(v * v).sum(), 3 * v[0]], [v], memo=memo_b)
+    assert memo_b == {}
+    torch.testing.assert_close(J, torch.stack([2 * v.detach(), torch.tensor([3.0, 0.0, 0.0])]))
+
+
 @pytest.mark.parametrize("name", ["mgda", "nash_mtl", "cagrad", "upgrad"])
 def test_loss_scale_is_undone_before_aggregating(name):
     tasks = ["a", "b"]

@@ -273,6 +273,13 @@ def test_determinism_by_seed_and_epoch():
     ]
 
 
+def test_order_is_the_cpu_permutation_of_seed_plus_epoch():
+    loader = BatchLoader(_data(), 10, seed=7)
+    for epoch in (0, 3):
+        want = torch.randperm(103, generator=torch.Generator().manual_seed(7 + epoch))
+        assert torch.equal(loader.order(epoch), want)
+
+
 def test_resume_mid_epoch_yields_exactly_the_rest():
     ref = BatchLoader(_data(), 10, seed=5)
     ref.set_epoch(4)
@@ -309,11 +316,13 @@ def test_build_tensor_data_with_tasks():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_loader_on_cuda_permutes_on_the_device_and_resumes():
+def test_loader_on_cuda_has_the_cpu_order_and_resumes():
     data = _data().to("cuda")
     loader = BatchLoader(data, 10, seed=2)
     assert loader.order().device.type == "cuda"
     full = _ids(loader)
+    # the same batches as on the CPU: a GPU checkpoint resumes on a CPU with its order
+    assert full == _ids(BatchLoader(_data(), 10, seed=2))
     assert sorted(sum(full, [])) == list(range(103))
     loader.set_epoch(0)
     it = iter(loader)

@@ -443,6 +443,8 @@ def test_api_key_from_settings(predictor):
 def test_serve_cli_refuses_bad_options(tiny_run, tmp_path, capsys):
     cases = [
         (["serve", str(tmp_path)], "not a complete hydranet run"),
+        # several workers: the first worker's load error, said once by the parent
+        (["serve", str(tmp_path), "--workers", "2", "--port", "0"], "not a complete hydranet run"),
         (["serve", str(tiny_run), "--max-rows", "0"], "--max-rows"),
         (["serve", str(tiny_run), "--batch-wait-ms", "-1"], "--batch-wait-ms"),
         (["serve", str(tiny_run), "--workers", "0"], "--workers"),

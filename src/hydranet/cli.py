@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -195,8 +196,24 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_quietly(signum, frame) -> None:
+    # os._exit, not SystemExit: unwinding would run the process group's C++ destructors with
+    # gloo threads still running ("terminate called without an active exception", an abort);
+    # checkpoints are written to a temporary file and renamed, so none is left half-written
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun rank: the launcher stops its ranks with SIGTERM (on a user's SIGTERM or
+        # SIGINT, or when another rank failed); end at once, without a traceback
+        import signal
+
+        signal.signal(signal.SIGTERM, _stop_quietly)
     try:
         return _COMMANDS[args.command](args)
     except UserError as e:

@@ -40,6 +40,7 @@ class GradNorm(LossWeighting):
         super().__init__(tasks)
         self.rep_grad = bool(rep_grad)
         self.alpha, self.lr, self.min_weight = float(alpha), float(lr), float(min_weight)
+        self._jacobian_memo: dict[str, bool] = {}  # see _jacobian.task_jacobian
         k = len(self.tasks)
         self.register_buffer("task_weights", torch.ones(k, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.full((k,), math.nan, dtype=torch.float64))
@@ -89,7 +90,7 @@ class GradNorm(LossWeighting):
                 return None
             target = next((p for p in reversed(shared) if p.ndim >= 2), shared[-1])
         scaled = [loss * ctx.scale for loss in task_losses]
-        J = task_jacobian(scaled, [target], retain_graph=True)
+        J = task_jacobian(scaled, [target], retain_graph=True, memo=self._jacobian_memo)
         if self.jacobian_reducer is not None and target is not ctx.rep:
             J = self.jacobian_reducer(J.detach())
         return J.norm(dim=1).detach() / ctx.scale

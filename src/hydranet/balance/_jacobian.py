@@ -4,7 +4,10 @@
 for all K vector-Jacobian products in one batched pass (``is_grads_batched=True`` runs the
 backward graph under vmap with the K rows of the identity as cotangents), which is one graph
 traversal instead of K. Some backward formulas have no batching rule; then it falls back to K
-plain ``autograd.grad`` calls, which give the same numbers.
+plain ``autograd.grad`` calls, which give the same numbers. The caller (a balancer, the
+diagnostics) holds a small ``memo`` dict so that, once its graph has failed under vmap, its
+later steps skip the batched attempt; the memo is per owner, so one model whose custom part has
+no batching rule does not slow down every other model trained in the same process.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ import warnings
 import torch
 from torch import Tensor
 
-_batched_ok = True  # flips off after the first failure so the batched attempt is not retried
 
-
-def task_jacobian(losses: list[Tensor], inputs: list[Tensor], retain_graph: bool = False) -> Tensor:
+def task_jacobian(
+    losses: list[Tensor],
+    inputs: list[Tensor],
+    retain_graph: bool = False,
+    memo: dict[str, bool] | None = None,
+) -> Tensor:
     """Return J of shape ``[K, P]``: row k is d losses[k] / d inputs, flattened and concatenated.
 
-    Inputs a loss does not reach get zero entries (not an error).
+    Inputs a loss does not reach get zero entries (not an error). ``memo`` (the caller's own
+    dict) records ``batched=False`` after the batched pass fails, so it is not tried again.
     """
-    global _batched_ok
     k = len(losses)
     grads: tuple[Tensor | None, ...] | None = None
-    if _batched_ok and k > 1:
+    if k > 1 and (memo is None or memo.get("batched", True)):
         stacked = torch.stack([loss.reshape(()) for loss in losses])
         eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
         try:
@@ -37,7 +43,8 @@ def task_jacobian(losses: list[Tensor], inputs: list[Tensor], retain_graph: bool
                     retain_graph=True, allow_unused=True,
                 )  # fmt: skip
         except (RuntimeError, NotImplementedError, ValueError):
-            _batched_ok = False
+            if memo is not None:
+                memo["batched"] = False
             grads = None
     if grads is not None:
         rows = [

@@ -55,6 +55,7 @@ class GradientAggregation(Balancer):
         self._finite = True
         self._warned_no_rep = False
         self.used_rep = False  # whether the last backward took the rep_grad path
+        self._jacobian_memo: dict[str, bool] = {}  # see _jacobian.task_jacobian
 
     def aggregate(self, G: Tensor) -> Tensor:
         """Combine the rows of ``G`` ``[K, P]`` into one direction ``[P]``; set ``self._coef``."""
@@ -123,11 +124,11 @@ class GradientAggregation(Balancer):
         self.used_rep = use_rep
         if use_rep:
             rep = ctx.rep
-            J = task_jacobian(scaled, [rep], retain_graph=True)
+            J = task_jacobian(scaled, [rep], retain_graph=True, memo=self._jacobian_memo)
             g = self._aggregate_rep(J, scale)
             rep.backward(g.view_as(rep).to(rep.dtype), inputs=shared)
         else:
-            J = task_jacobian(scaled, shared)
+            J = task_jacobian(scaled, shared, memo=self._jacobian_memo)
             g = self._aggregate_unscaled(J, scale)
             add_flat_grad(shared, g)
         self._set_last_weights(names, self._coef)

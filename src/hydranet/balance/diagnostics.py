@@ -34,11 +34,14 @@ def has_conflict(cos: Tensor) -> bool:
 
 
 def task_gradients(
-    losses: dict[str, Tensor], params: list[Tensor], tasks: list[str] | None = None
+    losses: dict[str, Tensor],
+    params: list[Tensor],
+    tasks: list[str] | None = None,
+    memo: dict[str, bool] | None = None,
 ) -> tuple[list[str], Tensor]:
     """(names, G): the gradients of each loss w.r.t. ``params`` as rows; keeps the graph."""
     names = [t for t in (tasks or list(losses)) if t in losses and losses[t].requires_grad]
-    G = task_jacobian([losses[t] for t in names], list(params), retain_graph=True)
+    G = task_jacobian([losses[t] for t in names], list(params), retain_graph=True, memo=memo)
     return names, G
 
 
@@ -122,6 +125,10 @@ class ConflictTracker(ConflictAccumulator):
     starts a new epoch.
     """
 
+    def __init__(self, tasks: list[str]):
+        super().__init__(tasks)
+        self._jacobian_memo: dict[str, bool] = {}  # see _jacobian.task_jacobian
+
     def observe(
         self,
         losses: dict[str, Tensor],
@@ -133,7 +140,7 @@ class ConflictTracker(ConflictAccumulator):
         names = [t for t in names if t in losses and losses[t].requires_grad]
         if len(names) < 2:
             return
-        names, G = task_gradients(losses, params, names)
+        names, G = task_gradients(losses, params, names, memo=self._jacobian_memo)
         self.update(G, names)
 
     def epoch_summary(self) -> dict[str, float]:

@@ -1,15 +1,16 @@
 """Run the HTTP API with uvicorn: bind, print one ready line, stop gracefully on SIGTERM.
 
-The model is loaded before the socket is bound (a broken run fails with exit 2
-and binds nothing); the socket is bound here rather than by uvicorn so that
+With one worker the model is loaded before the socket is bound (a broken run
+fails with exit 2 and binds nothing); the socket is bound here rather than by uvicorn so that
 ``--port 0`` can report the port the system chose. The ready line is printed
 once uvicorn accepts connections (in every worker).
 
 Workers: one Python process answers HTTP on one core (the event loop and the
 forward pass share its interpreter lock). ``--workers N`` starts N worker
 processes (spawned, not forked: a forked PyTorch process can deadlock in its
-thread pools) that each load the model once and accept connections from the
-one listening socket, which the kernel shares out among them. They count into
+thread pools) that each load the model once (the parent never does: a worker
+that cannot load sends its error back, and the parent stops the others and
+exits 2 with that one line) and accept connections from the one listening socket, which the kernel shares out among them. They count into
 one shared metrics file (see :mod:`hydranet.serve.metrics`), so ``/metrics``
 describes the whole server whichever worker answers. The parent only
 supervises: on SIGTERM or Ctrl+C it passes SIGTERM on and waits for every
@@ -75,19 +76,21 @@ def serve(
 ) -> int:
     """Serve until SIGTERM or Ctrl+C; ``on_ready(url)`` runs once connections are accepted.
 
-    Returns the exit code: 0 after a signal, 1 if a worker died.
+    Returns the exit code: 0 after a signal, 1 if a worker died. A model that cannot be
+    loaded raises UserError (with several workers, once the first worker reports it).
     """
     _check_uvicorn()
     if workers < 1:
         raise UserError(f"--workers must be at least 1; got {workers}")
-    predictor = source.load()  # in the parent too: a broken run fails here, before binding
+    # one worker loads here (a broken run fails before binding); with several, each worker
+    # loads its own copy and a load error comes back to the parent as this one's would
+    predictor = source.load() if workers == 1 else None
     sock = _bind(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     try:
-        if workers == 1:
+        if predictor is not None:
             _run_uvicorn(predictor, settings, sock, Metrics(), access_log, on_ready, url)
             return 0
-        del predictor
         return _supervise(source, settings, sock, workers, access_log, on_ready, url)
     finally:
         sock.close()
@@ -174,12 +177,18 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         predictor = source.load()
-    except UserError as e:  # the parent loaded it a moment ago; a file changed since
-        print(f"hydranet serve: worker {slot}: {e}", file=sys.stderr, flush=True)
+    except UserError as e:  # the parent says it, once, as its own error
+        ready.send(("error", slot, str(e)[:2000]))
         sys.exit(2)
     metrics = Metrics(Path(metrics_file), slot)
     _run_uvicorn(
-        predictor, settings, sock, metrics, access_log, lambda url: ready.send(slot), url=""
+        predictor,
+        settings,
+        sock,
+        metrics,
+        access_log,
+        lambda url: ready.send(("ready", slot, "")),
+        url="",
     )
 
 
@@ -197,7 +206,9 @@ def _supervise(
     fd, metrics_file = tempfile.mkstemp(prefix="hydranet-metrics-", dir=shm)
     os.close(fd)
     create_shared(Path(metrics_file), workers)
-    ready, ready_in = ctx.Pipe(duplex=False)  # each worker sends its slot once it accepts
+    # each worker sends ("ready", slot, "") once it accepts, or ("error", slot, message); one
+    # small message is one write, under PIPE_BUF, so the workers' messages never interleave
+    ready, ready_in = ctx.Pipe(duplex=False)
     stopping: list[int] = []
 
     def on_signal(signum, frame):
@@ -217,6 +228,14 @@ def _supervise(
         waiting = set(range(workers))
         while not stopping:
             ended = wait([*(p.sentinel for p in procs), ready], timeout=0.5)
+            # messages first: a worker that failed to load sends its error, then exits
+            while ready.poll():
+                what, slot, message = ready.recv()
+                if what == "error":
+                    raise UserError(message)
+                waiting.discard(slot)
+                if not waiting and on_ready is not None:
+                    on_ready(url)
             dead = [p for p in procs if p.sentinel in ended and p.exitcode is not None]
             if dead:
                 p = dead[0]
@@ -226,10 +245,6 @@ def _supervise(
                     flush=True,
                 )
                 return 1
-            while waiting and ready.poll():
-                waiting.discard(ready.recv())
-                if not waiting and on_ready is not None:
-                    on_ready(url)
         return 0
     finally:
         for p in procs:

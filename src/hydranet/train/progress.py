@@ -63,4 +63,7 @@ class Progress:
                 f"{task}: " + " ".join(f"{m}={v:.4f}" for m, v in ms.items() if v is not None)
             )
         parts.append(f"{record['rows_per_s']:,.0f} rows/s")
-        print(" | ".join(parts), file=self.stream, flush=True)
+        # one write, newline included: a signal that ends the process (a torchrun rank stopped
+        # by SIGTERM) cannot leave half a line for the next message to run into
+        self.stream.write(" | ".join(parts) + "\n")
+        self.stream.flush()
