@@ -1,16 +1,17 @@
 """Run the HTTP API with uvicorn: bind, print one ready line, stop gracefully on SIGTERM.
 
 With one worker the model is loaded before the socket is bound (a broken run
-fails with exit 2 and binds nothing); the socket is bound here rather than by uvicorn so that
-``--port 0`` can report the port the system chose. The ready line is printed
-once uvicorn accepts connections (in every worker).
+fails with exit 2 and binds nothing); the socket is bound here rather than by
+uvicorn so that ``--port 0`` can report the port the system chose. The ready
+line is printed once uvicorn accepts connections (in every worker).
 
 Workers: one Python process answers HTTP on one core (the event loop and the
 forward pass share its interpreter lock). ``--workers N`` starts N worker
 processes (spawned, not forked: a forked PyTorch process can deadlock in its
-thread pools) that each load the model once (the parent never does: a worker
-that cannot load sends its error back, and the parent stops the others and
-exits 2 with that one line) and accept connections from the one listening socket, which the kernel shares out among them. They count into
+thread pools) that each load the model once and accept connections from the
+one listening socket, which the kernel shares out among them. The parent never
+loads the model: a worker that cannot load it sends its error back, and the
+parent stops the others and exits 2 with that one line. The workers count into
 one shared metrics file (see :mod:`hydranet.serve.metrics`), so ``/metrics``
 describes the whole server whichever worker answers. The parent only
 supervises: on SIGTERM or Ctrl+C it passes SIGTERM on and waits for every
