@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from hydranet.balance._simplex import minimize_on_simplex
@@ -25,31 +27,32 @@ from hydranet.balance.base import BALANCERS
 
 def cagrad_weights(gram: Tensor, c: float, rescale: int = 1) -> Tensor:
     k = gram.shape[0]
-    gram = gram.cpu()
-    b = gram.new_full((k,), 1.0 / k)
-    norm = float(gram.diagonal().mean())
+    b = np.full(k, 1.0 / k)
+    A = gram.detach().double().cpu().numpy()
+    norm = float(np.diagonal(A).mean())
     if norm <= 0 or c == 0:
         coef = b
     else:
-        A = gram / norm  # the argmin is invariant to scaling the Gramian
+        A = A / norm  # the argmin is invariant to scaling the Gramian
         Ab = A @ b
         sqrt_phi = c * math.sqrt(max(float(b @ Ab), 0.0))
         delta = 1e-20
 
-        def f(w: Tensor) -> Tensor:
-            return w @ Ab + sqrt_phi * (w @ A @ w + delta).sqrt()
+        def f(w: np.ndarray) -> float:
+            return float(w @ Ab + sqrt_phi * math.sqrt(w @ A @ w + delta))
 
-        def grad(w: Tensor) -> Tensor:
-            return Ab + sqrt_phi * (A @ w) / (w @ A @ w + delta).sqrt()
+        def grad(w: np.ndarray) -> np.ndarray:
+            Aw = A @ w
+            return Ab + sqrt_phi * Aw / math.sqrt(w @ Aw + delta)
 
-        w = minimize_on_simplex(f, grad, b.clone())
+        w = minimize_on_simplex(f, grad, b.copy())
         gw_norm = math.sqrt(max(float(w @ A @ w), 0.0))
         coef = b + (sqrt_phi / gw_norm) * w if gw_norm > 1e-9 else b
     if rescale == 1:
         coef = coef / (1 + c**2)
     elif rescale == 2:
         coef = coef / (1 + c)
-    return coef
+    return torch.from_numpy(coef)
 
 
 @BALANCERS.register("cagrad")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,12 +52,12 @@ def min_norm_weights(
         from torchjd.aggregation import MGDAWeighting  # lazy: torchjd imports scipy
 
         return MGDAWeighting(epsilon=epsilon, max_iters=max_iters)(gram)
-    A = gram.detach().cpu()
-    trace = float(A.diagonal().mean())
+    A = gram.detach().double().cpu().numpy()
+    trace = float(np.diagonal(A).mean())
     if trace <= 0:
         return gram.new_full((k,), 1.0 / k)
-    A = A / trace + 1e-12 * torch.eye(k, dtype=A.dtype)
-    return simplex_qp(A).to(gram.device)
+    A = A / trace + 1e-12 * np.eye(k)
+    return torch.from_numpy(simplex_qp(A)).to(device=gram.device, dtype=gram.dtype)
 
 
 @BALANCERS.register("mgda")

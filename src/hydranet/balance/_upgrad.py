@@ -16,6 +16,7 @@ constraints, which a primal active-set method solves exactly in a few K x K solv
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,15 +42,15 @@ def _active_set_projector():
             self.norm_eps = norm_eps
 
         def __call__(self, U: Tensor, G: Tensor) -> Tensor:
-            A = G.detach().double().cpu()
-            trace = float(A.diagonal().sum())
+            A = G.detach().double().cpu().numpy()
+            trace = float(np.trace(A))
             if trace <= self.norm_eps:
                 return torch.zeros_like(U)  # all gradients vanish: nothing to project
-            A = A / trace + self.reg_eps * torch.eye(A.shape[0], dtype=A.dtype)
-            Uc = U.detach().double().cpu()
+            A = A / trace + self.reg_eps * np.eye(A.shape[0])
+            Uc = U.detach().double().cpu().numpy()
             flat = Uc.reshape(-1, Uc.shape[-1])
-            W = torch.stack([box_qp(A, u) for u in flat]).reshape(Uc.shape)
-            return W.to(device=U.device, dtype=U.dtype)
+            W = np.stack([box_qp(A, u) for u in flat]).reshape(Uc.shape)
+            return torch.from_numpy(W).to(device=U.device, dtype=U.dtype)
 
     return ActiveSetProjector()
 
