@@ -341,3 +341,23 @@ def test_zero_loss_reads_as_absent(name):
         assert bal.last_weights["b"] == 0.0 and bal.last_weights["a"] > 0
     if name == "gradnorm":
         assert torch.equal(bal.initial_losses, before["initial_losses"])
+
+
+def test_finite_check_is_exact_when_the_sum_overflows():
+    """A fast path checks G's sum; finite entries whose sum overflows are still finite."""
+
+    class Mean(GradientAggregation):
+        def aggregate(self, G):
+            self._coef = torch.full((G.shape[0],), 1.0 / G.shape[0])
+            return G.mean(0)
+
+    agg = Mean(["a", "b"])
+    big = torch.full((2, 4), 3e38)  # float32: each entry finite, their sum inf
+    assert not torch.isfinite(big.sum())
+    agg._aggregate_unscaled(big, 1.0)
+    assert agg._finite and agg._coef.tolist() == [0.5, 0.5]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        G = torch.ones(2, 4)
+        G[1, 2] = bad
+        d = agg._aggregate_unscaled(G, 1.0)
+        assert not agg._finite and not torch.isfinite(d).all()

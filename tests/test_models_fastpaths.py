@@ -41,3 +41,41 @@ def test_omoe_equals_one_softmax_gate_over_a_loop_of_experts():
     grad_ref = torch.autograd.grad(reference.sum(), x)[0]
     torch.testing.assert_close(grad_fast, grad_ref)
     assert {id(p) for p in trunk.shared_parameters()} == {id(p) for p in trunk.parameters()}
+
+
+def test_gate_softmax_equals_softmax_in_values_gradients_and_layout():
+    from hydranet.models.blocks import gate_softmax
+
+    torch.manual_seed(0)
+    b = 64
+    x_in = torch.randn(b, 5)
+    cases = []
+    for t, e in [(3, 8), (1, 2), (2, 16), (2, 40)]:
+        # gates come as a transposed view of one GEMM: [B, T*E] -> [T, B, E]
+        cases.append((x_in @ torch.randn(5, t * e)).view(b, t, e).transpose(0, 1))
+    cases.append(x_in @ torch.randn(5, 12))  # one [B, E] gate (PLE's shared gate)
+    for logits in cases:
+        x = logits.detach().requires_grad_(True)
+        ref_x = logits.detach().clone().requires_grad_(True)
+        y, ref = gate_softmax(x), ref_x.softmax(dim=-1)
+        assert y.shape == ref.shape and y.is_contiguous()
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-7)
+        cot = torch.randn_like(y)
+        (y * cot).sum().backward()
+        (ref * cot).sum().backward()
+        torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_mse_loss_matches_torch_bit_for_bit():
+    from hydranet.tasks import mse_loss
+
+    torch.manual_seed(0)
+    pred = torch.randn(257, 1, requires_grad=True)
+    target = torch.randn(257, 1)
+    ours = mse_loss(pred, target)
+    ref = F.mse_loss(pred, target, reduction="none")
+    assert torch.equal(ours, ref)
+    cot = torch.randn_like(ours)
+    (g_ours,) = torch.autograd.grad(ours, pred, cot)
+    (g_ref,) = torch.autograd.grad(ref, pred, cot)
+    assert torch.equal(g_ours, g_ref)

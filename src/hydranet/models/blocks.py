@@ -152,6 +152,23 @@ def _act(name: str) -> nn.Module:
     return activation(name)
 
 
+def gate_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.softmax(dim=-1)``, fast on the CPU for the narrow gates of expert trunks.
+
+    PyTorch's CPU softmax vectorises along the softmax dimension, so a gate over fewer than 16
+    experts (8 by default) wastes most of each vector: 1.45 ms forward and backward for 8,192
+    rows of 8 on two threads (2.9 ms on one, T = 8 gates at batch 1024), against 0.85 ms when
+    the experts' dimension is moved outermost, where the kernel vectorises across the rows
+    (measured on the 2-core benchmark machine; 16 or more experts are faster as they are).
+    The result is laid out as the plain softmax's is, contiguous; values agree to a few ulps.
+    CUDA and ONNX export keep the plain softmax (ONNX Runtime transposes non-last axes itself).
+    """
+    if logits.device.type != "cpu" or logits.shape[-1] >= 16 or torch.onnx.is_in_onnx_export():
+        return logits.softmax(dim=-1)
+    front = logits.movedim(-1, 0).contiguous().softmax(dim=0)
+    return front.movedim(0, -1).contiguous()
+
+
 def mix_experts(experts: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Gate-weighted sums of expert outputs: ``out[t] = sum_e probs[t, :, e] * experts[e]``.
 

@@ -83,8 +83,8 @@ class Towers(nn.Module):
         h = self.hidden(h)  # [T, B, H']
         if self.final is not None:
             y = self.final(h)  # [T, B, out]
-            return {t: y[i] for i, t in enumerate(self.tasks)}
-        return {t: self.finals[t](h[i]) for i, t in enumerate(self.tasks)}
+            return dict(zip(self.tasks, y.unbind(0), strict=True))
+        return {t: self.finals[t](hi) for t, hi in zip(self.tasks, h.unbind(0), strict=True)}
 
 
 class MultiTaskModel(nn.Module):

@@ -18,7 +18,13 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from hydranet.models.blocks import BatchedLinear, BatchedMLP, invalid_param, mix_experts
+from hydranet.models.blocks import (
+    BatchedLinear,
+    BatchedMLP,
+    gate_softmax,
+    invalid_param,
+    mix_experts,
+)
 from hydranet.models.trunks.base import TRUNKS, Trunk
 
 
@@ -89,12 +95,12 @@ class CGCLayer(nn.Module):
         self, task_in: torch.Tensor, experts: torch.Tensor, shared_in: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Gate the experts: ``task_in`` is ``[B, D]`` or ``[T, B, D]``; ``shared_in`` ``[B, D]``."""
-        selected = self.task_gates(task_in).softmax(dim=-1)  # [T, B, n_select]
+        selected = gate_softmax(self.task_gates(task_in))  # [T, B, n_select]
         t, b, s = selected.shape
         probs = selected.new_zeros(t, b, self.num_experts)
         probs = probs.scatter(2, self.task_select[:, None, :].expand(t, b, s), selected)
         if self.shared_gate is not None:
-            probs = torch.cat([probs, self.shared_gate(shared_in).softmax(dim=-1)[None]], dim=0)
+            probs = torch.cat([probs, gate_softmax(self.shared_gate(shared_in))[None]], dim=0)
         return mix_experts(experts, probs)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -143,7 +149,7 @@ class CGC(Trunk):
 
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.layer.mix(x, rep)  # [T, B, H]
-        return {t: h[i] for i, t in enumerate(self.tasks)}
+        return dict(zip(self.tasks, h.unbind(0), strict=True))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.layer.experts.parameters()

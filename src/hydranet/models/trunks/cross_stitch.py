@@ -65,4 +65,4 @@ class CrossStitch(Trunk):
         return h
 
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {t: rep[i] for i, t in enumerate(self.tasks)}
+        return dict(zip(self.tasks, rep.unbind(0), strict=True))

@@ -15,7 +15,13 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from hydranet.models.blocks import BatchedLinear, BatchedMLP, invalid_param, mix_experts
+from hydranet.models.blocks import (
+    BatchedLinear,
+    BatchedMLP,
+    gate_softmax,
+    invalid_param,
+    mix_experts,
+)
 from hydranet.models.trunks.base import TRUNKS, Trunk
 
 
@@ -56,9 +62,9 @@ class MMoE(Trunk):
         return self.experts(x)  # [E, B, H]
 
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
-        probs = self.gates(x).softmax(dim=-1)  # [T, B, E]
+        probs = gate_softmax(self.gates(x))  # [T, B, E]
         h = mix_experts(rep, probs)  # [T, B, H]
-        return {t: h[i] for i, t in enumerate(self.tasks)}
+        return dict(zip(self.tasks, h.unbind(0), strict=True))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.experts.parameters()

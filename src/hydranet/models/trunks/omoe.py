@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from hydranet.models.blocks import BatchedLinear, mix_experts
+from hydranet.models.blocks import BatchedLinear, gate_softmax, mix_experts
 from hydranet.models.trunks.base import TRUNKS
 from hydranet.models.trunks.mmoe import MMoE
 
@@ -52,7 +52,7 @@ class OMoE(MMoE):
         self.gates = BatchedLinear(1, input_dim, num_experts)  # the one gate
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.gates(x).softmax(dim=-1)  # [1, B, E]
+        probs = gate_softmax(self.gates(x))  # [1, B, E]
         return mix_experts(self.experts(x), probs)[0]  # [B, H]
 
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -83,7 +83,7 @@ class PLE(Trunk):
         n = len(self.tasks)
         last = self.levels[-1]
         h = last.mix(x, rep) if len(self.levels) == 1 else last.mix(rep[:n], rep[n:])
-        return {t: h[i] for i, t in enumerate(self.tasks)}
+        return dict(zip(self.tasks, h.unbind(0), strict=True))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         for level in self.levels[:-1]:

@@ -37,7 +37,7 @@ class SingleTask(Trunk):
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
         # Read rep (== x), not x, so gradients w.r.t. rep see every task path.
         h = self.bottoms(rep)  # [T, B, H]
-        return {t: h[i] for i, t in enumerate(self.tasks)}
+        return dict(zip(self.tasks, h.unbind(0), strict=True))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
