@@ -135,8 +135,34 @@ def test_shared_then_task_outputs_equals_forward(arch):
         assert split[t].shape == (len(cat), model.trunk.out_dims[t])
     outputs, _ = model.forward_with_rep(cat, num)
     plain = model(cat, num)
+    # the towers on the per-task dict give what the model's stacked fast path gives
+    via_dict = model.towers(split)
     for t in HEADS:
         torch.testing.assert_close(outputs[t], plain[t], rtol=0, atol=0)
+        torch.testing.assert_close(via_dict[t], plain[t], rtol=0, atol=0)
+
+
+def test_a_subclass_that_overrides_task_outputs_keeps_them():
+    from hydranet.models.trunks.mmoe import MMoE
+
+    class Halved(MMoE):
+        def task_outputs(self, x, rep):
+            return {t: h / 2 for t, h in super().task_outputs(x, rep).items()}
+
+    model = build("mmoe").eval()
+    cat, num = batch()
+    plain = model(cat, num)
+    halved = Halved(model.trunk.input_dim, model.trunk.tasks)
+    halved.load_state_dict(model.trunk.state_dict())
+    model.trunk = halved
+    x = model.encoder(cat, num)
+    want = model.towers(
+        {t: h / 2 for t, h in MMoE.task_outputs(halved, x, halved.shared(x)).items()}
+    )
+    got = model(cat, num)
+    for t in HEADS:
+        torch.testing.assert_close(got[t], want[t], rtol=0, atol=0)
+        assert not torch.equal(got[t], plain[t])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -51,7 +51,8 @@ def task_jacobian(
             g.reshape(k, -1) if g is not None else x.new_zeros(k, x.numel())
             for g, x in zip(grads, inputs, strict=True)
         ]
-        return torch.cat(rows, dim=1)
+        # one input (a representation, one weight): its rows as they are, not copied by cat
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
     out = []
     for i, loss in enumerate(losses):
         gi = torch.autograd.grad(

@@ -17,6 +17,7 @@ from torch import nn
 from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
 from hydranet.models.embedding import FeatureEncoder
 from hydranet.models.trunks import TRUNKS
+from hydranet.models.trunks.base import Trunk
 from hydranet.spec import ModelSpec
 
 
@@ -80,6 +81,11 @@ class Towers(nn.Module):
             h = first  # one tensor for all tasks (shared-bottom): one GEMM, no stacking
         else:
             h = torch.stack([features[t] for t in self.tasks])  # [T, B, H]
+        return self.forward_stacked(h)
+
+    def forward_stacked(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The towers on every task's input at once: ``h`` is ``[T, B, H]`` in task order
+        (or ``[B, H]``, the same input for every task); needs ``batched``."""
         h = self.hidden(h)  # [T, B, H']
         if self.final is not None:
             y = self.final(h)  # [T, B, out]
@@ -191,8 +197,15 @@ class MultiTaskModel(nn.Module):
             # Nothing shared before rep (e.g. numeric-only input into single_task):
             # make it a leaf so rep gradients are still defined (they flow nowhere).
             rep = rep.detach().requires_grad_()
-        features = self.trunk.task_outputs(x, rep)
-        return self.towers(features), rep
+        # a subclass that overrides task_outputs keeps its own (stacked_task_outputs is then
+        # only what it inherited)
+        own = type(self.trunk).task_outputs is not Trunk.task_outputs
+        stacked = None if own else self.trunk.stacked_task_outputs(x, rep)
+        if stacked is None:
+            return self.towers(self.trunk.task_outputs(x, rep)), rep
+        if self.towers.batched:
+            return self.towers.forward_stacked(stacked), rep
+        return self.towers(dict(zip(self.tasks, stacked.unbind(0), strict=True))), rep
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Encoder parameters and the trunk's shared ones: all computed before ``rep``."""

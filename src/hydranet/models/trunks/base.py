@@ -12,7 +12,10 @@ the per-task towers. Every trunk:
   respect to a shared representation (DESIGN.md principle 4):
   ``shared(x) -> rep`` and ``task_outputs(x, rep) -> dict[task, Tensor]``, with
   ``forward(x) == task_outputs(x, shared(x))``. Trunks without a natural shared
-  representation return ``x`` itself from ``shared``.
+  representation return ``x`` itself from ``shared``. A trunk whose task outputs
+  are one ``[T, B, H]`` tensor (all the built-in ones but OMoE) implements
+  ``stacked_task_outputs(x, rep)`` instead, and ``task_outputs`` splits it; the
+  towers then take the stacked tensor as it is (see ``MultiTaskModel``).
 * says which of its parameters are shared between tasks
   (``shared_parameters()``); gradient aggregation combines task gradients on those.
 """
@@ -42,8 +45,23 @@ class Trunk(nn.Module):
     def shared(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def stacked_task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> torch.Tensor | None:
+        """The task outputs as one ``[T, B, H]`` tensor in task order, or None (the default).
+
+        With it the model hands the tensor to the batched towers as it is. Splitting it into
+        T tensors and stacking them again costs a copy forward, and backward each split's
+        gradient is a full-size tensor (zero but for its slice) that autograd adds up: under
+        a gradient balancer's K-batched backward that was half the step (MMoE, K = 8).
+        """
+        return None
+
     def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        h = self.stacked_task_outputs(x, rep)
+        if h is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither task_outputs nor stacked_task_outputs"
+            )
+        return dict(zip(self.tasks, h.unbind(0), strict=True))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.task_outputs(x, self.shared(x))

@@ -147,9 +147,8 @@ class CGC(Trunk):
     def shared(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer.expert_outputs(x)
 
-    def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.layer.mix(x, rep)  # [T, B, H]
-        return dict(zip(self.tasks, h.unbind(0), strict=True))
+    def stacked_task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+        return self.layer.mix(x, rep)  # [T, B, H]
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.layer.experts.parameters()

@@ -61,10 +61,9 @@ class MMoE(Trunk):
     def shared(self, x: torch.Tensor) -> torch.Tensor:
         return self.experts(x)  # [E, B, H]
 
-    def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stacked_task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
         probs = gate_softmax(self.gates(x))  # [T, B, E]
-        h = mix_experts(rep, probs)  # [T, B, H]
-        return dict(zip(self.tasks, h.unbind(0), strict=True))
+        return mix_experts(rep, probs)  # [T, B, H]
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.experts.parameters()

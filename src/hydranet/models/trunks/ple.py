@@ -79,11 +79,10 @@ class PLE(Trunk):
             return experts
         return torch.cat([h[: len(self.tasks)], experts], dim=0)
 
-    def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stacked_task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
         n = len(self.tasks)
         last = self.levels[-1]
-        h = last.mix(x, rep) if len(self.levels) == 1 else last.mix(rep[:n], rep[n:])
-        return dict(zip(self.tasks, h.unbind(0), strict=True))
+        return last.mix(x, rep) if len(self.levels) == 1 else last.mix(rep[:n], rep[n:])
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         for level in self.levels[:-1]:

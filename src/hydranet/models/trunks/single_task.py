@@ -34,10 +34,9 @@ class SingleTask(Trunk):
         self.bottoms = BatchedMLP(len(self.tasks), input_dim, hidden, activation, dropout)
         self.out_dims = {t: self.bottoms.out_dim for t in self.tasks}
 
-    def task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stacked_task_outputs(self, x: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
         # Read rep (== x), not x, so gradients w.r.t. rep see every task path.
-        h = self.bottoms(rep)  # [T, B, H]
-        return dict(zip(self.tasks, h.unbind(0), strict=True))
+        return self.bottoms(rep)  # [T, B, H]
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
