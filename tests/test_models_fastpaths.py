@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,21 +10,32 @@ from hydranet.models.embedding import FeatureEncoder
 from hydranet.models.trunks.omoe import OMoE
 
 
-def test_feature_encoder_gradient_equals_nn_embedding():
-    # The encoder gathers rows with index_select (a cheap index_add_ backward on CPU);
-    # values and the table's gradient must equal nn.Embedding's, repeated indices included.
-    torch.manual_seed(0)
-    cards = [3, 1, 6, 2]
-    encoder = FeatureEncoder(cards, n_numeric=2, embedding_dim=4)
-    cat = torch.stack([torch.randint(0, c, (64,)) for c in cards], dim=1)
-    num = torch.randn(64, 2)
-    weights = torch.randn(64, encoder.out_dim)
-    (encoder(cat, num) * weights).sum().backward()
-    table = encoder.embedding.weight.detach().clone().requires_grad_()
-    plain = torch.cat([F.embedding(cat + encoder.offsets, table).flatten(1), num], dim=1)
-    (plain * weights).sum().backward()
-    torch.testing.assert_close(encoder(cat, num), plain)
-    torch.testing.assert_close(encoder.embedding.weight.grad, table.grad)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_feature_encoder_gradient_equals_nn_embedding(threads):
+    # The encoder gathers rows with index_select (one thread) or the flattened table with
+    # gather (several threads), each a cheap backward on CPU; values and the table's gradient
+    # must equal nn.Embedding's, repeated indices included, on both paths.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        cards = [3, 1, 6, 2]
+        encoder = FeatureEncoder(cards, n_numeric=2, embedding_dim=4)
+        assert encoder._flat_gather(encoder.embedding.weight) == (threads > 1)
+        cat = torch.stack([torch.randint(0, c, (64,)) for c in cards], dim=1)
+        num = torch.randn(64, 2)
+        weights = torch.randn(64, encoder.out_dim)
+        (encoder(cat, num) * weights).sum().backward()
+        table = encoder.embedding.weight.detach().clone().requires_grad_()
+        plain = torch.cat([F.embedding(cat + encoder.offsets, table).flatten(1), num], dim=1)
+        (plain * weights).sum().backward()
+        torch.testing.assert_close(encoder(cat, num), plain, rtol=0, atol=0)
+        torch.testing.assert_close(encoder.embedding.weight.grad, table.grad)
+        with torch.no_grad():  # inference takes the row path whatever the threads
+            assert not encoder._flat_gather(encoder.embedding.weight)
+            torch.testing.assert_close(encoder(cat, num), plain, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_omoe_equals_one_softmax_gate_over_a_loop_of_experts():
