@@ -400,3 +400,41 @@ def test_gradnorm_update_and_normalisation():
         b.backward(losses(), BalanceContext(shared_params=[W]))
         assert float(b.task_weights.sum()) == pytest.approx(3.0, rel=1e-12)
         assert (b.task_weights > 0).all()
+
+
+def test_cagrad_two_task_closed_form_matches_the_general_solver():
+    """K = 2 is solved in closed form; it reaches the projected-gradient solver's minimum
+    (on conflicting, aligned, opposite and scaled pairs)."""
+    import math
+
+    import numpy as np
+
+    from hydranet.balance._cagrad import _two_task_minimizer
+    from hydranet.balance._simplex import minimize_on_simplex
+
+    gen = torch.Generator().manual_seed(3)
+    pairs = [torch.randn(2, 30, generator=gen, dtype=torch.float64) for _ in range(40)]
+    g = torch.randn(30, generator=gen, dtype=torch.float64)
+    pairs += [torch.stack([g, -0.5 * g]), torch.stack([g, 2 * g]), torch.stack([g, g + 1e-3])]
+    checked = 0
+    for G in pairs:
+        A = (G @ G.T).numpy()
+        A = A / np.diagonal(A).mean()
+        b = np.full(2, 0.5)
+        Ab = A @ b
+        for c in (0.1, 0.5, 0.9):
+            s = c * math.sqrt(float(b @ Ab))
+
+            def f(w, A=A, Ab=Ab, s=s):
+                return float(w @ Ab + s * math.sqrt(w @ A @ w + 1e-20))
+
+            def grad(w, A=A, Ab=Ab, s=s):
+                return Ab + s * (A @ w) / math.sqrt(w @ A @ w + 1e-20)
+
+            w = _two_task_minimizer(A, Ab, s)
+            assert w is not None and w.min() >= 0 and abs(w.sum() - 1) < 1e-15
+            assert f(w) <= f(minimize_on_simplex(f, grad, b.copy())) + 1e-12
+            checked += 1
+    assert checked == 3 * len(pairs)
+    # identical gradients: the dual is flat in t; the general solver takes it
+    assert _two_task_minimizer(np.ones((2, 2)), np.ones(2), 0.5) is None

