@@ -127,9 +127,16 @@ def run_main(main: Callable[[], Any]) -> None:
 
 
 def setup_torch(threads: int, device: str) -> None:
-    """Same thread count for everything timed in one process; fail early on a missing GPU."""
+    """Same thread count for everything timed in one process; fail early on a missing GPU.
+
+    On the CPU, glibc's allocator is tuned up front (``hydranet.train._malloc``, as hydranet's
+    CPU trainer does), so a peer timed in the same process runs with the same allocator."""
     import torch
 
+    if not device.startswith("cuda"):
+        from hydranet.train import _malloc
+
+        _malloc.tune()
     torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: CUDA is not available on this machine")
@@ -200,6 +207,10 @@ def machine(device: str = "cpu", threads: int | None = None) -> str:
     if threads is not None:
         where += f", torch threads {threads}"
     where += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    from hydranet.train import _malloc
+
+    if _malloc._done:
+        where += ", glibc malloc tuned (mmap threshold 32 MiB, trim threshold 1 GiB)"
     try:
         load = os.getloadavg()[0]
         where += (

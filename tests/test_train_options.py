@@ -163,3 +163,20 @@ def test_trainer_gives_representation_methods_a_rep(tiny, tmp_path, method, rep_
         warnings.simplefilter("error")  # the no-representation fallback warns
         run = hydranet.train(spec, tmp_path / method, progress=False)
     assert np.isfinite(run.metrics_log[0]["train_loss"]["click"])
+
+
+def test_cpu_training_tunes_glibc_malloc_once_and_can_be_switched_off():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "from hydranet.train import _malloc; a = _malloc.tune(); b = _malloc.tune(); print(a, b)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "HYDRANET_MALLOC_TUNING": "0"}
+    off = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert off.stdout.split() == ["False", "False"]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on.stdout.split() == ["True", "True"]  # glibc accepted both settings

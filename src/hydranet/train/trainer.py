@@ -25,6 +25,7 @@ from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.model import MultiTaskModel
 from hydranet.spec import Spec
 from hydranet.tasks import HIGHER_IS_BETTER, Task
+from hydranet.train import _malloc
 from hydranet.train.distributed import Distributed, ShardedLoader
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
@@ -157,6 +158,8 @@ class Trainer:
         self.spec, self.cfg, self.tasks, self.splits, self.out = spec, cfg, tasks, splits, out
         self.dist = dist or Distributed()
         self.device = self.dist.device(select_device(cfg.device))
+        if self.device.type == "cpu":
+            _malloc.tune()  # large tensors reused, not unmapped after every op (see _malloc)
         self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(
             self.device
         )
