@@ -1,6 +1,6 @@
 """Out-of-core training: peak RSS and rows/s of one streamed epoch at growing row counts.
 
-    python benchmarks/memory_scale.py                      # 1M, 5M, 20M rows; appends to RESULTS.md
+    python benchmarks/memory_scale.py                      # 1M, 5M, 20M rows; writes its section of RESULTS.md
     python benchmarks/memory_scale.py --sizes 1e6 2e6 --dir /data/tmp
     python benchmarks/memory_scale.py --smoke              # tiny sizes, seconds, prints only
 
@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_NUM, N_CAT, CARD = 20, 5, [10, 100, 1000, 10_000, 50_000]
@@ -138,25 +141,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str, command: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    head = "## Out-of-core memory"
-    section = (
-        f"{head}\n\n"
-        f"Command: `{command}`  \n"
-        f"Machine: 2-core CPU container (shared with other jobs while measured), 24 GiB; date 2026-11-23.\n\n"
-        "One epoch of `data.streaming = true` training (MMoE, 4 experts of 32, batch 4096, shuffle buffer "
-        "262,144 rows, 64K-row chunks) over synthetic Parquet with 20 numeric + 5 categorical features and "
-        "3 tasks, each size in a fresh process; peak RSS is the process's `ru_maxrss` over the streaming "
-        "fit pass, the epoch and the final evaluation (20,000 in-memory validation rows).\n\n"
-        f"{text}\n"
+def write_results(text: str, command: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
+    """This script's section of RESULTS.md (between its markers; the others stay as they are)."""
+    body = (
+        "## Out-of-core memory\n\n"
+        + C.provenance(command, threads=1)
+        + "\nOne epoch of `data.streaming = true` training (MMoE, 4 experts of 32, batch 4096, "
+        "shuffle buffer 262,144 rows, 64K-row chunks) over synthetic Parquet with 20 numeric + 5 "
+        "categorical features and 3 tasks, each size in a fresh process; peak RSS is the "
+        "process's `ru_maxrss` over the streaming fit pass, the epoch and the final evaluation "
+        f"(20,000 in-memory validation rows).\n\n{text}\n"
     )
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if head in old:
-        start = old.index(head)
-        nxt = old.find("\n## ", start + len(head))
-        old = old[:start] + old[nxt + 1 :] if nxt >= 0 else old[:start]
-    path.write_text(old.rstrip() + "\n\n" + section)
+    C.write_section(path, "memory-scale", body)
 
 
 def main() -> None:
