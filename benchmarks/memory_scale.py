@@ -150,7 +150,9 @@ def write_results(text: str, command: str, path: Path = ROOT / "benchmarks" / "R
         "shuffle buffer 262,144 rows, 64K-row chunks) over synthetic Parquet with 20 numeric + 5 "
         "categorical features and 3 tasks, each size in a fresh process; peak RSS is the "
         "process's `ru_maxrss` over the streaming fit pass, the epoch and the final evaluation "
-        f"(20,000 in-memory validation rows).\n\n{text}\n"
+        "(20,000 in-memory validation rows). The children train through hydranet's CPU "
+        "trainer, so with its glibc malloc settings (`hydranet.train._malloc`: freed memory "
+        f"kept for reuse, not returned at once).\n\n{text}\n"
     )
     C.write_section(path, "memory-scale", body)
 
