@@ -248,29 +248,35 @@ def model_shapes(trainer, batch) -> dict[str, int]:
     }
 
 
-NOTES = """Why rows miss (mechanisms, from profiling `train_step` with cProfile on this model):
+NOTES = """Where the time goes (from profiling `train_step` with torch.profiler on this model):
 
-- **`rep_grad = true` is not the cheap formulation for this MMoE.** Its representation is every
-  expert's output for every row ({rep} values per task at batch {batch}), about {times:.0f}× the
-  {shared:,} shared parameters; the task-gradient matrix G (K × {rep}) is larger, the batched
-  vector-Jacobian pass still runs through all K towers and gates, and the combined gradient then
-  needs one more backward through the experts. So at K = 8 most gradient methods are as fast or
-  faster with `rep_grad = false` (exact parameter gradients) — compare the two rows of each method.
-  The representation formulation pays off only when the representation is smaller than the shared
-  parameters (wide trunks, embedding tables, small batches).
+- **The per-task gradients** are one K-batched vector-Jacobian pass (vmap over the K rows of
+  the identity) plus the heads' backward; the K × K solvers are a small part. Three things made
+  that pass cheap on the CPU (2026-11-28; before them every K = 8 gradient method took 4–4.5×
+  ew): the trunk hands its `[T, B, H]` output to the batched towers as one tensor (splitting it
+  into T views and stacking them again made the batched backward add up K full-size zero-padded
+  gradients: half the step), the regression loss is written so that its backward has a vmap
+  rule, and glibc's allocator keeps freed tensors' memory (`hydranet.train._malloc`) instead of
+  unmapping and re-faulting it every op.
+- **`rep_grad = true`** differentiates to the representation: every expert's output for every
+  row ({rep} values per task at batch {batch}, about {times:.0f}× the {shared:,} shared
+  parameters); the task-gradient matrix G (K × {rep}) is larger and the combined gradient needs
+  one more backward through the experts, so on this model it is no cheaper than exact parameter
+  gradients — compare the two rows of each method. It pays off when the representation is
+  smaller than the shared parameters (wide trunks, embedding tables, small batches).
+- **`graddrop` with `rep_grad = true`** also draws one uniform number per representation value
+  every step ({rep} at K = 2: about 1 ms on the CPU) and masks G elementwise; that is what keeps
+  it above 2× at K = 2.
 - **`gradnorm`** is loss weighting by family but needs the K per-task gradient norms at the last
   shared layer every step: a K-batched vector-Jacobian pass on top of the one backward; 1.1× is out
   of reach by construction (and `rep_grad = true` changes nothing under the trainer: the trainer
   computes the representation only for the gradient family, so `ctx.rep` is None and GradNorm
   falls back to the shared layer).
-- **`cagrad`**: its K-variable dual is solved by projected gradient descent in Python
-  (`_simplex.minimize_on_simplex`, tolerance 1e-12, up to 1000 iterations of tiny tensor ops): tens
-  of milliseconds per step whatever the model size.
-- **`upgrad`**: K box-constrained QPs per step (`_simplex.box_qp`, a Python active-set loop each).
-- **`mgda`, `mgda_ub`, `pcgrad`, `imtl`, `nash_mtl`, `graddrop`, `aligned_mtl`** at K = 8: the cost is the
-  per-task gradients themselves — one K-batched backward (vmap) plus the heads' backward, about 3.5–4.5×
-  a plain backward on this small model, where the backward is most of the step; the K × K solvers
-  are a small part. Rows near 4× are within the run-to-run noise (see the paired IQR).
+- **`cagrad`** solves its K-variable dual in closed form at K = 2 and by projected gradient
+  descent on NumPy floats otherwise (`_simplex.minimize_on_simplex`, ~2–3 ms at K = 8);
+  **`upgrad`** solves K box-constrained QPs (`_simplex.box_qp`, an active-set loop each, ~0.5 ms
+  at K = 8). Rows within a few tenths of each other are within the run-to-run noise (see the
+  paired IQR).
 """
 
 
