@@ -29,7 +29,9 @@ def test_compile_traces_the_model(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(
         torch, "compile", lambda model, **kw: real(model, backend="eager", fullgraph=True)
     )
-    run = hydranet.train(_spec(tiny, compile=True, epochs=1), tmp_path / "compiled", progress=False)
+    # two threads: the eager CPU embedding path then differs from the one compile must take
+    spec = _spec(tiny, compile=True, epochs=1, threads=2)
+    run = hydranet.train(spec, tmp_path / "compiled", progress=False)
     assert np.isfinite(run.metrics_log[0]["train_loss"]["click"])
 
 

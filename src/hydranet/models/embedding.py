@@ -79,7 +79,11 @@ class FeatureEncoder(nn.Module):
 
     @staticmethod
     def _flat_gather(weight: torch.Tensor) -> bool:
-        """Training on a CPU with several threads (see ``forward``); never in ONNX export."""
+        """Training on a CPU with several threads (see ``forward``); never in ONNX export, and
+        never under ``torch.compile`` (its kernels are its own, and ``get_num_threads`` cannot
+        be traced into a full graph)."""
+        if torch.compiler.is_compiling():
+            return False
         return (
             weight.device.type == "cpu"
             and weight.requires_grad
