@@ -209,7 +209,7 @@ def machine(device: str = "cpu", threads: int | None = None) -> str:
     where += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     from hydranet.train import _malloc
 
-    if _malloc._done:
+    if _malloc.tuned():
         where += ", glibc malloc tuned (mmap threshold 32 MiB, trim threshold 1 GiB)"
     try:
         load = os.getloadavg()[0]

@@ -50,8 +50,8 @@ class FeatureEncoder(nn.Module):
         # Derived from the cardinalities, so not part of the checkpoint.
         self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
         # the same offsets in the flattened table, one per (column, component): [C, dim]
-        flat = torch.tensor(starts, dtype=torch.long)[:, None] * embedding_dim
-        self.register_buffer("flat_offsets", flat + torch.arange(embedding_dim), persistent=False)
+        flat = self.offsets[:, None] * embedding_dim + torch.arange(embedding_dim)
+        self.register_buffer("flat_offsets", flat, persistent=False)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         parts = []

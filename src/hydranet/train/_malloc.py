@@ -33,6 +33,11 @@ _TRIM_THRESHOLD = 1 << 30
 _done: bool | None = None
 
 
+def tuned() -> bool:
+    """Whether ``tune()`` has applied the settings in this process (it applies nothing itself)."""
+    return bool(_done)
+
+
 def tune() -> bool:
     """Apply the settings (once per process); True if glibc accepted both."""
     global _done
