@@ -7,7 +7,6 @@ turns a table of feature columns into per-task predictions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ import torch
 
 from hydranet import rundir
 from hydranet.data.preprocess import Preprocessor
+from hydranet.models.build import build_model
 from hydranet.errors import DataError, UserError
 from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.spec import Spec
-from hydranet.tasks import Task, build_task
+from hydranet.tasks import Task
 from hydranet.train.state_io import load_tensors
 
 
@@ -45,8 +45,6 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
-        from hydranet.train.trainer import build_model
-
         path = Path(path)
         for name in (rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS):
             if not (path / name).is_file():
@@ -60,11 +58,8 @@ class Run:
             raise UserError(
                 f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'"
             )
-        spec = Spec.from_dict(_read_json(path / rundir.SPEC), source=str(path / rundir.SPEC))
-        prep = Preprocessor.from_dict(_read_json(path / rundir.PREPROCESSOR))
-        states = _read_json(path / rundir.TASKS)
-        tasks = [build_task(ts, states.get(ts.name)) for ts in spec.tasks]
-        model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks)
+        spec, prep, tasks, encoder_states = rundir.read_meta(path)
+        model = build_model(spec, prep, tasks, encoder_states)
         tensors, _ = load_tensors(weights)
         try:
             model.load_state_dict(tensors)
@@ -106,8 +101,8 @@ class Run:
         )
 
     def predict_arrays(self, table: pa.Table, batch_size: int = 65536) -> dict[str, np.ndarray]:
-        cat, num = self.preprocessor.transform(table)
-        preds, _ = predict_arrays(self.model, cat, num, self.tasks, batch_size, self.device)
+        features = self.preprocessor.transform(table)
+        preds, _ = predict_arrays(self.model, features, self.tasks, batch_size, self.device)
         return preds
 
     def predict(self, data: Any, batch_size: int = 65536):
@@ -146,8 +141,4 @@ class Run:
         return split_metrics(self.tasks, preds, labels, masks)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
+_read_json = rundir.read_json

@@ -1,7 +1,8 @@
 """The run directory: what a finished (or interrupted) training leaves behind.
 
-``spec.json`` (resolved Spec), ``preprocessor.json``, ``tasks.json`` (fitted
-label state), ``model.safetensors``, ``checkpoint.safetensors`` (full training
+``spec.json`` (resolved Spec), ``preprocessor.json`` (fitted feature groups),
+``tasks.json`` (fitted label state), ``encoders.json`` (what data-fitted encoders
+learned, e.g. bins), ``model.safetensors``, ``checkpoint.safetensors`` (full training
 state), ``best.safetensors`` (early stopping), ``metrics.jsonl`` (one line per
 epoch) and ``final_metrics.json``. JSON and safetensors only: nothing unpickles.
 """
@@ -21,6 +22,7 @@ from hydranet.errors import UserError
 SPEC = "spec.json"
 PREPROCESSOR = "preprocessor.json"
 TASKS = "tasks.json"
+ENCODERS = "encoders.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
@@ -70,10 +72,39 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_meta(out: Path, spec, preprocessor, tasks) -> None:
+def write_meta(out: Path, spec, preprocessor, tasks, encoder_states=None) -> None:
     write_json(out / SPEC, spec.to_dict())
     write_json(out / PREPROCESSOR, preprocessor.to_dict())
     write_json(out / TASKS, {t.name: t.state for t in tasks})
+    write_json(out / ENCODERS, encoder_states or {})
+
+
+def read_json(path: Path) -> Any:
+    """A run file's JSON; a one-line UserError when it is not JSON (or not UTF-8)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
+
+
+def read_meta(path: Path):
+    """``(spec, preprocessor, tasks, encoder_states)`` of a run directory: JSON only, no weights."""
+    from hydranet.data.preprocess import Preprocessor
+    from hydranet.spec import Spec
+    from hydranet.tasks import build_task
+
+    for name in (SPEC, PREPROCESSOR, TASKS):
+        if not (path / name).is_file():
+            raise UserError(f"{path} is not a complete hydranet run: {name} is missing")
+    spec = Spec.from_dict(read_json(path / SPEC), source=str(path / SPEC))
+    prep = Preprocessor.from_dict(read_json(path / PREPROCESSOR))
+    states = read_json(path / TASKS)
+    tasks = [build_task(ts, states.get(ts.name)) for ts in spec.tasks]
+    # runs written before encoders.json existed have only parameter-free encoders
+    encoders = read_json(path / ENCODERS) if (path / ENCODERS).is_file() else {}
+    return spec, prep, tasks, encoders
 
 
 def write_weights(out: Path, model: torch.nn.Module) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hydranet.errors import SpecError
+from hydranet.errors import SpecError, UserError
 
 
 class _Part(BaseModel):
@@ -52,8 +52,17 @@ class DataSpec(_Part):
         0.0, ge=0.0, lt=1.0, description="split off from train when no test file"
     )
     split_seed: int = 0
-    numeric: list[str] = Field(default_factory=list, description="numeric feature columns")
-    categorical: list[str] = Field(default_factory=list, description="categorical feature columns")
+    numeric: list[str] | Literal["*"] = Field(
+        default_factory=list,
+        description="numeric feature columns (the feature group 'numeric'); '*' = every column no label, other group or 'exclude' takes",
+    )
+    categorical: list[str] | Literal["*"] = Field(
+        default_factory=list,
+        description="categorical feature columns (the feature group 'categorical'); '*' as for numeric",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="columns a '*' group leaves out (ids, leaky columns)"
+    )
     log1p: list[str] = Field(
         default_factory=list,
         description="numeric columns to transform with sign(x)*log1p(|x|) before scaling",
@@ -109,6 +118,33 @@ class TaskSpec(_Part):
         return [self.column or self.name]
 
 
+class FeatureGroupSpec(_Part):
+    """One ``[[features]]`` group: named columns of one kind, one tensor in every batch."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the group's name: its key in a batch, its ONNX input and its encoder's key in model.encoders",
+    )
+    kind: str = Field(
+        description="numeric, categorical, or a registered / 'pkg.mod:Group' feature kind"
+    )
+    columns: list[str] | Literal["*"] = Field(
+        description="the group's columns; '*' = every column no label, other group or 'exclude' takes"
+    )
+    exclude: list[str] = Field(default_factory=list, description="columns a '*' group leaves out")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the kind's parameters (numeric: log1p; categorical: min_count)",
+    )
+
+
+class EncoderSpec(_Part):
+    name: str = Field(
+        description="an encoder of the ENCODERS registry (embedding, identity, linear, piecewise_linear, periodic) or 'pkg.mod:Encoder'"
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelSpec(_Part):
     architecture: str = Field(
         "mmoe",
@@ -133,6 +169,13 @@ class ModelSpec(_Part):
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    encoders: dict[str, EncoderSpec] = Field(
+        default_factory=dict,
+        description="the encoder of a feature group, by group name (default: the group kind's own: embedding for categorical, identity for numeric)",
+    )
+    fusion: str = Field(
+        "concat", description="how the groups' vectors become the trunk input (FUSIONS registry)"
+    )
 
 
 class ScheduleSpec(_Part):
@@ -180,6 +223,10 @@ class BalanceSpec(_Part):
 class Spec(_Part):
     name: str = "experiment"
     data: DataSpec
+    features: list[FeatureGroupSpec] = Field(
+        default_factory=list,
+        description="feature groups; data.numeric / data.categorical are a shortcut for the groups 'numeric' and 'categorical'",
+    )
     tasks: list[TaskSpec] = Field(min_length=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -192,6 +239,34 @@ class Spec(_Part):
         if dup:
             raise ValueError(f"task names must be unique; repeated: {', '.join(dup)}")
         return self
+
+    def feature_groups(self) -> list[FeatureGroupSpec]:
+        """The ``[[features]]`` groups, then the shortcut groups of ``data.categorical`` and
+        ``data.numeric`` (in that order, the layout of earlier versions)."""
+        groups = list(self.features)
+        d = self.data
+        if d.categorical:
+            params = {"min_count": d.min_count} if d.min_count != 1 else {}
+            groups.append(
+                FeatureGroupSpec(
+                    name="categorical",
+                    kind="categorical",
+                    columns=d.categorical,
+                    exclude=d.exclude if d.categorical == "*" else [],
+                    params=params,
+                )
+            )
+        if d.numeric:
+            groups.append(
+                FeatureGroupSpec(
+                    name="numeric",
+                    kind="numeric",
+                    columns=d.numeric,
+                    exclude=d.exclude if d.numeric == "*" else [],
+                    params={"log1p": list(d.log1p)} if d.log1p else {},
+                )
+            )
+        return groups
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -265,6 +340,7 @@ class Spec(_Part):
                 problems.append(
                     (f"tasks[{i}].columns", "only multilabel tasks take 'columns'; use 'column'")
                 )
+        problems += self._check_features()
         problems += _check_named(
             TRUNKS,
             self.model.architecture,
@@ -284,7 +360,55 @@ class Spec(_Part):
         return problems
 
 
+    def _check_features(self) -> list[tuple[str, str]]:
+        """Feature kinds, their parameters, group names, encoders and the fusion."""
+        from hydranet.features import FEATURES
+        from hydranet.models.encoders import ENCODERS, FUSIONS
+
+        problems: list[tuple[str, str]] = []
+        for i, g in enumerate(self.features):
+            problems += _check_named(
+                FEATURES,
+                g.kind,
+                g.params,
+                f"features[{i}].kind",
+                f"features[{i}].params",
+                skip=_GROUP_BUILT_ARGS,
+            )
+        names = [g.name for g in self.features]
+        shortcut = [n for n, cols in (("categorical", self.data.categorical), ("numeric", self.data.numeric)) if cols]
+        for n in sorted({n for n in names if names.count(n) > 1} | (set(names) & set(shortcut))):
+            where = "data." + n if n in shortcut else "features"
+            problems.append(
+                (where, f"feature group {n!r} is defined twice; group names must be unique")
+            )
+        groups = set(names) | set(shortcut)
+        for key, enc in self.model.encoders.items():
+            if key not in groups:
+                problems.append(
+                    (
+                        f"model.encoders.{key}",
+                        f"no feature group {key!r}; groups: {', '.join(sorted(groups)) or '(none)'}",
+                    )
+                )
+            problems += _check_named(
+                ENCODERS,
+                enc.name,
+                enc.params,
+                f"model.encoders.{key}.name",
+                f"model.encoders.{key}.params",
+                skip=_ENCODER_BUILT_ARGS,
+            )
+        try:
+            FUSIONS.get(self.model.fusion)
+        except UserError as e:
+            problems.append(("model.fusion", str(e)))
+        return problems
+
+
 # Constructor arguments filled by hydranet itself, not by the user's params.
+_GROUP_BUILT_ARGS = {"self", "name", "columns"}
+_ENCODER_BUILT_ARGS = {"self", "group", "model_spec", "state"}
 _TRUNK_BUILT_ARGS = {"self", "input_dim", "tasks", "activation", "dropout"}
 _BALANCER_BUILT_ARGS = {"self", "tasks", "weights", "rep_grad"}
 

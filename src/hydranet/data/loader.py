@@ -1,7 +1,7 @@
 """Prepared tensors and the batch loader.
 
-A split is held as a few contiguous tensors (categorical indices, numeric
-values, a label and a mask per task). A batch is one ``index_select`` per
+A split is held as a few contiguous tensors in the batch format (one per feature
+group, a target tuple and a mask per task). A batch is one ``index_select`` per
 tensor with a block of a per-epoch permutation, so an epoch costs a handful of
 kernel calls per batch and no Python per row, and the whole split can live on
 the GPU when it fits.
@@ -32,14 +32,27 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "BatchLoader", "ResumablePosition", "TensorData", "build_tensor_data"]
 
 
+Targets = tuple[torch.Tensor, ...]
+
+
+def _map_targets(fn, targets: dict[str, Targets]) -> dict[str, Targets]:
+    return {k: tuple(fn(t) for t in v) for k, v in targets.items()}
+
+
 @dataclass
 class Batch:
-    """One batch: features, and a target and label mask per task."""
+    """One batch in the one format of the whole path: features by group name, and targets
+    and a label mask by task name.
 
-    cat: torch.Tensor  # [B, C] int64
-    num: torch.Tensor  # [B, F] float32
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # bool, True where labeled
+    ``features[group]`` is the group's tensor (``[B, C]`` int64 category indices, ``[B, F]``
+    float32 values, ...). ``targets[task]`` is a tuple: the label tensor first; a task may
+    carry more (a teacher's soft labels as a second target). ``masks[task]`` is True where
+    the row is labeled.
+    """
+
+    features: dict[str, torch.Tensor]
+    targets: dict[str, Targets] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
     size: int = 0
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -47,47 +60,55 @@ class Batch:
             return t.to(device, non_blocking=non_blocking)
 
         return Batch(
-            move(self.cat),
-            move(self.num),
-            {k: move(v) for k, v in self.labels.items()},
+            {k: move(v) for k, v in self.features.items()},
+            _map_targets(move, self.targets),
             {k: move(v) for k, v in self.masks.items()},
             self.size,
         )
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.features.values())).device
+
 
 @dataclass
 class TensorData:
-    """A whole split as contiguous tensors that share their first dimension."""
+    """A whole split in the batch format: contiguous tensors that share their first dimension."""
 
-    cat: torch.Tensor  # [N, C] int64
-    num: torch.Tensor  # [N, F] float32
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor]
+    targets: dict[str, Targets] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n = self.cat.shape[0]
-        for name, t in [("num", self.num), *self.labels.items(), *self.masks.items()]:
+        if not self.features:
+            raise ValueError("TensorData needs at least one feature group")
+        n = len(self)
+        named = [
+            *self.features.items(),
+            *((f"{k}[{i}]", t) for k, v in self.targets.items() for i, t in enumerate(v)),
+            *self.masks.items(),
+        ]
+        for name, t in named:
             if t.shape[0] != n:
-                raise ValueError(f"TensorData: {name!r} has {t.shape[0]} rows, cat has {n}")
+                raise ValueError(f"TensorData: {name!r} has {t.shape[0]} rows, the features {n}")
 
     def __len__(self) -> int:
-        return self.cat.shape[0]
+        return next(iter(self.features.values())).shape[0]
 
     @property
     def device(self) -> torch.device:
-        return self.cat.device
+        return next(iter(self.features.values())).device
 
     def _tensors(self) -> Iterator[torch.Tensor]:
-        yield self.cat
-        yield self.num
-        yield from self.labels.values()
+        yield from self.features.values()
+        for v in self.targets.values():
+            yield from v
         yield from self.masks.values()
 
-    def _map(self, fn) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+    def _map(self, fn) -> tuple[dict, dict, dict]:
         return (
-            fn(self.cat),
-            fn(self.num),
-            {k: fn(v) for k, v in self.labels.items()},
+            {k: fn(v) for k, v in self.features.items()},
+            _map_targets(fn, self.targets),
             {k: fn(v) for k, v in self.masks.items()},
         )
 
@@ -106,6 +127,21 @@ class TensorData:
         """Rows ``start:stop`` as views, no copy (for evaluation in file order)."""
         stop = min(stop, len(self))
         return Batch(*self._map(lambda t: t[start:stop]), size=max(0, stop - start))
+
+    @staticmethod
+    def concat(parts: Sequence[TensorData]) -> TensorData:
+        """The rows of ``parts`` one after the other."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        return TensorData(
+            {k: torch.cat([p.features[k] for p in parts]) for k in first.features},
+            {
+                k: tuple(torch.cat([p.targets[k][i] for p in parts]) for i in range(len(v)))
+                for k, v in first.targets.items()
+            },
+            {k: torch.cat([p.masks[k] for p in parts]) for k in first.masks},
+        )
 
 
 class ResumablePosition:
@@ -206,11 +242,11 @@ def build_tensor_data(
     table: pa.Table, preprocessor: Preprocessor, tasks: Sequence[Task]
 ) -> TensorData:
     """Features through the fitted preprocessor, and each task's targets and label mask."""
-    cat, num = preprocessor.transform(table)
-    labels: dict[str, torch.Tensor] = {}
+    features = preprocessor.transform(table)
+    targets: dict[str, Targets] = {}
     masks: dict[str, torch.Tensor] = {}
     for task in tasks:
         values, mask = task.encode(table)
-        labels[task.name] = task.targets(values).contiguous()
+        targets[task.name] = (task.targets(values).contiguous(),)
         masks[task.name] = torch.as_tensor(mask, dtype=torch.bool).contiguous()
-    return TensorData(cat, num, labels, masks)
+    return TensorData(features, targets, masks)

@@ -239,16 +239,7 @@ def open_streaming(
 
 
 # ---------------------------------------------------------------- the loader
-def concat(parts: Sequence[TensorData]) -> TensorData:
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return TensorData(
-        torch.cat([p.cat for p in parts]),
-        torch.cat([p.num for p in parts]),
-        {k: torch.cat([p.labels[k] for p in parts]) for k in first.labels},
-        {k: torch.cat([p.masks[k] for p in parts]) for k in first.masks},
-    )
+concat = TensorData.concat
 
 
 class StreamingLoader(ResumablePosition):
@@ -311,7 +302,7 @@ class StreamingLoader(ResumablePosition):
                 yield data, perm[start : start + bs]
             pending = [data.take(perm[full:])] if full < len(data) else []
             pending = [
-                TensorData(p.cat, p.num, p.labels, p.masks) for p in pending
+                TensorData(p.features, p.targets, p.masks) for p in pending
             ]  # Batch -> TensorData
             rows = len(data) - full
             del data, perm

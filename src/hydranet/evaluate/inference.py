@@ -11,15 +11,15 @@ from hydranet.tasks import Task
 @torch.inference_mode()
 def predict_arrays(
     model: torch.nn.Module,
-    cat: torch.Tensor,
-    num: torch.Tensor,
+    features: dict[str, torch.Tensor],
     tasks: list[Task],
     batch_size: int = 65536,
     device: torch.device | str = "cpu",
     targets: dict[str, torch.Tensor] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-task predictions (probabilities / values) and, when targets are given, mean loss per task.
+    """Per-task predictions (probabilities / values) of ``features`` (``{group: tensor}``,
+    the batch format) and, when targets are given, mean loss per task.
 
     The loss is the mean over labeled elements of the whole split, the same
     quantity the trainer minimizes.
@@ -29,10 +29,10 @@ def predict_arrays(
     preds: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     loss_sum = {t.name: 0.0 for t in tasks}
     loss_n = {t.name: 0.0 for t in tasks}
-    n = cat.shape[0]
+    n = next(iter(features.values())).shape[0]
     for start in range(0, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
-        out = model(cat[sl].to(device, non_blocking=True), num[sl].to(device, non_blocking=True))
+        out = model({k: v[sl].to(device, non_blocking=True) for k, v in features.items()})
         for t in tasks:
             preds[t.name].append(t.predict(out[t.name]).float().cpu())
             if targets is not None and masks is not None:

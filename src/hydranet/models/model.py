@@ -1,4 +1,8 @@
-"""MultiTaskModel: feature encoder → trunk (the MTL architecture) → one tower per task.
+"""MultiTaskModel: input encoders → trunk (the MTL architecture) → one tower per task.
+
+The input side is one encoder per feature group and a fusion step
+(:class:`~hydranet.models.encoders.InputEncoder`); the model takes the batch format's
+features, ``{group name: tensor}``.
 
 The trunk is looked up by ``ModelSpec.architecture`` in ``TRUNKS`` (a built-in
 name or a ``"package.module:Class"`` import path) and built with the Spec's
@@ -10,12 +14,13 @@ built-in trunks) the towers run batched, one matmul per layer for all tasks.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
-from hydranet.models.embedding import FeatureEncoder
+from hydranet.models.encoders import InputEncoder
 from hydranet.models.trunks import TRUNKS
 from hydranet.models.trunks.base import Trunk
 from hydranet.spec import ModelSpec
@@ -94,23 +99,25 @@ class Towers(nn.Module):
 
 
 class MultiTaskModel(nn.Module):
-    """Encoder → trunk → towers; ``forward(cat, num) -> {task: [B, out_dim]}``.
+    """Encoders → trunk → towers; ``forward({group: tensor}) -> {task: [B, out_dim]}``.
 
-    ``heads`` maps each task to its output width (1 for binary and regression,
-    the number of classes or labels otherwise), in the order tasks are reported.
+    ``groups`` describes each fitted feature group (``Preprocessor.info()``: its kind and
+    what its encoder needs), ``heads`` maps each task to its output width (1 for binary
+    and regression, the number of classes or labels otherwise), in the order tasks are
+    reported, and ``encoder_states`` holds what data-fitted encoders learned (bins).
     """
 
     def __init__(
         self,
-        cardinalities: Sequence[int],
-        n_numeric: int,
+        groups: dict[str, dict[str, Any]],
         heads: dict[str, int],
         spec: ModelSpec,
+        encoder_states: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.tasks = list(heads)
         self.heads = dict(heads)
-        self.encoder = FeatureEncoder(cardinalities, n_numeric, spec.embedding_dim)
+        self.encoder = InputEncoder(groups, spec, encoder_states)
         trunk_cls = TRUNKS.get(spec.architecture)
         self.trunk = trunk_cls(
             self.encoder.out_dim,
@@ -155,19 +162,18 @@ class MultiTaskModel(nn.Module):
         (0.0651/0.0642/0.0628 against 0.0631/0.0613/0.0575 at p = 0.5/0.9/1.0): a
         small cost on that regression problem, taken for the census gates.
         """
-        if self.encoder.embedding is not None:
-            nn.init.normal_(self.encoder.embedding.weight, 0.0, spec.embedding_init_std)
+        self.encoder.reset_parameters()  # embeddings from N(0, embedding_init_std)
         scale = spec.head_init_scale
         if scale is None:
             scale = self.trunk.head_init_scale
         for layer in self.towers.output_layers():
             layer.weight.mul_(scale)
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward_with_rep(cat, num)[0]
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.forward_with_rep(features)[0]
 
     def forward_with_rep(
-        self, cat: torch.Tensor, num: torch.Tensor
+        self, features: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Outputs plus the trunk's shared representation ``rep = trunk.shared(x)``.
 
@@ -178,7 +184,7 @@ class MultiTaskModel(nn.Module):
         (:meth:`shared_parameters`) are all computed before ``rep``, so a
         representation-gradient balancer does::
 
-            outputs, rep = model.forward_with_rep(cat, num)
+            outputs, rep = model.forward_with_rep(features)
             losses = [loss_t(outputs[t], y_t) for t in tasks]
             grads = [torch.autograd.grad(l, rep, retain_graph=True)[0] for l in losses]
             torch.autograd.backward(sum(losses), inputs=list(model.task_parameters()),
@@ -191,7 +197,7 @@ class MultiTaskModel(nn.Module):
         path's share of the encoder gradient is left out under rep gradients, as in
         LibMTL. Everything downstream of ``rep`` gets the ordinary sum.
         """
-        x = self.encoder(cat, num)
+        x = self.encoder(features)
         rep = self.trunk.shared(x)
         if not rep.requires_grad and torch.is_grad_enabled():
             # Nothing shared before rep (e.g. numeric-only input into single_task):

@@ -11,12 +11,13 @@ from hydranet.spec import Spec
 
 def plan(spec: Spec) -> str:
     from hydranet.train.prepare import prepare, resolve_spec
-    from hydranet.train.trainer import build_balancer, build_model
+    from hydranet.models.build import build_model
+    from hydranet.train.trainer import _fit_encoders, build_balancer
 
     spec = resolve_spec(spec)
     torch_seed(spec.train.seed)
     tasks, prep, splits = prepare(spec)
-    model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks)
+    model = build_model(spec, prep, tasks, _fit_encoders(spec, prep, tasks, splits["train"]))
     build_balancer(spec)  # fails here, not mid-training, on bad balance params
     lines = ["# resolved spec", json.dumps(spec.to_dict(), indent=2), "", "# model"]
     summary = model.parameter_summary()
@@ -25,9 +26,15 @@ def plan(spec: Spec) -> str:
         lines.append(f"  {part:<{width}}  {n:>10,}")
     lines.append(f"  {'total':<{width}}  {sum(p.numel() for p in model.parameters()):>10,}")
     lines += ["", "# data"]
-    lines.append(
-        f"  features: {len(spec.data.numeric)} numeric → {prep.n_numeric_out} columns, {len(spec.data.categorical)} categorical (vocabulary sizes {sum(prep.cardinalities):,} in all)"
-    )
+    for name, group in prep.groups.items():
+        encoder = type(model.encoder.encoders[name]).__name__
+        width = model.encoder.encoders[name].out_dim
+        extra = ""
+        if group.kind == "categorical":
+            extra = f", vocabulary sizes {sum(group.cardinalities):,} in all"
+        lines.append(
+            f"  features {name!r}: {group.kind}, {len(group.columns)} columns → {len(group.names_out)} values{extra}; encoder {encoder} → {width}"
+        )
     for name, split in splits.items():
         if not hasattr(split, "masks"):  # a streamed split is never loaded whole
             lines.append(

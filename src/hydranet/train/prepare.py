@@ -36,7 +36,9 @@ def encode_split(table: pa.Table, preprocessor: Preprocessor, tasks: list[Task])
 
 
 def resolve_spec(spec: Spec) -> Spec:
-    """The Spec with a bundled dataset's paths and columns filled in."""
+    """The Spec with a bundled dataset's paths and columns filled in, every ``"*"`` feature
+    group expanded to its columns, and every feature and label column checked against the
+    training data's schema, all problems at once (one line each)."""
     data = spec.data if spec.data.dataset is None else resolve_dataset(spec.data)
     resolved = spec.model_copy(update={"data": data})
     if not data.train:
@@ -48,37 +50,94 @@ def resolve_spec(spec: Spec) -> Spec:
                 )
             ]
         )
-    if not data.numeric and not data.categorical:
-        raise SpecError(
-            [("data.numeric", "no feature columns: list 'numeric' and/or 'categorical' columns")]
-        )
-    overlap = set(data.numeric) & set(data.categorical)
-    if overlap:
+    groups = resolved.feature_groups()
+    if not groups:
         raise SpecError(
             [
                 (
-                    "data.categorical",
-                    f"column(s) listed as both numeric and categorical: {', '.join(sorted(overlap))}",
+                    "data.numeric",
+                    "no feature columns: list 'numeric' and/or 'categorical' columns, or [[features]] groups",
                 )
             ]
         )
-    labels = {c for t in spec.tasks for c in t.label_columns}
-    leak = labels & (set(data.numeric) | set(data.categorical))
+    labels = list(dict.fromkeys(c for t in spec.tasks for c in t.label_columns))
+    schema = _train_schema(data)
+    resolved = _expand_stars(resolved, schema.names, labels)
+    groups = resolved.feature_groups()
+    problems: list[tuple[str, str]] = []
+    owner: dict[str, str] = {}
+    for g in groups:
+        for c in g.columns:
+            if c in owner:
+                problems.append(
+                    (
+                        "features",
+                        f"column {c!r} is in feature groups {owner[c]!r} and {g.name!r}; keep it in one",
+                    )
+                )
+            owner.setdefault(c, g.name)
+    leak = [c for c in labels if c in owner]
     if leak:
-        raise SpecError(
-            [("data", f"label column(s) also used as features: {', '.join(sorted(leak))}")]
+        problems.append(("data", f"label column(s) also used as features: {', '.join(leak)}"))
+    if problems:
+        raise SpecError(problems)
+    try:
+        # the groups' own parameter checks (log1p of a column outside the group, ...)
+        pre = Preprocessor.from_specs(groups)
+    except DataError as e:
+        raise SpecError([("features", str(e))]) from None
+    missing = pre.problems(schema, f"training data ({data.train})")
+    missing += [
+        f"label column {c!r} not found in the training data ({data.train})"
+        for c in labels
+        if c not in schema.names
+    ]
+    if missing:
+        shown = ", ".join(schema.names[:40]) + (
+            f", ... ({len(schema.names)} in all)" if len(schema.names) > 40 else ""
         )
-    bad_log = set(data.log1p) - set(data.numeric)
-    if bad_log:
-        raise SpecError([("data.log1p", f"not numeric feature(s): {', '.join(sorted(bad_log))}")])
+        raise DataError("\n".join([*missing, f"columns of {data.train}: {shown}"]))
     return resolved
 
 
+def _train_schema(data) -> pa.Schema:
+    from hydranet.data.sources import _open
+
+    return _open(data.train, data.format, None).schema
+
+
+def _expand_stars(spec: Spec, names: list[str], labels: list[str]) -> Spec:
+    """Every ``"*"`` group as the columns no label, other group or ``exclude`` takes."""
+    groups = spec.feature_groups()
+    if not any(g.columns == "*" for g in groups):
+        return spec
+    stars = [g.name for g in groups if g.columns == "*"]
+    if len(stars) > 1:
+        raise SpecError(
+            [("features", f"only one feature group can take '*'; found: {', '.join(stars)}")]
+        )
+    taken = set(labels) | {c for g in groups if g.columns != "*" for c in g.columns}
+    star = next(g for g in groups if g.columns == "*")
+    taken |= set(star.exclude)
+    columns = [c for c in names if c not in taken]
+    if not columns:
+        raise SpecError([("features", f"feature group {star.name!r} ('*') has no columns left")])
+    features = [
+        g.model_copy(update={"columns": columns}) if g.columns == "*" else g
+        for g in spec.features
+    ]
+    data = spec.data
+    for key in ("numeric", "categorical"):
+        if getattr(data, key) == "*":
+            data = data.model_copy(update={key: columns})
+    return spec.model_copy(update={"features": features, "data": data})
+
+
 def needed_columns(spec: Spec) -> list[str]:
-    cols = list(spec.data.numeric) + list(spec.data.categorical)
+    cols = [c for g in spec.feature_groups() for c in g.columns]
     for t in spec.tasks:
         cols += [c for c in t.label_columns if c not in cols]
-    return cols
+    return list(dict.fromkeys(cols))
 
 
 def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
@@ -98,12 +157,7 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
             raise DataError(
                 f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data"
             )
-    prep = Preprocessor(
-        spec.data.numeric,
-        spec.data.categorical,
-        log1p=spec.data.log1p,
-        min_count=spec.data.min_count,
-    ).fit(train)
+    prep = Preprocessor.from_specs(spec.feature_groups()).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
     return tasks, prep, splits
 
@@ -129,7 +183,7 @@ def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:
         )
     columns = list(dict.fromkeys(needed_columns(spec)))
     tasks = [build_task(ts) for ts in spec.tasks]
-    prep = Preprocessor(data.numeric, data.categorical, log1p=data.log1p, min_count=data.min_count)
+    prep = Preprocessor.from_specs(spec.feature_groups())
     train = open_streaming(
         data.train,
         data.format,

@@ -22,7 +22,8 @@ from hydranet.balance import BALANCERS, BalanceContext, Balancer
 from hydranet.data.loader import BatchLoader
 from hydranet.errors import SpecError, TrainingDiverged, UserError
 from hydranet.evaluate.inference import predict_arrays, split_metrics
-from hydranet.models.model import MultiTaskModel
+from hydranet.models.build import build_model
+from hydranet.models.encoders.input import fit_encoder_states
 from hydranet.spec import Spec
 from hydranet.tasks import HIGHER_IS_BETTER, Task
 from hydranet.train import _malloc
@@ -53,12 +54,6 @@ def select_device(name: str) -> torch.device:
             ]
         )
     return dev
-
-
-def build_model(
-    spec: Spec, cardinalities: list[int], n_numeric: int, tasks: list[Task]
-) -> MultiTaskModel:
-    return MultiTaskModel(cardinalities, n_numeric, {t.name: t.out_dim for t in tasks}, spec.model)
 
 
 def build_balancer(spec: Spec) -> Balancer:
@@ -125,14 +120,49 @@ def setup(
         torch.use_deterministic_algorithms(True)
     tasks, prep, splits = prepare(spec)
     _check_early_stopping(spec, tasks, splits)
-    if not resume:
-        dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks))
+    if resume:
+        encoder_states = rundir.read_meta(out)[3]
+    else:
+        encoder_states = _fit_encoders(spec, prep, tasks, splits["train"])
+        dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks, encoder_states))
     trainer = Trainer(
-        spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress, dist=dist
+        spec,
+        tasks,
+        splits,
+        prep,
+        out,
+        diagnose=diagnose,
+        progress=progress,
+        dist=dist,
+        encoder_states=encoder_states,
     )
     if resume:
         trainer.restore()
     return trainer
+
+
+def _fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
+    """What data-fitted encoders (quantile or tree bins) learn from the training split; a
+    streamed split lends its first chunks (up to ~1M rows), read in the epoch-0 order."""
+    from hydranet.data.loader import TensorData
+    from hydranet.data.stream import StreamingSplit
+
+    if isinstance(train, StreamingSplit):
+        parts, rows = [], 0
+        for chunk in train.chunks(list(range(len(train.pieces)))):
+            parts.append(chunk)
+            rows += len(chunk)
+            if rows >= 1_000_000:
+                break
+        data = TensorData.concat(parts)
+    else:
+        data = train.data
+    # target-aware bins follow the first task (its labeled rows)
+    first = tasks[0]
+    mask = data.masks[first.name]
+    y = data.targets[first.name][0]
+    target = (y, first.kind == "regression") if bool(mask.all()) else None
+    return fit_encoder_states(spec.model, prep.info(), data.features, target)
 
 
 def _device_type(name: str) -> str:
@@ -153,6 +183,7 @@ class Trainer:
         diagnose: bool = False,
         progress: bool | None = None,
         dist: Distributed | None = None,
+        encoder_states: dict[str, Any] | None = None,
     ):
         cfg = spec.train
         self.spec, self.cfg, self.tasks, self.splits, self.out = spec, cfg, tasks, splits, out
@@ -160,9 +191,7 @@ class Trainer:
         self.device = self.dist.device(select_device(cfg.device))
         if self.device.type == "cpu":
             _malloc.tune()  # large tensors reused, not unmapped after every op (see _malloc)
-        self.model = build_model(spec, prep.cardinalities, prep.n_numeric_out, tasks).to(
-            self.device
-        )
+        self.model = build_model(spec, prep, tasks, encoder_states).to(self.device)
         self.balancer = build_balancer(spec).to(self.device)
         self.train_data = None  # the in-memory training split, on the device
         self.loader = self._train_loader(splits["train"])
@@ -360,7 +389,7 @@ class Trainer:
                 self._after_step(graph(batch))
                 rows += batch.shape[0]
             else:
-                if batch.cat.device != self.device:
+                if batch.device != self.device:
                     batch = batch.to(self.device, non_blocking=True)
                 self.train_step(batch)
                 rows += batch.size
@@ -405,11 +434,11 @@ class Trainer:
             cache_enabled=self.graph_step is None,
         ):
             if self.need_rep:
-                outputs, rep = self.model.forward_with_rep(batch.cat, batch.num)
+                outputs, rep = self.model.forward_with_rep(batch.features)
             else:
-                outputs, rep = self.forward(batch.cat, batch.num), None
+                outputs, rep = self.forward(batch.features), None
         losses = {
-            t.name: t.loss(outputs[t.name].float(), batch.labels[t.name], batch.masks[t.name])
+            t.name: t.loss(outputs[t.name].float(), batch.targets[t.name][0], batch.masks[t.name])
             for t in self.tasks
         }
         global_present = None
@@ -539,12 +568,11 @@ class Trainer:
         s = self.splits[split]
         preds, losses = predict_arrays(
             self.model,
-            s.data.cat,
-            s.data.num,
+            s.data.features,
             self.tasks,
             self.cfg.eval_batch_size,
             self.device,
-            targets=s.data.labels,
+            targets={k: v[0] for k, v in s.data.targets.items()},
             masks=s.data.masks,
         )
         return split_metrics(self.tasks, preds, s.labels, s.masks), losses

@@ -1,0 +1,12 @@
+"""Feature groups: named columns of one kind, fitted and turned into one tensor each.
+
+Importing this package registers the built-in kinds, ``numeric`` and ``categorical``;
+``FEATURES.get("pkg.mod:MyGroup")`` brings a user's kind by import path.
+"""
+
+from hydranet.features import categorical, numeric  # noqa: F401  (imported to register)
+from hydranet.features.base import FEATURES, FeatureGroup
+from hydranet.features.categorical import CategoricalGroup
+from hydranet.features.numeric import NumericGroup
+
+__all__ = ["FEATURES", "CategoricalGroup", "FeatureGroup", "NumericGroup"]

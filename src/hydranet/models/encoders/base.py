@@ -1,0 +1,76 @@
+"""The encoder interface, the fusion step and their registries.
+
+An encoder turns one feature group's tensor (``Batch.features[group]``) into a
+``[B, out_dim]`` vector; the fusion step turns the groups' vectors into the trunk's
+input. Every encoder:
+
+* is built as ``Encoder(group, model_spec, state=..., **params)``: ``group`` is the
+  fitted group's :meth:`~hydranet.features.FeatureGroup.info` plus its ``kind`` (a
+  width, vocabulary sizes), ``model_spec`` the ``[model]`` table (for defaults such
+  as ``embedding_dim``), ``params`` the user's ``[model.encoders.<group>] params``
+  (checked against the signature, so a typo is an error with its key path);
+* sets ``out_dim``;
+* declares ``kinds`` (the feature kinds it accepts; empty: any);
+* may learn something from the training data before it is built (quantile bins):
+  then ``needs_fit = True`` and ``fit_state(group, x, params, target)`` returns a JSON-able
+  state that is saved in the run (``encoders.json``) and passed back as ``state``.
+
+A new encoder is one file with one such class and ``@ENCODERS.register("name")``;
+``tests/test_encoder_contract.py`` checks every registered one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hydranet.registry import Registry
+
+__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder"]
+
+
+class Encoder(nn.Module):
+    kinds: ClassVar[tuple[str, ...]] = ()
+    needs_fit: ClassVar[bool] = False
+    out_dim: int
+
+    def __init__(self, group: dict[str, Any], model_spec: Any = None, state: Any = None):
+        super().__init__()
+        self.group = dict(group)
+
+    @classmethod
+    def fit_state(
+        cls,
+        group: dict[str, Any],
+        x: torch.Tensor,
+        params: dict[str, Any],
+        target: tuple[torch.Tensor, bool] | None,
+    ) -> Any:
+        """The state learned from the training split's tensor ``x`` (and, for target-aware
+        encoders, ``target = (labels, is_regression)``) before the encoder is built."""
+        return None
+
+    @classmethod
+    def example_group(cls) -> tuple[dict[str, Any], torch.Tensor]:
+        """A group description and a tensor of rows for the contract tests."""
+        raise NotImplementedError
+
+
+ENCODERS: Registry[type[Encoder]] = Registry("encoder")
+
+
+class Concat(nn.Module):
+    """The groups' vectors side by side, in group order: ``[B, sum(dims)]``."""
+
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        self.out_dim = sum(dims.values())
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+FUSIONS: Registry[type[nn.Module]] = Registry("fusion")
+FUSIONS.add("concat", Concat)
