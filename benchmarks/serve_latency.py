@@ -111,8 +111,8 @@ def request_bodies(run: Path, rows_per_request: int, limit: int = 2000) -> list[
     from hydranet.serve.export import evaluation_table
     from hydranet.serve.predictor import load_meta
 
-    spec, _, _ = load_meta(run)
-    _, table = evaluation_table(spec)
+    spec, prep, _ = load_meta(run)
+    _, table = evaluation_table(spec, prep)
     rows = table.slice(0, limit * rows_per_request).to_pylist()
     for row in rows:
         for k, v in row.items():

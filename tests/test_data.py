@@ -149,11 +149,14 @@ def _mixed() -> pa.Table:
 
 def test_numeric_scaling_missing_and_indicator():
     t = _mixed()
-    pre = Preprocessor(["a", "b"], [], log1p=["b"]).fit(t)
-    cat, num = pre.transform(t)
-    assert cat.shape == (6, 0) and num.dtype == torch.float32 and num.is_contiguous()
-    assert pre.numeric_names_out == ["a", "b", "a__missing"] and pre.n_numeric_out == 3
-    np.testing.assert_allclose(pre.mean_[0], 4.0)
+    pre = Preprocessor.tabular(["a", "b"], [], log1p=["b"]).fit(t)
+    out = pre.transform(t)
+    assert list(out) == ["numeric"]  # no categorical group at all
+    num = out["numeric"]
+    assert num.dtype == torch.float32 and num.is_contiguous()
+    group = pre.groups["numeric"]
+    assert group.names_out == ["a", "b", "a__missing"] and pre.info()["numeric"]["width"] == 3
+    np.testing.assert_allclose(group.mean_[0], 4.0)
     np.testing.assert_allclose(num[[0, 2, 4, 5], 0].mean().item(), 0.0, atol=1e-6)
     assert num[1, 0] == 0 and num[3, 0] == 0  # null and NaN → the mean
     assert num[:, 2].tolist() == [0, 1, 0, 1, 0, 0]
@@ -164,46 +167,57 @@ def test_numeric_scaling_missing_and_indicator():
 
 def test_constant_column_and_non_numeric_type():
     t = pa.table({"c": [2.0, 2.0, 2.0], "s": ["1", "2", "3"]})
-    pre = Preprocessor(["c"], []).fit(t)
-    assert pre.scale_ == [1.0] and pre.transform(t)[1].abs().sum() == 0
-    with pytest.raises(DataError, match="numeric column 's' has type string"):
-        Preprocessor(["s"], []).fit(t)
+    pre = Preprocessor.tabular(["c"], []).fit(t)
+    assert pre.groups["numeric"].scale_ == [1.0]
+    assert pre.transform(t)["numeric"].abs().sum() == 0
+    with pytest.raises(DataError, match="feature column 's' \\(group 'numeric'\\) has type string"):
+        Preprocessor.tabular(["s"], []).fit(t)
 
 
 def test_categorical_vocab_oov_missing_min_count():
     t = _mixed()
-    pre = Preprocessor([], ["c", "d"]).fit(t)
+    pre = Preprocessor.tabular([], ["c", "d"]).fit(t)
+    group = pre.groups["categorical"]
     # by descending count then value
-    assert pre.vocabularies_ == {"c": ["x", "y", "z"], "d": ["2", "3", "1", "9"]}
-    assert pre.cardinalities == [5, 6]
-    cat, num = pre.transform(t)
-    assert cat.dtype == torch.int64 and cat.is_contiguous() and num.shape == (6, 0)
+    assert group.vocabularies_ == {"c": ["x", "y", "z"], "d": ["2", "3", "1", "9"]}
+    assert group.cardinalities == [5, 6]
+    out = pre.transform(t)
+    cat = out["categorical"]
+    assert list(out) == ["categorical"] and cat.dtype == torch.int64 and cat.is_contiguous()
     assert cat[:, 0].tolist() == [2, 3, 1, 2, 4, 2]
     new = pa.table({"c": ["z", "never", None], "d": [9, 4, None]})
-    assert pre.transform(new)[0].tolist() == [[4, 5], [0, 0], [1, 1]]
-    pre2 = Preprocessor([], ["c", "d"], min_count=2).fit(t)
-    assert pre2.vocabularies_ == {"c": ["x"], "d": ["2", "3"]}
-    assert pre2.transform(t)[0][:, 1].tolist() == [3, 3, 0, 2, 2, 0]
+    assert pre.transform(new)["categorical"].tolist() == [[4, 5], [0, 0], [1, 1]]
+    pre2 = Preprocessor.tabular([], ["c", "d"], min_count=2).fit(t)
+    assert pre2.groups["categorical"].vocabularies_ == {"c": ["x"], "d": ["2", "3"]}
+    assert pre2.transform(t)["categorical"][:, 1].tolist() == [3, 3, 0, 2, 2, 0]
     assert pre2.feature_names_out == ["c", "d"]
 
 
 def test_missing_feature_column_and_not_fitted():
-    pre = Preprocessor(["a"], ["c"])
+    pre = Preprocessor.tabular(["a", "b"], ["c", "d"])
     with pytest.raises(RuntimeError, match="not fitted"):
         pre.transform(_mixed())
     pre.fit(_mixed())
-    with pytest.raises(DataError, match="feature column 'c' not found"):
+    with pytest.raises(DataError, match="feature column 'c' \\(group 'categorical'\\) not found"):
         pre.transform(_mixed().drop_columns(["c"]))
+    # every missing column is reported, one line each
+    with pytest.raises(DataError) as e:
+        pre.transform(_mixed().drop_columns(["a", "c", "d"]))
+    lines = str(e.value).splitlines()
+    assert [line.split()[2] for line in lines[:3]] == ["'c'", "'d'", "'a'"]
+    assert len(lines) == 4 and lines[3].startswith("columns of the input: b")
 
 
 def test_json_round_trip_identical_transform(tmp_path):
     t = _mixed()
-    pre = Preprocessor(["a", "b"], ["c", "d"], log1p=["b"], min_count=1).fit(t)
+    pre = Preprocessor.tabular(["a", "b"], ["c", "d"], log1p=["b"], min_count=1).fit(t)
     pre.save(tmp_path / "pre.json")
     json.loads((tmp_path / "pre.json").read_text())  # plain JSON, no pickle
     back = Preprocessor.load(tmp_path / "pre.json")
-    for x, y in zip(pre.transform(t), back.transform(t), strict=True):
-        assert torch.equal(x, y)
+    a, b = pre.transform(t), back.transform(t)
+    assert list(a) == list(b) == ["categorical", "numeric"]
+    for k in a:
+        assert torch.equal(a[k], b[k])
     assert back.to_dict() == pre.to_dict()
 
 
@@ -218,31 +232,32 @@ def test_streaming_partial_fit_equals_fit():
             "k": rng.choice(list("abcdefgh"), n, p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.04, 0.01]),
         }
     )
-    one = Preprocessor(["x"], ["k"], min_count=40).fit(t)
-    stream = Preprocessor(["x"], ["k"], min_count=40)
+    one = Preprocessor.tabular(["x"], ["k"], min_count=40).fit(t)
+    stream = Preprocessor.tabular(["x"], ["k"], min_count=40)
     for batch in t.to_batches(max_chunksize=333):
         stream.partial_fit(batch)
     stream.finish()
-    assert stream.vocabularies_ == one.vocabularies_ and stream.n_rows_seen_ == n
-    np.testing.assert_allclose(stream.mean_, one.mean_, rtol=1e-12)
-    np.testing.assert_allclose(stream.scale_, one.scale_, rtol=1e-9)
-    np.testing.assert_allclose(one.scale_[0], np.nanstd(x), rtol=1e-9)
-    assert torch.equal(one.transform(t)[0], stream.transform(t)[0])
+    o_cat, s_cat = one.groups["categorical"], stream.groups["categorical"]
+    o_num, s_num = one.groups["numeric"], stream.groups["numeric"]
+    assert s_cat.vocabularies_ == o_cat.vocabularies_ and stream.n_rows_seen_ == n
+    np.testing.assert_allclose(s_num.mean_, o_num.mean_, rtol=1e-12)
+    np.testing.assert_allclose(s_num.scale_, o_num.scale_, rtol=1e-9)
+    np.testing.assert_allclose(o_num.scale_[0], np.nanstd(x), rtol=1e-9)
+    assert torch.equal(one.transform(t)["categorical"], stream.transform(t)["categorical"])
 
 
 # ---------------------------------------------------------------- loader
 def _data(n: int = 103) -> TensorData:
     ids = torch.arange(n)
     return TensorData(
-        cat=ids[:, None].repeat(1, 2).contiguous(),
-        num=ids[:, None].float(),
-        labels={"t": ids.float()},
+        features={"cat": ids[:, None].repeat(1, 2).contiguous(), "num": ids[:, None].float()},
+        targets={"t": (ids.float(), -ids.float())},
         masks={"t": ids % 3 != 0},
     )
 
 
 def _ids(batches) -> list[list[int]]:
-    return [b.cat[:, 0].tolist() for b in batches]
+    return [b.features["cat"][:, 0].tolist() for b in batches]
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
@@ -255,8 +270,11 @@ def test_every_row_once_per_epoch(drop_last):
         seen = sum(_ids(batches), [])
         assert len(seen) == len(set(seen)) == (100 if drop_last else 103)
         for b in batches:  # every field gathered with the same indices
-            assert torch.equal(b.num[:, 0].long(), b.cat[:, 0]) and b.size == b.cat.shape[0]
-            assert torch.equal(b.masks["t"], b.cat[:, 0] % 3 != 0)
+            cat, num = b.features["cat"], b.features["num"]
+            assert torch.equal(num[:, 0].long(), cat[:, 0]) and b.size == cat.shape[0]
+            assert torch.equal(b.masks["t"], cat[:, 0] % 3 != 0)
+            # a task's second target tensor travels with its first
+            assert torch.equal(b.targets["t"][1], -b.targets["t"][0])
     assert loader.epoch == 2
 
 
@@ -300,18 +318,22 @@ def test_build_tensor_data_with_tasks():
     t = pa.table(
         {"x": [1.0, 2.0, 3.0], "k": ["a", "b", "a"], "y": [1, None, 0], "r": [0.5, 1.5, None]}
     )
-    pre = Preprocessor(["x"], ["k"]).fit(t)
+    pre = Preprocessor.tabular(["x"], ["k"]).fit(t)
     tasks = [
         build_task(TaskSpec(name="y", kind="binary")).fit(t),
         build_task(TaskSpec(name="r", kind="regression", standardize=False)).fit(t),
     ]
     data = build_tensor_data(t, pre, tasks)
-    assert len(data) == 3 and data.cat.shape == (3, 1) and data.num.shape == (3, 1)
+    assert len(data) == 3
+    assert {k: tuple(v.shape) for k, v in data.features.items()} == {
+        "categorical": (3, 1),
+        "numeric": (3, 1),
+    }
     assert data.masks["y"].dtype == torch.bool and data.masks["y"].tolist() == [True, False, True]
-    assert data.labels["y"].tolist() == [1.0, 0.0, 0.0]
+    assert data.targets["y"][0].tolist() == [1.0, 0.0, 0.0]
     assert data.masks["r"].tolist() == [True, True, False]
     batch = data.take(torch.tensor([2, 0]))
-    assert batch.size == 2 and batch.labels["r"].tolist() == [0.0, 0.5]
+    assert batch.size == 2 and batch.targets["r"][0].tolist() == [0.0, 0.5]
 
 
 @pytest.mark.gpu

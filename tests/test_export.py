@@ -55,7 +55,7 @@ def test_export_matches_pytorch(tiny_run, tmp_path, test_table, capsys):
     import onnx
 
     graph = onnx.load(str(out))
-    assert [i.name for i in graph.graph.input] == ["cat", "num"]
+    assert [i.name for i in graph.graph.input] == ["categorical", "numeric"]  # the groups
     assert [o.name for o in graph.graph.output] == TASKS
     meta = {p.key: p.value for p in graph.metadata_props}
     assert "preprocessing is not in this graph" in meta["hydranet.inputs"]
@@ -86,12 +86,33 @@ def test_onnx_graph_refused_with_another_runs_preprocessor(tiny_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
     prep = json.loads((other / "preprocessor.json").read_text())
-    prep["mean_"][0] += 1.0
+    numeric = next(g for g in prep["groups"] if g["kind"] == "numeric")
+    numeric["fitted"]["mean_"][0] += 1.0
     (other / "preprocessor.json").write_text(json.dumps(prep))
     from hydranet.errors import UserError
 
     with pytest.raises(UserError, match="another preprocessor"):
         Predictor.load(other, "onnxruntime", onnx=out)
+
+
+def test_a_graph_exported_before_feature_groups_still_serves(tiny_run, tmp_path, test_table):
+    """Graphs (and int8 runs, which cannot be re-exported) written before feature groups
+    have the inputs ``cat`` and ``num``: they feed the shortcut's two groups."""
+    import onnx
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(out)]) == 0
+    graph = onnx.load(str(out))
+    old = {"categorical": "cat", "numeric": "num"}
+    for i in graph.graph.input:
+        i.name = old[i.name]
+    for node in graph.graph.node:
+        node.input[:] = [old.get(x, x) for x in node.input]
+    onnx.save(graph, str(out))
+
+    pred = Predictor.load(tiny_run, "onnxruntime", onnx=out)
+    assert pred.backend.inputs == ["cat", "num"]
+    _assert_same(pred.predict_table(test_table), Run.load(tiny_run).predict(test_table), atol=1e-5)
 
 
 def test_compress_int8_writes_a_servable_run_and_reports_metric_change(
@@ -102,6 +123,7 @@ def test_compress_int8_writes_a_servable_run_and_reports_metric_change(
     report = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in out.iterdir()) == [
         "compress.json",
+        "encoders.json",
         "final_metrics.json",
         "model.onnx",
         "preprocessor.json",
@@ -142,11 +164,11 @@ def test_compress_int8_writes_a_servable_run_and_reports_metric_change(
     assert main(["compress", str(tiny_run), "--int8", "--out", str(out)]) == 2  # not empty
 
 
-def test_int8_shrinks_a_model_with_real_layers(tiny_run, tmp_path):
+def test_int8_shrinks_a_model_with_real_layers(tiny_run, tmp_path, test_table):
     """The tiny run is too small for int8 to pay off (its report says so); a wider MMoE shrinks."""
+    from hydranet.models.build import build_model
     from hydranet.serve.compress import quantize_int8
-    from hydranet.serve.export import write_onnx
-    from hydranet.train.trainer import build_model
+    from hydranet.serve.export import example_features, write_onnx
 
     run = Run.load(tiny_run)
     spec = run.spec.model_copy(
@@ -156,11 +178,10 @@ def test_int8_shrinks_a_model_with_real_layers(tiny_run, tmp_path):
             )
         }
     )
-    model = build_model(
-        spec, run.preprocessor.cardinalities, run.preprocessor.n_numeric_out, run.tasks
-    ).eval()
+    model = build_model(spec, run.preprocessor, run.tasks).eval()
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    write_onnx(model, run.tasks, run.preprocessor, fp32)
+    example = example_features(run.preprocessor, test_table)
+    write_onnx(model, run.tasks, run.preprocessor, fp32, example)
     quantize_int8(fp32, int8)
     assert int8.stat().st_size < 0.45 * fp32.stat().st_size
 
@@ -189,3 +210,72 @@ def test_predict_file_streams_chunks_in_order(tiny_run, tmp_path, test_table):
     got = pq.read_table(pq_out)
     assert got.column("size").to_pylist() == big.column("size").to_pylist()
     _assert_same(got.drop(["size"]), ref, atol=1e-6)
+
+
+def test_several_groups_of_a_kind_train_export_and_serve_alike(tmp_path):
+    """Two categorical groups and a numeric one between them (``[[features]]``): the graph has
+    one input per group, in group order, and torch, onnxruntime and the HTTP API agree."""
+    import asyncio
+
+    import hydranet
+    from conftest import make_table
+    from hydranet.serve.app import Settings, create_app
+    from hydranet.serve.export import export_onnx
+    from test_serve_app import _with_app, good_rows
+
+    paths = {}
+    for i, split in enumerate(["train", "validation", "test"]):
+        paths[split] = str(tmp_path / f"{split}.parquet")
+        pq.write_table(make_table(400, seed=i), paths[split])
+    spec = hydranet.Spec.from_dict({
+        "name": "groups",
+        "data": paths,
+        "features": [
+            {"name": "colour", "kind": "categorical", "columns": ["color"]},
+            {"name": "measures", "kind": "numeric", "columns": ["a", "b", "c"], "params": {"log1p": ["c"]}},
+            {"name": "sizing", "kind": "categorical", "columns": ["size"], "params": {"min_count": 2}},
+        ],
+        "tasks": [{"name": "click", "kind": "binary"}, {"name": "value", "kind": "regression"},
+                  {"name": "kind", "kind": "multiclass"}],
+        "model": {"architecture": "mmoe", "embedding_dim": 3, "tower": [8]},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "seed": 0},
+    })  # fmt: skip
+    run_dir = hydranet.train(spec, tmp_path / "run", progress=False).path
+    run = Run.load(run_dir)
+    assert list(run.preprocessor.groups) == ["colour", "measures", "sizing"]
+
+    report = export_onnx(run_dir)
+    assert report.max_diff <= 1e-5
+    import onnx
+
+    graph = onnx.load(str(run_dir / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["colour", "measures", "sizing"]
+    types = [i.type.tensor_type.elem_type for i in graph.graph.input]
+    assert types == [onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.INT64]
+    inputs = {p.key: p.value for p in graph.metadata_props}["hydranet.inputs"]
+    assert inputs.startswith(
+        "colour: int64 [B, 1] (categorical feature group); measures: float32 [B, 3]"
+    )
+
+    # missing values, unseen categories (typed: the torch reference reads an Arrow table)
+    typed = good_rows(25, seed=5, mixed=False)
+    ref = run.predict(pa.Table.from_pylist(typed))
+    for backend in ("torch", "onnxruntime"):
+        predictor = Predictor.load(run_dir, backend)
+        assert predictor.backend.name == backend
+        _assert_same(predictor.predict_table(pa.Table.from_pylist(typed)), ref, atol=1e-5)
+
+        app = create_app(predictor, Settings())
+
+        async def ask(client):
+            meta = (await client.get("/v1/metadata")).json()
+            return meta, await client.post("/v1/predict", json={"rows": typed})
+
+        meta, r = asyncio.run(_with_app(app, ask))
+        assert [(f["name"], f["group"]) for f in meta["features"]] == [
+            ("color", "colour"), ("a", "measures"), ("b", "measures"), ("c", "measures"),
+            ("size", "sizing"),
+        ]  # fmt: skip
+        assert r.status_code == 200, r.text
+        got = pa.Table.from_pylist(r.json()["predictions"]).select(ref.column_names)
+        _assert_same(got, ref, atol=1e-5)

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
-from hydranet.models.embedding import FeatureEncoder
+from hydranet.models.encoders import InputEncoder
+from hydranet.models.encoders.embedding import Embedding
+from hydranet.spec import ModelSpec
 from hydranet.models.model import Towers
 from hydranet.models.trunks.cgc import CGC, CGCLayer
 from hydranet.models.trunks.mmoe import MMoE
@@ -175,24 +177,34 @@ def test_batched_towers_equal_one_mlp_and_linear_per_task(heads):
     check_forward_and_input_grad(fast, reference, torch.randn(3, 7, 6))
 
 
-def test_feature_encoder_equals_one_embedding_per_feature():
+def test_embedding_encoder_equals_one_embedding_per_feature():
     cards = [3, 1, 6]
-    encoder = FeatureEncoder(cards, n_numeric=2, embedding_dim=4)
+    encoder = Embedding({"kind": "categorical", "cardinalities": cards}, dim=4)
     tables, start = [], 0
     for c in cards:
         tables.append(encoder.embedding.weight[start : start + c])
         start += c
     cat = torch.stack([torch.randint(0, c, (8,)) for c in cards], dim=1)
-    num = torch.randn(8, 2)
-    reference = torch.cat([tables[j][cat[:, j]] for j in range(len(cards))] + [num], dim=1)
-    torch.testing.assert_close(encoder(cat, num), reference, rtol=0, atol=0)
-    assert encoder.out_dim == 3 * 4 + 2
+    reference = torch.cat([tables[j][cat[:, j]] for j in range(len(cards))], dim=1)
+    torch.testing.assert_close(encoder(cat), reference, rtol=0, atol=0)
+    assert encoder.out_dim == 3 * 4
 
 
-def test_feature_encoder_without_categorical_or_numeric_features():
+def test_input_encoder_concatenates_the_groups_in_order():
+    spec = ModelSpec(embedding_dim=4)
     num = torch.randn(5, 3)
-    numeric_only = FeatureEncoder([], 3, 4)
-    assert numeric_only.out_dim == 3 and numeric_only.embedding is None
-    assert torch.equal(numeric_only(torch.empty(5, 0, dtype=torch.long), num), num)
-    categorical_only = FeatureEncoder([2, 3], 0, 4)
-    assert categorical_only(torch.zeros(5, 2, dtype=torch.long), torch.empty(5, 0)).shape == (5, 8)
+    cat = torch.zeros(5, 2, dtype=torch.long)
+    numeric_only = InputEncoder({"numeric": {"kind": "numeric", "width": 3}}, spec)
+    assert numeric_only.out_dim == 3
+    assert torch.equal(numeric_only({"numeric": num}), num)
+    both = InputEncoder(
+        {
+            "categorical": {"kind": "categorical", "cardinalities": [2, 3]},
+            "numeric": {"kind": "numeric", "width": 3},
+        },
+        spec,
+    )
+    out = both({"categorical": cat, "numeric": num})
+    assert out.shape == (5, 2 * 4 + 3) and both.out_dim == 11
+    torch.testing.assert_close(out[:, :8], both.encoders["categorical"](cat), rtol=0, atol=0)
+    assert torch.equal(out[:, 8:], num)

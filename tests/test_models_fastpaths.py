@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hydranet.models.embedding import FeatureEncoder
+from hydranet.models.encoders.embedding import Embedding
 from hydranet.models.trunks.omoe import OMoE
 
 
@@ -20,20 +20,19 @@ def test_feature_encoder_gradient_equals_nn_embedding(threads):
     try:
         torch.manual_seed(0)
         cards = [3, 1, 6, 2]
-        encoder = FeatureEncoder(cards, n_numeric=2, embedding_dim=4)
+        encoder = Embedding({"kind": "categorical", "cardinalities": cards}, dim=4)
         assert encoder._flat_gather(encoder.embedding.weight) == (threads > 1)
         cat = torch.stack([torch.randint(0, c, (64,)) for c in cards], dim=1)
-        num = torch.randn(64, 2)
         weights = torch.randn(64, encoder.out_dim)
-        (encoder(cat, num) * weights).sum().backward()
+        (encoder(cat) * weights).sum().backward()
         table = encoder.embedding.weight.detach().clone().requires_grad_()
-        plain = torch.cat([F.embedding(cat + encoder.offsets, table).flatten(1), num], dim=1)
+        plain = F.embedding(cat + encoder.offsets, table).flatten(1)
         (plain * weights).sum().backward()
-        torch.testing.assert_close(encoder(cat, num), plain, rtol=0, atol=0)
+        torch.testing.assert_close(encoder(cat), plain, rtol=0, atol=0)
         torch.testing.assert_close(encoder.embedding.weight.grad, table.grad)
         with torch.no_grad():  # inference takes the row path whatever the threads
             assert not encoder._flat_gather(encoder.embedding.weight)
-            torch.testing.assert_close(encoder(cat, num), plain, rtol=0, atol=0)
+            torch.testing.assert_close(encoder(cat), plain, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
 

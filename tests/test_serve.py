@@ -110,14 +110,15 @@ def test_server_endpoints_parity_and_graceful_sigterm(tiny_run, tmp_path):
         meta = client.get("/v1/metadata").json()
         assert [t["kind"] for t in meta["tasks"]] == ["binary", "regression", "multiclass"]
         assert meta["tasks"][2]["classes"] == ["x", "y", "z"]
-        assert {f["name"]: f["kind"] for f in meta["features"]} == {
-            "a": "numeric",
-            "b": "numeric",
-            "c": "numeric",
-            "color": "categorical",
-            "size": "categorical",
-        }
-        assert meta["features"][3]["categories"] == 4
+        # in group order: the shortcut's groups are 'categorical' then 'numeric'
+        assert [(f["name"], f["kind"], f["group"]) for f in meta["features"]] == [
+            ("color", "categorical", "categorical"),
+            ("size", "categorical", "categorical"),
+            ("a", "numeric", "numeric"),
+            ("b", "numeric", "numeric"),
+            ("c", "numeric", "numeric"),
+        ]
+        assert meta["features"][0]["categories"] == 4 and "categories" not in meta["features"][2]
         assert (
             meta["model"]["architecture"] == "mmoe"
             and len(meta["model"]["version"]) == 64

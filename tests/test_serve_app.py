@@ -22,6 +22,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from hydranet.cli import main  # noqa: E402
+from hydranet.features import NumericGroup  # noqa: E402
+from hydranet.models.encoders import Encoder  # noqa: E402
 from hydranet.run import Run  # noqa: E402
 from hydranet.serve.app import Settings, _render, create_app  # noqa: E402
 from hydranet.serve.metrics import Metrics  # noqa: E402
@@ -470,45 +472,116 @@ def test_serve_cli_refuses_bad_options(tiny_run, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and culprit in err, (argv, err)
 
 
-def test_encoder_matches_preprocessor_bit_for_bit():
-    """The serving fast path (RowEncoder) against Preprocessor.transform: log1p, missing values,
-    indicators, bool and int numerics, int and float categories, unseen categories."""
+def _encoder_table(rng, n: int) -> pa.Table:
+    def maybe(values, p=0.15):
+        return [None if rng.random() < p else v for v in values]
+
+    return pa.table({
+        "x": pa.array(maybe((rng.lognormal(2, 2, n) * rng.choice([-1, 1], n)).tolist()), pa.float64()),
+        "y": pa.array(maybe(rng.normal(5, 3, n).tolist()), pa.float64()),
+        "z": pa.array(rng.integers(-1000, 10**6, n).tolist(), pa.int64()),
+        "w": pa.array(maybe(rng.random(n) < 0.3), pa.bool_()),
+        "c1": pa.array(maybe(rng.choice(["a", "b", "c", "d", "e", "rare"], n, p=[0.3, 0.3, 0.2, 0.1, 0.09, 0.01]).tolist())),
+        "c2": pa.array(maybe(rng.integers(0, 30, n).tolist()), pa.int64()),
+        "c3": pa.array(maybe(rng.choice([0.5, 1.0, 2.25, 1e16, 1.5e-7], n).tolist()), pa.float64()),
+    })  # fmt: skip
+
+
+def _shortcut_groups():
+    from hydranet.data.preprocess import Preprocessor
+
+    return Preprocessor.tabular(
+        ["x", "y", "z", "w"], ["c1", "c2", "c3"], log1p=["x", "z"], min_count=3
+    )
+
+
+def _several_groups():
+    """Two groups of each kind, interleaved, one numeric group with log1p and one without."""
+    from hydranet.data.preprocess import Preprocessor
+    from hydranet.features import CategoricalGroup, NumericGroup
+
+    return Preprocessor([
+        CategoricalGroup("letters", ["c1"], min_count=3),
+        NumericGroup("wide", ["x", "z"], log1p=["x", "z"]),
+        CategoricalGroup("codes", ["c3", "c2"], min_count=3),
+        NumericGroup("plain", ["w", "y"]),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [_shortcut_groups, _several_groups], ids=["shortcut", "groups"])
+def test_encoder_matches_preprocessor_bit_for_bit(make):
+    """The serving fast path (the groups' row encoders) against Preprocessor.transform: log1p,
+    missing values, indicators, bool and int numerics, int and float categories, unseen
+    categories; with the shortcut's two groups and with several groups of each kind."""
     import torch
 
-    from hydranet.data.preprocess import Preprocessor
     from hydranet.serve.validate import RequestSchema
 
     rng = np.random.default_rng(0)
-
-    def table(n: int) -> pa.Table:
-        def maybe(values, p=0.15):
-            return [None if rng.random() < p else v for v in values]
-
-        return pa.table({
-            "x": pa.array(maybe((rng.lognormal(2, 2, n) * rng.choice([-1, 1], n)).tolist()), pa.float64()),
-            "y": pa.array(maybe(rng.normal(5, 3, n).tolist()), pa.float64()),
-            "z": pa.array(rng.integers(-1000, 10**6, n).tolist(), pa.int64()),
-            "w": pa.array(maybe(rng.random(n) < 0.3), pa.bool_()),
-            "c1": pa.array(maybe(rng.choice(["a", "b", "c", "d", "e", "rare"], n, p=[0.3, 0.3, 0.2, 0.1, 0.09, 0.01]).tolist())),
-            "c2": pa.array(maybe(rng.integers(0, 30, n).tolist()), pa.int64()),
-            "c3": pa.array(maybe(rng.choice([0.5, 1.0, 2.25, 1e16, 1.5e-7], n).tolist()), pa.float64()),
-        })  # fmt: skip
-
-    prep = Preprocessor(
-        ["x", "y", "z", "w"], ["c1", "c2", "c3"], log1p=["x", "z"], min_count=3
-    ).fit(table(2000))
-    assert prep.missing_indicator_ == [True, True, False, True]
-    test = table(500)  # other draws: unseen and rare categories, missing values
+    prep = make().fit(_encoder_table(rng, 2000))
+    flags = [f for g in prep.of_kind("numeric") for f in g.missing_indicator_]
+    assert sorted(flags) == [False, True, True, True]  # z never missing in training
+    test = _encoder_table(rng, 500)  # other draws: unseen and rare categories, missing values
     z = test.column("z").to_pylist()
     z[::7] = [None] * len(z[::7])  # missing at serving time only: imputed, no indicator column
     test = test.set_column(test.column_names.index("z"), "z", pa.array(z, pa.int64()))
     rows = test.to_pylist()
-    encoded = RequestSchema(prep).validate({"rows": rows}, 10_000)
-    cat_ref, num_ref = prep.transform(test)
-    assert torch.equal(torch.from_numpy(encoded.cat), cat_ref)
-    assert torch.equal(
-        torch.from_numpy(RequestSchema(prep).encoder.scale_numeric(encoded.raw)), num_ref
-    )
+    schema = RequestSchema(prep)
+    encoded = schema.validate({"rows": rows}, 10_000)
+    got = schema.encode_batch(encoded.parts)
+    ref = prep.transform(test)
+    assert list(got) == list(ref) == list(prep.groups)
+    for name, x in ref.items():
+        assert torch.equal(torch.from_numpy(got[name]), x), name
+
+
+class Doubles(NumericGroup):
+    """A feature kind with no JSON row encoder (a user's kind, by import path)."""
+
+    kind = "test_serve_app:Doubles"
+    default_encoder = "test_serve_app:AsIs"
+
+
+class AsIs(Encoder):
+    """The group's tensor as it is, for any kind."""
+
+    def __init__(self, group, model_spec=None, state=None):
+        super().__init__(group, model_spec, state)
+        self.out_dim = int(group["width"])
+
+    def forward(self, x):
+        return x
+
+
+def test_a_kind_without_a_row_encoder_is_refused_by_serve_not_by_predict(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    import hydranet
+    from conftest import make_table
+
+    paths = {}
+    for i, split in enumerate(["train", "test"]):
+        paths[split] = str(tmp_path / f"{split}.parquet")
+        pq.write_table(make_table(200, seed=i), paths[split])
+    spec = hydranet.Spec.from_dict({
+        "name": "doubles",
+        "data": {**paths, "categorical": ["color"]},
+        "features": [{"name": "measures", "kind": "test_serve_app:Doubles", "columns": ["a", "b"]}],
+        "tasks": [{"name": "click", "kind": "binary"}],
+        "model": {"architecture": "shared_bottom", "tower": [4]},
+        "train": {"epochs": 1, "batch_size": 64},
+    })  # fmt: skip
+    run = hydranet.train(spec, tmp_path / "run", progress=False).path
+    capsys.readouterr()  # the training's epoch line
+
+    assert main(["serve", str(run), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'measures'" in err and "'test_serve_app:Doubles'" in err and "hydranet predict" in err
+
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(run), paths["test"], "--output", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 200
 
 
 def test_api_key_sources(tmp_path):

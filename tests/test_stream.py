@@ -45,9 +45,9 @@ def test_streaming_fit_equals_the_in_memory_fit(tiny):
     table = pq.read_table(tiny.paths["train"])
     cols = ["a", "b", "c", "color", "size", "click", "value", "kind"]
 
-    whole = Preprocessor(["a", "b", "c"], ["color", "size"]).fit(table)
+    whole = Preprocessor.tabular(["a", "b", "c"], ["color", "size"]).fit(table)
     tasks_whole = [build_task(ts).fit(table) for ts in spec.tasks]
-    streamed = Preprocessor(["a", "b", "c"], ["color", "size"])
+    streamed = Preprocessor.tabular(["a", "b", "c"], ["color", "size"])
     tasks_streamed = [build_task(ts) for ts in spec.tasks]
     rows = fit_streaming(
         streamed,
@@ -56,13 +56,13 @@ def test_streaming_fit_equals_the_in_memory_fit(tiny):
     )
 
     assert rows == table.num_rows
-    a, b = whole.to_dict(), streamed.to_dict()
-    assert (
-        a["vocabularies_"] == b["vocabularies_"]
-        and a["missing_indicator_"] == b["missing_indicator_"]
+    (ac, an), (bc, bn) = (
+        [g["fitted"] for g in p.to_dict()["groups"]] for p in (whole, streamed)
     )
-    np.testing.assert_allclose(a["mean_"], b["mean_"], rtol=1e-12)
-    np.testing.assert_allclose(a["scale_"], b["scale_"], rtol=1e-12)
+    assert ac["vocabularies_"] == bc["vocabularies_"]
+    assert an["missing_indicator_"] == bn["missing_indicator_"]
+    np.testing.assert_allclose(an["mean_"], bn["mean_"], rtol=1e-12)
+    np.testing.assert_allclose(an["scale_"], bn["scale_"], rtol=1e-12)
     for tw, ts in zip(tasks_whole, tasks_streamed, strict=True):
         assert tw.state.keys() == ts.state.keys()
         for k, v in tw.state.items():
@@ -85,7 +85,7 @@ def test_streaming_loader_yields_every_row_once_per_epoch_in_a_seeded_order(tiny
     spec = _streaming(tiny)
     train, loader = _loader(spec)
     assert len(train.pieces) == 11  # 1000 rows in row groups of 97
-    in_file_order = train.preprocessor.transform(pq.read_table(tiny.paths["train"]))[1][
+    in_file_order = train.preprocessor.transform(pq.read_table(tiny.paths["train"]))["numeric"][
         :, 0
     ].numpy()
     full = np.sort(in_file_order)
@@ -95,7 +95,7 @@ def test_streaming_loader_yields_every_row_once_per_epoch_in_a_seeded_order(tiny
         batches = list(loader)
         assert len(batches) == len(loader) == 16  # ceil(1000 / 64)
         assert all(b.size == 64 for b in batches[:-1]) and batches[-1].size == 1000 - 15 * 64
-        return torch.cat([b.num[:, 0] for b in batches]).numpy()
+        return torch.cat([b.features["numeric"][:, 0] for b in batches]).numpy()
 
     e0, e1, e0_again = epoch(0), epoch(1), epoch(0)
     np.testing.assert_array_equal(np.sort(e0), full)
@@ -112,7 +112,8 @@ def test_rank_slices_of_a_streamed_batch_make_the_global_batch(tiny):
     _, r0 = _loader(spec, rank=0, world_size=2)
     _, r1 = _loader(spec, rank=1, world_size=2)
     for g, a, b in zip(whole, r0, r1, strict=True):
-        torch.testing.assert_close(torch.cat([a.num, b.num]), g.num)
+        for k in g.features:
+            torch.testing.assert_close(torch.cat([a.features[k], b.features[k]]), g.features[k])
         assert a.size - b.size in (0, 1)
 
 

@@ -130,15 +130,16 @@ def test_missing_labels_train_and_are_ignored(tiny, tmp_path):
 
     # the masked loss and its gradient equal the loss on labeled rows only
     task = run.tasks[0]
-    cat, num = run.preprocessor.transform(test)
+    feats = run.preprocessor.transform(test)
     y, mask = task.encode(test)
     run.model.zero_grad()
-    task.loss(run.model(cat, num)["click"], task.targets(y), torch.as_tensor(mask)).backward()
+    task.loss(run.model(feats)["click"], task.targets(y), torch.as_tensor(mask)).backward()
     g_masked = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
     run.model.zero_grad()
     keep = torch.as_tensor(mask)
     ref = torch.nn.functional.binary_cross_entropy_with_logits(
-        run.model(cat[keep], num[keep])["click"].squeeze(1), task.targets(y)[keep]
+        run.model({k: v[keep] for k, v in feats.items()})["click"].squeeze(1),
+        task.targets(y)[keep],
     )
     ref.backward()
     g_ref = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]

@@ -31,16 +31,23 @@ HEADS = {"click": 1, "value": 1, "kind": 3}
 GATES_READ_INPUT = {"mmoe", "cgc"}
 
 
+GROUPS = {
+    "categorical": {"kind": "categorical", "cardinalities": CARDS},
+    "numeric": {"kind": "numeric", "width": N_NUMERIC},
+}
+
+
 def build(architecture: str, heads=HEADS, seed: int = 0, **spec) -> MultiTaskModel:
     torch.manual_seed(seed)
     model_spec = ModelSpec(architecture=architecture, embedding_dim=3, tower=[8], **spec)
-    return MultiTaskModel(CARDS, N_NUMERIC, heads, model_spec)
+    return MultiTaskModel(GROUPS, heads, model_spec)
 
 
-def batch(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(n: int = 16, seed: int = 1) -> dict[str, torch.Tensor]:
+    """The batch format's features: one tensor per group."""
     g = torch.Generator().manual_seed(seed)
     cat = torch.stack([torch.randint(0, c, (n,), generator=g) for c in CARDS], dim=1)
-    return cat, torch.randn(n, N_NUMERIC, generator=g)
+    return {"categorical": cat, "numeric": torch.randn(n, N_NUMERIC, generator=g)}
 
 
 def total_loss(outputs: dict[str, torch.Tensor], seed: int = 2) -> torch.Tensor:
@@ -53,10 +60,10 @@ def total_loss(outputs: dict[str, torch.Tensor], seed: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_output_shapes(arch):
-    cat, num = batch(5)
+    feats = batch(5)
     for dropout in (0.0, 0.2):
         model = build(arch, dropout=dropout).train()
-        out = model(cat, num)
+        out = model(feats)
         assert list(out) == list(HEADS)
         assert {t: tuple(y.shape) for t, y in out.items()} == {t: (5, d) for t, d in HEADS.items()}
     assert set(model.trunk.out_dims) == set(HEADS)
@@ -65,7 +72,7 @@ def test_output_shapes(arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_parameter_gets_a_gradient(arch):
     model = build(arch)
-    total_loss(model(*batch(64))).backward()
+    total_loss(model(batch(64))).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
@@ -78,19 +85,19 @@ def test_safetensors_round_trip(arch, tmp_path):
     save_file(model.state_dict(), str(path))
     fresh = build(arch, seed=123).eval()
     fresh.load_state_dict(load_file(str(path)))
-    cat, num = batch()
-    expected, got = model(cat, num), fresh(cat, num)
+    feats = batch()
+    expected, got = model(feats), fresh(feats)
     for t in HEADS:
         torch.testing.assert_close(got[t], expected[t], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_deterministic_under_seed(arch):
-    cat, num = batch()
-    first, second = build(arch, seed=7)(cat, num), build(arch, seed=7)(cat, num)
+    feats = batch()
+    first, second = build(arch, seed=7)(feats), build(arch, seed=7)(feats)
     for t in HEADS:
         torch.testing.assert_close(first[t], second[t], rtol=0, atol=0)
-    other = build(arch, seed=8)(cat, num)
+    other = build(arch, seed=8)(feats)
     assert not all(torch.equal(first[t], other[t]) for t in HEADS)
 
 
@@ -98,7 +105,8 @@ def test_deterministic_under_seed(arch):
 def test_trains_on_a_tiny_problem(arch):
     torch.manual_seed(0)
     n = 256
-    cat, num = batch(n, seed=3)
+    feats = batch(n, seed=3)
+    cat, num = feats["categorical"], feats["numeric"]
     logit = 2.0 * num[:, 0] - 1.5 * (cat[:, 0] == 1).float() + 0.5
     click = (logit + 0.3 * torch.randn(n) > 0).float().unsqueeze(1)
     value = (num[:, 1] * num[:, 2] + cat[:, 1].float() / 2 + 0.1 * torch.randn(n)).unsqueeze(1)
@@ -106,7 +114,7 @@ def test_trains_on_a_tiny_problem(arch):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def loss() -> torch.Tensor:
-        out = model(cat, num)
+        out = model(feats)
         return F.binary_cross_entropy_with_logits(out["click"], click) + F.mse_loss(
             out["value"], value
         )
@@ -125,16 +133,16 @@ def test_trains_on_a_tiny_problem(arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shared_then_task_outputs_equals_forward(arch):
     model = build(arch).eval()
-    cat, num = batch()
-    x = model.encoder(cat, num)
+    feats = batch()
+    x = model.encoder(feats)
     split = model.trunk.task_outputs(x, model.trunk.shared(x))
     whole = model.trunk(x)
     assert list(split) == list(whole) == list(HEADS)
     for t in HEADS:
         torch.testing.assert_close(split[t], whole[t], rtol=0, atol=0)
-        assert split[t].shape == (len(cat), model.trunk.out_dims[t])
-    outputs, _ = model.forward_with_rep(cat, num)
-    plain = model(cat, num)
+        assert split[t].shape == (len(feats["numeric"]), model.trunk.out_dims[t])
+    outputs, _ = model.forward_with_rep(feats)
+    plain = model(feats)
     # the towers on the per-task dict give what the model's stacked fast path gives
     via_dict = model.towers(split)
     for t in HEADS:
@@ -150,16 +158,16 @@ def test_a_subclass_that_overrides_task_outputs_keeps_them():
             return {t: h / 2 for t, h in super().task_outputs(x, rep).items()}
 
     model = build("mmoe").eval()
-    cat, num = batch()
-    plain = model(cat, num)
+    feats = batch()
+    plain = model(feats)
     halved = Halved(model.trunk.input_dim, model.trunk.tasks)
     halved.load_state_dict(model.trunk.state_dict())
     model.trunk = halved
-    x = model.encoder(cat, num)
+    x = model.encoder(feats)
     want = model.towers(
         {t: h / 2 for t, h in MMoE.task_outputs(halved, x, halved.shared(x)).items()}
     )
-    got = model(cat, num)
+    got = model(feats)
     for t in HEADS:
         torch.testing.assert_close(got[t], want[t], rtol=0, atol=0)
         assert not torch.equal(got[t], plain[t])
@@ -168,10 +176,10 @@ def test_a_subclass_that_overrides_task_outputs_keeps_them():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_dtype_and_device_moves(arch):
     model = build(arch).eval()
-    cat, num = batch()
-    expected = model(cat, num)
+    feats = batch()
+    expected = model(feats)
     moved = copy.deepcopy(model).to("cpu").to(torch.float64)
-    got = moved(cat.to("cpu"), num.to(torch.float64))
+    got = moved({"categorical": feats["categorical"], "numeric": feats["numeric"].double()})
     for t in HEADS:
         assert got[t].dtype == torch.float64
         torch.testing.assert_close(got[t].float(), expected[t], rtol=1e-4, atol=1e-5)
@@ -189,7 +197,7 @@ def test_shared_parameters_are_exactly_those_before_rep(arch):
     assert set(counts) == {"encoder", "trunk", "towers"}
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
 
-    _, rep = model.forward_with_rep(*batch(64))
+    _, rep = model.forward_with_rep(batch(64))
     rep.backward(torch.randn_like(rep))
     reached = {id(p) for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -199,13 +207,13 @@ def test_shared_parameters_are_exactly_those_before_rep(arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_rep_gradient_protocol_reproduces_backward(arch):
     """The protocol in ``forward_with_rep``'s docstring, with the plain sum as combiner."""
-    cat, num = batch(32)
+    feats = batch(32)
     model = build(arch)
-    total_loss(model(cat, num)).backward()
+    total_loss(model(feats)).backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    outputs, rep = model.forward_with_rep(cat, num)
+    outputs, rep = model.forward_with_rep(feats)
     g = torch.Generator().manual_seed(2)
     losses = [F.mse_loss(y, torch.randn(y.shape, generator=g)) for y in outputs.values()]
     grads = [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses]
@@ -245,7 +253,7 @@ def test_user_trunk_by_import_path():
     assert isinstance(model.trunk, TinyTrunk)
     assert model.trunk.out_dims == {"click": 5, "value": 6, "kind": 7}
     assert model.towers.per_task is not None  # unequal widths: per-task towers
-    out = model(*batch(4))
+    out = model(batch(4))
     assert {t: tuple(y.shape) for t, y in out.items()} == {t: (4, d) for t, d in HEADS.items()}
     total_loss(out).backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -274,8 +282,9 @@ def test_bad_hyper_parameters_name_their_key(arch, params, key):
 
 def test_numeric_only_single_task_still_has_a_rep_gradient():
     torch.manual_seed(0)
-    model = MultiTaskModel([], 4, {"a": 1, "b": 1}, ModelSpec(architecture="single_task"))
-    outputs, rep = model.forward_with_rep(torch.empty(3, 0, dtype=torch.long), torch.randn(3, 4))
+    groups = {"numeric": {"kind": "numeric", "width": 4}}
+    model = MultiTaskModel(groups, {"a": 1, "b": 1}, ModelSpec(architecture="single_task"))
+    outputs, rep = model.forward_with_rep({"numeric": torch.randn(3, 4)})
     (grad,) = torch.autograd.grad(outputs["a"].sum(), rep)
     assert grad.shape == rep.shape == (3, 4)
 
@@ -299,19 +308,21 @@ def test_initialisation_small_embeddings_and_scaled_output_layers(arch, spec_sca
     # output layers' scale; scale 0 starts every prediction at its output bias
     ref = build(arch, embedding_init_std=1.0, head_init_scale=1.0)
     small = build(arch, head_init_scale=spec_scale)
-    assert torch.allclose(small.encoder.embedding.weight * 20, ref.encoder.embedding.weight)
+    assert torch.allclose(small.encoder.encoders.categorical.embedding.weight * 20,
+        ref.encoder.encoders.categorical.embedding.weight,
+    )
     outputs = {id(p) for layer in small.towers.output_layers() for p in [layer.weight]}
     ref_params = dict(ref.named_parameters())
     for name, p in small.named_parameters():
-        if name == "encoder.embedding.weight":
+        if name == "encoder.encoders.categorical.embedding.weight":
             continue
         want = ref_params[name] * scale if id(p) in outputs else ref_params[name]
         assert torch.allclose(p, want), name
     assert len(outputs) >= 1
     zero = build(arch, head_init_scale=0.0)
-    cat, num = batch()
+    feats = batch()
     with torch.no_grad():
-        out = zero(cat, num)
+        out = zero(feats)
     for t in HEADS:  # every row the same: the output bias, whatever the input
         assert torch.equal(out[t], out[t][:1].expand_as(out[t])), t
         assert out[t].abs().sum() > 0

@@ -107,10 +107,7 @@ class Preprocessor:
         """A DataError listing every missing or unusable feature column, one per line."""
         problems = self.problems(schema, where)
         if problems:
-            shown = ", ".join(schema.names[:40]) + (
-                f", ... ({len(schema.names)} in all)" if len(schema.names) > 40 else ""
-            )
-            raise DataError("\n".join([*problems, f"columns of the {where}: {shown}"]))
+            raise DataError(column_report(problems, schema, f"the {where}"))
 
     # ------------------------------------------------------------ fitting
     def fit(self, table: Columnar) -> Preprocessor:
@@ -196,6 +193,17 @@ class Preprocessor:
         state = "fitted" if self.is_fitted else "not fitted"
         groups = ", ".join(f"{n}: {g.kind} x{len(g.columns)}" for n, g in self.groups.items())
         return f"Preprocessor({groups}; {state})"
+
+
+def column_report(problems: list[str], schema: pa.Schema, where: str) -> str:
+    """One problem: one line ending with the columns there are; several: one line each, then
+    the columns on a line of their own (two missing columns are two lines, not one)."""
+    shown = ", ".join(schema.names[:40]) + (
+        f", ... ({len(schema.names)} in all)" if len(schema.names) > 40 else ""
+    )
+    if len(problems) == 1:
+        return f"{problems[0]}; columns of {where}: {shown}"
+    return "\n".join([*problems, f"columns of {where}: {shown}"])
 
 
 def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@
   request order, with the columns :meth:`hydranet.Run.predict` gives (binary:
   probability; multiclass: class and ``<task>_probs``; multilabel:
   probabilities; regression: value). A non-finite prediction is ``null``.
-* ``GET /v1/metadata``: tasks and their outputs, features and their kinds,
+* ``GET /v1/metadata``: tasks and their outputs, features with their groups and kinds,
   architecture, model and data versions (sha256 of the weights and of
   ``preprocessor.json``), limits.
 * ``GET /healthz``: 200 while the model is running (no key needed, for probes).
@@ -91,13 +91,14 @@ class HydranetApp:
     ):
         self.predictor, self.settings = predictor, (settings or Settings()).check()
         self.metrics = metrics or Metrics()
+        self.schema = RequestSchema(predictor.preprocessor)
         self.batcher = MicroBatcher(
             predictor,
             self.settings.batch_wait_ms / 1000,
             self.settings.max_batch_rows,
             self.metrics.observe_batch,
+            schema=self.schema,
         )
-        self.schema = RequestSchema(predictor.preprocessor)
         self._key = self.settings.api_key.encode() if self.settings.api_key else None
         self._version = predictor.model_version.encode()
         self.fastapi = self._build_fastapi()

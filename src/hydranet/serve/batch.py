@@ -50,7 +50,7 @@ def predict_file(
         )
     predictor = Predictor.load(run_dir, backend)
     keep = list(keep or [])
-    columns = list(predictor.preprocessor.numeric) + list(predictor.preprocessor.categorical)
+    columns = predictor.preprocessor.columns
     columns += [c for c in keep if c not in columns]
     tmp = output.with_name(output.name + ".tmp")
     writer = None

@@ -6,9 +6,9 @@ default), lets the event loop run once so the requests that arrived with it
 join it; with ``max_wait`` > 0 it waits until ``max_wait`` after the first
 one's arrival (one timer per batch; no wait when the queue already holds
 ``max_rows`` rows). It takes what has arrived, up to ``max_rows`` rows,
-concatenates their arrays and runs the numeric scaling and ONE forward pass
-(under ``torch.inference_mode`` in the torch backend), then hands each request
-its own slice of the outputs. Under load requests pile up while a pass runs and
+concatenates their arrays per feature group, finishes each group's encoding
+(the numeric scaling) and runs ONE forward pass (under ``torch.inference_mode``
+in the torch backend), then hands each request its own slice of the outputs. Under load requests pile up while a pass runs and
 the next pass takes them all, so batches grow with the load without any wait.
 
 Where the pass runs: a batch of at most ``inline_rows`` rows runs on the event
@@ -39,9 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hydranet.serve.encode import RowEncoder
 from hydranet.serve.predictor import Predictor
-from hydranet.serve.validate import RequestError, Rows
+from hydranet.serve.validate import RequestError, RequestSchema, Rows
 
 Outputs = dict[str, np.ndarray]
 
@@ -61,9 +60,12 @@ class MicroBatcher:
         max_rows: int = 8192,
         on_batch: Callable[[int, int], None] | None = None,
         inline_rows: int = 256,
+        schema: RequestSchema | None = None,
     ):
         self.predictor = predictor
-        self.encoder = RowEncoder(predictor.preprocessor)
+        # the app's schema when it gives one: one copy of the vocabularies' lookup tables
+        self.schema = schema or RequestSchema(predictor.preprocessor)
+        self.groups = list(self.schema.encoders)
         self.max_wait, self.max_rows = max_wait_s, max_rows
         self.on_batch = on_batch  # called with (rows, requests) after each forward pass
         self.inline_rows = inline_rows
@@ -149,26 +151,23 @@ class MicroBatcher:
 
     def _compute(self, jobs: list[_Job]) -> list[Outputs | Exception]:
         if len(jobs) == 1:
-            cat, raw = jobs[0].rows.cat, jobs[0].rows.raw
+            parts = jobs[0].rows.parts
         else:
-            cat = np.concatenate([j.rows.cat for j in jobs])
-            raw = np.concatenate([j.rows.raw for j in jobs])
-        num = self.encoder.scale_numeric(raw)
+            parts = {g: np.concatenate([j.rows.parts[g] for j in jobs]) for g in self.groups}
         bounds = list(itertools.accumulate((j.rows.n for j in jobs), initial=0))
         results: list[Outputs | Exception | None] = [None] * len(jobs)
-        if not np.isfinite(num).all():
-            # a finite value can still overflow float32 once scaled; only those rows' requests fail
-            for r, col in np.argwhere(~np.isfinite(num)).tolist():
+        features = {}
+        for g, enc in self.schema.encoders.items():
+            features[g] = x = enc.encode_batch(parts[g])
+            # a value the encoding cannot represent fails only its own request
+            for r, name, message in enc.overflow(parts[g], x):
                 k = bisect.bisect_right(bounds, r) - 1
                 if results[k] is None:
-                    local, name = r - bounds[k], self.encoder.names_out[col]
+                    local = r - bounds[k]
                     results[k] = RequestError(
-                        422,
-                        f"rows[{local}].{name}: {jobs[k].rows.raw[local, col]!r} is too large for the model (beyond float32 once scaled)",
-                        field=name,
-                        row=local,
+                        422, f"rows[{local}].{name}: {message}", field=name, row=local
                     )
-        out = self.predictor.backend.forward(torch.from_numpy(cat), torch.from_numpy(num))
+        out = self.predictor.backend.forward({g: torch.from_numpy(x) for g, x in features.items()})
         if len(jobs) == 1 and results[0] is None:
             return [out]
         for k in range(len(jobs)):

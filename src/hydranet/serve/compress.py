@@ -14,8 +14,8 @@ embedding table's ``Gather``, all to int8 with one scale per tensor;
 activations are quantized on the fly. The census MMoE goes from 92.5 KiB
 (fp32 ONNX; 84.6 KiB safetensors) to 38 KiB with test AUC changes below 1e-4.
 
-The new run directory holds ``spec.json``, ``preprocessor.json`` and
-``tasks.json`` (copied unchanged), the int8 ``model.onnx``,
+The new run directory holds ``spec.json``, ``preprocessor.json``,
+``tasks.json`` and ``encoders.json`` (copied unchanged), the int8 ``model.onnx``,
 ``final_metrics.json`` (the int8 model's metrics) and ``compress.json`` (sizes
 and the metric change per task). No safetensors, no pickle: ``hydranet serve``
 and ``hydranet predict`` use onnxruntime for it automatically.
@@ -32,7 +32,14 @@ from typing import Any
 
 from hydranet import rundir
 from hydranet.errors import UserError
-from hydranet.serve.export import ParityError, _onnx_predict, evaluation_table, parity, write_onnx
+from hydranet.serve.export import (
+    ParityError,
+    _onnx_predict,
+    evaluation_table,
+    example_features,
+    parity,
+    write_onnx,
+)
 from hydranet.serve.predictor import ONNX_FILE, file_sha256
 
 REPORT = "compress.json"
@@ -56,11 +63,12 @@ def compress_int8(
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
     run = Run.load(src)
-    split, table = evaluation_table(run.spec, labels=True)
+    split, table = evaluation_table(run.spec, run.preprocessor, labels=True)
+    example = example_features(run.preprocessor, table, split)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fp32, int8 = work / "fp32.onnx", work / ONNX_FILE
-        write_onnx(run.model, run.tasks, run.preprocessor, fp32, source=src)
+        write_onnx(run.model, run.tasks, run.preprocessor, fp32, example, source=src)
         diffs = parity(run, fp32, table)
         if not max(diffs.values()) <= tolerance:
             raise ParityError(
@@ -70,9 +78,9 @@ def compress_int8(
         labels, masks = {}, {}
         for t in run.tasks:
             labels[t.name], masks[t.name] = t.encode(table)
-        cat, num = run.preprocessor.transform(table)
+        features = run.preprocessor.transform(table)
         before = split_metrics(run.tasks, run.predict_arrays(table), labels, masks)
-        after = split_metrics(run.tasks, _onnx_predict(int8, run.tasks, cat, num), labels, masks)
+        after = split_metrics(run.tasks, _onnx_predict(int8, run.tasks, features), labels, masks)
         report = {
             "method": METHOD,
             "source": str(src),
@@ -94,10 +102,11 @@ def compress_int8(
                 "the int8 graph is not smaller: this model is too small for the quantization overhead to pay off"
             )
         fp32.unlink()
-        for name in (rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS):
-            shutil.copyfile(
-                src / name, work / name
-            )  # byte for byte: the graph records the preprocessor's hash
+        for name in (rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS, rundir.ENCODERS):
+            if name == rundir.ENCODERS and not (src / name).is_file():
+                continue  # a run written before encoders.json existed
+            # byte for byte: the graph records the preprocessor's hash
+            shutil.copyfile(src / name, work / name)
         rundir.write_json(work / rundir.FINAL, {split: after})
         rundir.write_json(work / REPORT, report)
         os.chmod(work, 0o755)  # mkdtemp makes it private

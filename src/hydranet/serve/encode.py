@@ -1,55 +1,133 @@
-"""Validated JSON values to the model's input arrays without an Arrow table: the serving fast path.
+"""JSON values to a feature group's tensor without an Arrow table: the serving fast path.
 
 :meth:`Preprocessor.transform` works on Arrow columns, about six compute calls
 per column with tens of microseconds of fixed cost each: some 10 ms for the 38
 census features whatever the number of rows, more than everything else a
-single-row request costs together. Here the same fitted state
-(``vocabularies_``, ``mean_``, ``scale_``, ``log1p``, ``missing_indicator_``)
-is applied with one dict lookup per categorical value (in the request's own
-validation pass) and numpy over the whole micro-batch for the numeric values.
+single-row request costs together. Here the same fitted state is applied by one
+:class:`RowEncoder` per feature group, chosen by the group's kind in
+``ROW_ENCODERS``, in three steps:
+
+* ``check(values, problems)``, per request: the group's JSON values (rows ×
+  columns), every value that the kind cannot take added to ``problems`` with its
+  row and column; the usual all-good request costs one ``set(map(type, ...))``;
+* ``encode_rows(checked)``, per request once every group passed: the request's
+  part (categorical: one dict lookup per value; numeric: the raw float64 values);
+* ``encode_batch(part)``, per micro-batch on the requests' parts concatenated:
+  the group's array (numeric: signed log1p and scaling in numpy, once per batch);
+  ``overflow`` names a value that this makes non-finite.
+
 ``tests/test_serve_app.py`` checks the result against ``Preprocessor.transform``
-bit for bit, log1p columns, missing values and unseen categories included.
+bit for bit, log1p columns, missing values and unseen categories included. A
+feature kind without a row encoder here still predicts in batch (``hydranet
+predict``); ``hydranet serve`` refuses to start with it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from hydranet.data.preprocess import MISSING, OOV, Preprocessor
+import numpy as np
+import pyarrow as pa
+
+from hydranet.data.preprocess import MISSING, OOV
+from hydranet.features import CategoricalGroup, FeatureGroup, NumericGroup
+from hydranet.registry import Registry
+
+if TYPE_CHECKING:
+    from hydranet.serve.validate import Problems
+
+__all__ = ["ROW_ENCODERS", "CategoricalRows", "NumericRows", "RowEncoder", "kind_of", "cut"]
 
 _RESERVED = 2  # vocabulary indices start after out-of-vocabulary (0) and missing (1)
+_NAME_CHARS = 80  # a field name echoed in a message is cut to this length
 
 
 class RowEncoder:
-    def __init__(self, preprocessor: Preprocessor):
-        p = preprocessor
-        self.numeric, self.categorical = list(p.numeric), list(p.categorical)
-        self._lookups = [
-            {v: i + _RESERVED for i, v in enumerate(p.vocabularies_[c])} for c in p.categorical
-        ]
-        self._mean = np.asarray(p.mean_, dtype=np.float64)
-        self._scale = np.asarray(p.scale_, dtype=np.float64)
-        self._log1p = np.array([c in p.log1p for c in p.numeric], dtype=bool)
-        self._flagged = np.flatnonzero(np.asarray(p.missing_indicator_, dtype=bool))
-        self.names_out = p.numeric_names_out
+    """One feature group's JSON values → the group's array, as ``group.transform`` makes it."""
 
-    def encode_categorical(self, texts: list[list[str | None]]) -> np.ndarray:
-        """``[n, C]`` int64 indices from rows of category texts (``None``: missing)."""
-        lookups = self._lookups
-        codes = [
-            [MISSING if t is None else lk.get(t, OOV) for t, lk in zip(row, lookups, strict=True)]
-            for row in texts
-        ]
-        return np.array(codes, dtype=np.int64).reshape(len(texts), len(lookups))
+    kind: ClassVar[str] = ""
 
-    def scale_numeric(self, raw: np.ndarray) -> np.ndarray:
-        """``[n, n_numeric_out]`` float32 from raw ``[n, N]`` float64 values (NaN: missing).
+    def __init__(self, group: FeatureGroup):
+        self.name = group.name
+        self.columns = list(group.columns)
 
-        The same operations in the same order as ``Preprocessor.transform``: signed
+    def check(self, values: list[list[Any]], problems: Problems) -> Any:
+        """The request's values of this group (one list per row, in ``columns`` order);
+        each value the kind cannot take goes to ``problems``. Returns what ``encode_rows`` takes."""
+        raise NotImplementedError
+
+    def encode_rows(self, checked: Any) -> np.ndarray:
+        """The request's part of the group's array (``[n, ...]``), once every check passed."""
+        raise NotImplementedError
+
+    def encode_batch(self, part: np.ndarray) -> np.ndarray:
+        """The group's array for a micro-batch, from its requests' parts concatenated."""
+        return part
+
+    def overflow(self, part: np.ndarray, out: np.ndarray) -> Iterator[tuple[int, str, str]]:
+        """``(row, field, message)`` for each value ``encode_batch`` could not represent."""
+        return iter(())
+
+
+ROW_ENCODERS: Registry[type[RowEncoder]] = Registry("JSON row encoder")
+
+
+@ROW_ENCODERS.register("numeric")
+class NumericRows(RowEncoder):
+    """A number, a boolean (0/1) or ``null`` (missing) per value; scaled once per micro-batch."""
+
+    kind = "numeric"
+
+    def __init__(self, group: NumericGroup):
+        super().__init__(group)
+        self._mean = np.asarray(group.mean_, dtype=np.float64)
+        self._scale = np.asarray(group.scale_, dtype=np.float64)
+        self._log1p = np.array([c in group.log1p for c in group.columns], dtype=bool)
+        self._flagged = np.flatnonzero(np.asarray(group.missing_indicator_, dtype=bool))
+        self.names_out = group.names_out
+
+    def check(self, values: list[list[Any]], problems: Problems) -> np.ndarray:
+        n, names = len(values), self.columns
+        types = set(map(type, itertools.chain.from_iterable(values)))
+        if not types <= _NUMBER_OR_NULL:
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    if type(v) not in _NUMBER_OR_NULL:
+                        problems.add(
+                            i,
+                            names[j],
+                            f"expected a number or null for numeric feature; got {kind_of(v)}",
+                        )
+            return np.zeros((n, len(names)))
+        if type(None) in types:
+            values = [[np.nan if v is None else v for v in row] for row in values]
+        try:
+            x = np.array(values, dtype=np.float64).reshape(n, len(names))
+        except OverflowError:  # an integer beyond float64
+            x = np.array(
+                [[_float_or_inf(v) for v in row] for row in values], dtype=np.float64
+            ).reshape(n, len(names))
+        inf = np.isinf(x)
+        if inf.any():
+            for i, j in np.argwhere(inf)[: problems.room].tolist():
+                problems.add(
+                    i, names[j], f"{cut(repr(values[i][j]), 40)} is out of the float64 range"
+                )
+        return x
+
+    def encode_rows(self, checked: np.ndarray) -> np.ndarray:
+        return checked  # raw float64, NaN = missing: scaled per micro-batch
+
+    def encode_batch(self, part: np.ndarray) -> np.ndarray:
+        """``[n, len(names_out)]`` float32 from raw ``[n, N]`` float64 values (NaN: missing).
+
+        The same operations in the same order as ``NumericGroup.transform``: signed
         log1p, missing = not finite, ``(x - mean) / scale``, missing to 0, float32,
         then one 0/1 indicator per column that had missing values in training.
         """
-        x = raw.copy()
+        x = part.copy()
         if self._log1p.any():
             sub = x[:, self._log1p]
             x[:, self._log1p] = np.sign(sub) * np.log1p(np.abs(sub))
@@ -58,7 +136,152 @@ class RowEncoder:
         x /= self._scale
         x[miss] = 0.0
         out = np.empty((x.shape[0], x.shape[1] + self._flagged.size), dtype=np.float32)
-        with np.errstate(over="ignore"):  # a finite value beyond float32: the caller reports it
+        with np.errstate(over="ignore"):  # a finite value beyond float32: see overflow
             out[:, : x.shape[1]] = x
         out[:, x.shape[1] :] = miss[:, self._flagged]
         return out
+
+    def overflow(self, part: np.ndarray, out: np.ndarray) -> Iterator[tuple[int, str, str]]:
+        # a finite float64 can still overflow float32 once scaled (indicators never do)
+        if np.isfinite(out).all():
+            return
+        for r, col in np.argwhere(~np.isfinite(out)).tolist():
+            yield (
+                r,
+                self.names_out[col],
+                f"{part[r, col]!r} is too large for the model (beyond float32 once scaled)",
+            )
+
+
+@ROW_ENCODERS.register("categorical")
+class CategoricalRows(RowEncoder):
+    """A string, a number, a boolean or ``null`` (missing) per value; looked up per request.
+
+    Numbers and booleans are spelt as Arrow casts them to text in training
+    (``3`` → ``"3"``, ``true`` → ``"true"``), so an integer-coded column matches
+    its vocabulary; a value never seen in training is out-of-vocabulary.
+    """
+
+    kind = "categorical"
+
+    def __init__(self, group: CategoricalGroup):
+        super().__init__(group)
+        self._lookups = [
+            {v: i + _RESERVED for i, v in enumerate(group.vocabularies_[c])} for c in self.columns
+        ]
+
+    def check(self, values: list[list[Any]], problems: Problems) -> list[list[str | None]]:
+        names = self.columns
+        types = set(map(type, itertools.chain.from_iterable(values)))
+        if types <= _TEXT_OR_NULL:
+            texts = values
+        elif not types <= _SCALAR_OR_NULL:
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    if type(v) not in _SCALAR_OR_NULL:
+                        problems.add(
+                            i,
+                            names[j],
+                            f"expected a string, a number or null for categorical feature; got {kind_of(v)}",
+                        )
+            return []
+        else:
+            texts = _as_text(values, names, problems)
+        try:
+            # one C call proves every string is encodable; JSON allows lone surrogates, Arrow and UTF-8 do not
+            "".join(s for row in texts for s in row if s is not None).encode("utf-8")
+        except UnicodeEncodeError:
+            for i, row in enumerate(texts):
+                for j, s in enumerate(row):
+                    if s is not None and not _encodable(s):
+                        problems.add(i, names[j], "string is not valid Unicode (a lone surrogate)")
+        return texts
+
+    def encode_rows(self, texts: list[list[str | None]]) -> np.ndarray:
+        """``[n, C]`` int64 indices from rows of category texts (``None``: missing)."""
+        lookups = self._lookups
+        codes = [
+            [MISSING if t is None else lk.get(t, OOV) for t, lk in zip(row, lookups, strict=True)]
+            for row in texts
+        ]
+        return np.array(codes, dtype=np.int64).reshape(len(texts), len(lookups))
+
+
+_NUMBER = {int, float, bool}
+_NUMBER_OR_NULL = _NUMBER | {type(None)}
+_TEXT_OR_NULL = {str, type(None)}
+_SCALAR_OR_NULL = _NUMBER_OR_NULL | {str}
+
+
+def _float_or_inf(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return np.inf
+
+
+def _as_text(
+    values: list[list[Any]], names: list[str], problems: Problems
+) -> list[list[str | None]]:
+    """Numbers and booleans spelt as Arrow's cast to string spells them (training did that cast)."""
+    texts = [list(row) for row in values]
+    floats: list[tuple[int, int]] = []
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            t = type(v)
+            if t is bool:
+                texts[i][j] = "true" if v else "false"
+            elif t is int:
+                texts[i][j] = str(v)
+            elif t is float:
+                if v != v or v in (np.inf, -np.inf):
+                    problems.add(i, names[j], f"{cut(repr(v), 40)} is out of the float64 range")
+                else:
+                    floats.append((i, j))
+    if floats:
+        spelt = (
+            pa.array([values[i][j] for i, j in floats], pa.float64()).cast(pa.string()).to_pylist()
+        )
+        for (i, j), s in zip(floats, spelt, strict=True):
+            texts[i][j] = s
+    return texts
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class NonFinite:
+    """Stands for a ``NaN`` / ``Infinity`` / ``-Infinity`` token, so it can be reported where it is."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+
+def kind_of(v: Any) -> str:
+    """What a JSON value is, for a message (``a string``, ``an object``, ...)."""
+    if isinstance(v, NonFinite):
+        return f"{v.token}, which is not valid JSON (send null for a missing value)"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__  # pragma: no cover - json.loads gives nothing else
+
+
+def cut(text: str, n: int = _NAME_CHARS) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,11 +1,13 @@
 """ONNX export of a run's model, checked against PyTorch before it is kept.
 
 The graph computes what :class:`~hydranet.serve.predictor.TorchBackend`
-computes: inputs ``cat`` (int64 ``[B, C]``) and ``num`` (float32 ``[B, N]``),
-the tensors :meth:`Preprocessor.transform` makes; one output per task, named
-after it, after the task's activation (sigmoid, softmax, de-standardization);
-the batch axis is dynamic. Preprocessing is not in the graph: it stays in
-Python, from ``preprocessor.json``, whose sha256 the graph records (see
+computes: one input per feature group, named after the group and in group
+order, holding the tensor :meth:`Preprocessor.transform` makes for it
+(categorical int64 ``[B, C]``, numeric float32 ``[B, width]``); one output per
+task, named after it, after the task's activation (sigmoid, softmax,
+de-standardization); the batch axis of every input and output is dynamic.
+Preprocessing is not in the graph: it stays in Python, from
+``preprocessor.json``, whose sha256 the graph records (see
 ``META_PREPROCESSOR``) so that a server refuses to pair it with another run's.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. With
@@ -14,8 +16,8 @@ models, but the dynamo exporter needs the extra ``onnxscript`` package, takes
 about 15 s instead of under 1 s for a small model, and by default puts the
 weights in a side file; the TorchScript one writes one self-contained file
 with no extra dependency. It is deprecated upstream; the replacement is
-``dynamo=True`` with ``dynamic_shapes={"cat": {0: Dim("batch")}, "num": {0:
-Dim("batch")}}`` and ``external_data=False``.
+``dynamo=True`` with ``dynamic_shapes`` giving each group's input ``{0:
+Dim("batch")}`` and ``external_data=False``.
 """
 
 from __future__ import annotations
@@ -71,14 +73,18 @@ class ExportReport:
 
 
 class _WithActivations(nn.Module):
-    """The model plus each task's output activation: what the ONNX graph computes."""
+    """The model plus each task's output activation: what the ONNX graph computes.
 
-    def __init__(self, model: nn.Module, tasks: list[Task]):
+    The exporter passes inputs positionally, so the groups' tensors come in group
+    order and are put back into the batch format's ``{group: tensor}`` here.
+    """
+
+    def __init__(self, model: nn.Module, tasks: list[Task], groups: list[str]):
         super().__init__()
-        self.model, self.tasks = model, tasks
+        self.model, self.tasks, self.groups = model, tasks, groups
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(cat, num)
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(dict(zip(self.groups, features, strict=True)))
         return tuple(t.predict(out[t.name]) for t in self.tasks)
 
 
@@ -99,8 +105,9 @@ def export_onnx(
         raise UserError(f"--onnx {out}: directory {out.parent} does not exist")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        write_onnx(run.model, run.tasks, run.preprocessor, tmp, opset, source=run.path)
-        split, table = evaluation_table(run.spec)
+        split, table = evaluation_table(run.spec, run.preprocessor)
+        example = example_features(run.preprocessor, table, split)
+        write_onnx(run.model, run.tasks, run.preprocessor, tmp, example, opset, source=run.path)
         diffs = parity(run, tmp, table)
         report = ExportReport(out, tmp.stat().st_size, split, table.num_rows, diffs, tolerance)
         if not report.max_diff <= tolerance:  # also catches NaN
@@ -115,23 +122,47 @@ def export_onnx(
     return report
 
 
+def example_features(
+    preprocessor, table: pa.Table, split: str = "evaluation"
+) -> dict[str, torch.Tensor]:
+    """Two rows of ``table`` as the batch format's features, to trace the export with.
+
+    Real rows rather than zeros: every feature kind knows how to make its own tensor
+    from them. Two, not one: a traced size-1 axis could be mistaken for a constant.
+    """
+    if table.num_rows == 0:
+        raise UserError(f"the {split} split has no rows to trace and check the export with")
+    rows = table.slice(0, 2) if table.num_rows >= 2 else pa.concat_tables([table, table])
+    return preprocessor.transform(rows)
+
+
 def write_onnx(
     model: nn.Module,
     tasks: list[Task],
     preprocessor,
     path: Path,
+    example: dict[str, torch.Tensor],
     opset: int = 17,
     source: Path | None = None,
 ) -> None:
-    """The bare export (no parity check), with hydranet's metadata in the graph."""
+    """The bare export (no parity check), with hydranet's metadata in the graph.
+
+    ``example``: the batch format's features of two rows (:func:`example_features`),
+    one tensor per feature group; the graph's inputs are the groups, in group order.
+    """
     import onnx
 
-    wrapper = _WithActivations(model, tasks).eval()
-    # batch 2, not 1: a traced size-1 axis could be mistaken for a constant
-    cat = torch.zeros(2, len(preprocessor.categorical), dtype=torch.long)
-    num = torch.zeros(2, preprocessor.n_numeric_out, dtype=torch.float32)
+    groups = list(preprocessor.groups)
     names = [t.name for t in tasks]
-    axes = {n: {0: "batch"} for n in ["cat", "num", *names]}
+    clash = [g for g in groups if g in names]
+    if clash:
+        raise UserError(
+            f"feature group {clash[0]!r} has the name of a task; an ONNX graph's inputs and outputs "
+            "need distinct names: rename the group ([[features]] name) to export"
+        )
+    wrapper = _WithActivations(model, tasks, groups).eval()
+    inputs = tuple(example[g] for g in groups)
+    axes = {n: {0: "batch"} for n in [*groups, *names]}
     with warnings.catch_warnings():
         # TracerWarning: BatchedLinear compares the (static) group axis to an int;
         # DeprecationWarning: the TorchScript exporter (see the module docstring)
@@ -142,7 +173,7 @@ def write_onnx(
         )
         try:
             torch.onnx.export(
-                wrapper, (cat, num), str(path), input_names=["cat", "num"], output_names=names,
+                wrapper, inputs, str(path), input_names=groups, output_names=names,
                 dynamic_axes=axes, opset_version=opset, do_constant_folding=True, **legacy,
             )  # fmt: skip
         except Exception as e:  # an operator the exporter cannot express (e.g. a user's trunk)
@@ -153,8 +184,12 @@ def write_onnx(
     meta = {
         "hydranet.version": hydranet.__version__,
         META_TASKS: json.dumps([{"name": t.name, "kind": t.kind} for t in tasks]),
-        "hydranet.inputs": "cat: int64 [B, C] categorical indices; num: float32 [B, N] scaled numeric features "
-        "(both from hydranet's Preprocessor.transform; preprocessing is not in this graph)",
+        "hydranet.inputs": "; ".join(
+            f"{g}: {str(x.dtype).removeprefix('torch.')} [B, {', '.join(map(str, x.shape[1:]))}] "
+            f"({preprocessor.groups[g].kind} feature group)"
+            for g, x in zip(groups, inputs, strict=True)
+        )
+        + " (one input per feature group, from hydranet's Preprocessor.transform; preprocessing is not in this graph)",
     }
     if source is not None:
         meta[META_PREPROCESSOR] = file_sha256(source / "preprocessor.json")
@@ -167,9 +202,8 @@ def write_onnx(
 
 def parity(run, onnx_path: Path, table: pa.Table) -> dict[str, float]:
     """Max |ONNX Runtime - PyTorch| per task over the table's rows."""
-    cat, num = run.preprocessor.transform(table)
     ref = run.predict_arrays(table)
-    got = _onnx_predict(onnx_path, run.tasks, cat, num)
+    got = _onnx_predict(onnx_path, run.tasks, run.preprocessor.transform(table))
     return {
         t.name: float(np.max(np.abs(got[t.name].astype(np.float64) - ref[t.name])))
         for t in run.tasks
@@ -177,22 +211,24 @@ def parity(run, onnx_path: Path, table: pa.Table) -> dict[str, float]:
 
 
 def _onnx_predict(
-    path: Path, tasks: list[Task], cat: torch.Tensor, num: torch.Tensor, batch_rows: int = 65_536
+    path: Path, tasks: list[Task], features: dict[str, torch.Tensor], batch_rows: int = 65_536
 ) -> dict[str, np.ndarray]:
-    backend = OnnxBackend(path, tasks)
+    backend = OnnxBackend(path, tasks, list(features))
+    n = next(iter(features.values())).shape[0]
     parts = [
-        backend.forward(cat[s : s + batch_rows], num[s : s + batch_rows])
-        for s in range(0, cat.shape[0], batch_rows)
+        backend.forward({g: x[s : s + batch_rows] for g, x in features.items()})
+        for s in range(0, n, batch_rows)
     ]
     return {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
 
 
-def evaluation_table(spec: Spec, labels: bool = False) -> tuple[str, pa.Table]:
-    """The run's test split (validation when it has none): its name and rows."""
+def evaluation_table(spec: Spec, preprocessor, labels: bool = False) -> tuple[str, pa.Table]:
+    """The run's test split (validation when it has none): its name and rows (the
+    preprocessor's feature columns, and with ``labels`` the tasks' label columns)."""
     from hydranet.data.sources import load_splits, read_table
 
     data = spec.data
-    columns = list(data.numeric) + list(data.categorical)
+    columns = preprocessor.columns
     if labels:
         columns += [c for t in spec.tasks for c in t.label_columns if c not in columns]
     if data.test:

@@ -6,10 +6,11 @@ activation (probabilities, values):
 * ``torch``: the run's ``model.safetensors`` through :meth:`hydranet.Run.load`.
 * ``onnxruntime``: an ONNX graph written by ``hydranet export`` (or the int8
   one written by ``hydranet compress``). Preprocessing stays in Python: the
-  graph takes the preprocessor's ``cat`` (int64 ``[B, C]``) and ``num``
-  (float32 ``[B, N]``) tensors, so the run's ``preprocessor.json`` is always
-  needed beside it. The graph records a hash of that file and is refused with
-  another run's preprocessor.
+  graph takes the batch format's features, one input per feature group named
+  after it (categorical int64 ``[B, C]``, numeric float32 ``[B, width]``, as
+  ``Preprocessor.transform`` makes them), so the run's ``preprocessor.json`` is
+  always needed beside it. The graph records a hash of that file and is refused
+  with another run's preprocessor.
 
 ``backend="auto"`` picks ``torch`` when the run has safetensors weights and
 ``onnxruntime`` when it only has ``model.onnx`` (a compressed run).
@@ -18,7 +19,6 @@ activation (probabilities, values):
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,21 +30,27 @@ import torch
 from hydranet import rundir
 from hydranet.data.preprocess import Preprocessor
 from hydranet.errors import UserError
+from hydranet.features import CategoricalGroup
 from hydranet.spec import Spec
-from hydranet.tasks import Task, build_task
+from hydranet.tasks import Task
 
 ONNX_FILE = "model.onnx"
 BACKENDS = ("auto", "torch", "onnxruntime")
 # keys of the metadata hydranet writes into an exported ONNX graph
 META_PREPROCESSOR = "hydranet.preprocessor_sha256"
 META_TASKS = "hydranet.tasks"
+# the input names of graphs exported before feature groups, and the groups they are now
+_LEGACY_INPUTS = {"cat": "categorical", "num": "numeric"}
+
+Features = dict[str, torch.Tensor]
 
 
 class Backend(Protocol):
     name: str
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per-task outputs after the task's activation, as float32 arrays."""
+    def forward(self, features: Features) -> dict[str, np.ndarray]:
+        """Per-task outputs after the task's activation, as float32 arrays, for the
+        batch format's features (``{group name: tensor}``)."""
         ...
 
 
@@ -54,16 +60,16 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, tasks: list[Task]):
         self.model, self.tasks = model.eval(), tasks
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, np.ndarray]:
+    def forward(self, features: Features) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            out = self.model(cat, num)
+            out = self.model(features)
             return {t.name: t.predict(out[t.name]).float().numpy() for t in self.tasks}
 
 
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, tasks: list[Task], threads: int = 0):
+    def __init__(self, path: Path, tasks: list[Task], groups: list[str], threads: int = 0):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -83,17 +89,19 @@ class OnnxBackend:
         self.inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         names = [t.name for t in tasks]
-        if sorted(outputs) != sorted(names) or not set(self.inputs) <= {"cat", "num"}:
+        # graph input -> feature group; an input the graph does not use was dropped by the
+        # exporter, so the inputs may be fewer than the groups
+        self.feeds = {i: i if i in groups else _LEGACY_INPUTS.get(i, "") for i in self.inputs}
+        if sorted(outputs) != sorted(names) or not set(self.feeds.values()) <= set(groups):
             raise UserError(
                 f"{path} does not fit this run: it has outputs {outputs} for inputs {self.inputs}; "
-                f"the run has tasks {names} (re-export it with 'hydranet export')"
+                f"the run has tasks {names} and feature groups {groups} (re-export it with 'hydranet export')"
             )
         self.names = names
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> dict[str, np.ndarray]:
-        # an input the graph does not use (no categorical features) was dropped by the exporter
-        feeds = {k: v for k, v in (("cat", cat.numpy()), ("num", num.numpy())) if k in self.inputs}
+    def forward(self, features: Features) -> dict[str, np.ndarray]:
+        feeds = {i: features[g].numpy() for i, g in self.feeds.items()}
         return dict(zip(self.names, self.session.run(self.names, feeds), strict=True))
 
 
@@ -150,7 +158,7 @@ class Predictor:
             raise UserError(
                 f"no ONNX model at {onnx_path}; write one with 'hydranet export {path}'"
             )
-        ort_backend = OnnxBackend(onnx_path, tasks, threads)
+        ort_backend = OnnxBackend(onnx_path, tasks, list(prep.groups), threads)
         recorded = ort_backend.metadata.get(META_PREPROCESSOR)
         if recorded is not None and recorded != file_sha256(path / rundir.PREPROCESSOR):
             raise UserError(
@@ -161,8 +169,7 @@ class Predictor:
 
     # ------------------------------------------------------------ inference
     def forward_table(self, table: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
-        cat, num = self.preprocessor.transform(table)
-        return self.backend.forward(cat, num)
+        return self.backend.forward(self.preprocessor.transform(table))
 
     def predict_table(self, table: pa.Table | pa.RecordBatch, batch_rows: int = 65_536) -> pa.Table:
         """Per-task prediction columns, as :meth:`hydranet.Run.predict` gives them."""
@@ -192,16 +199,13 @@ class Predictor:
 
     def metadata(self) -> dict[str, Any]:
         prep, m = self.preprocessor, self.spec.model
-        features = [{"name": c, "kind": "numeric", "nullable": True} for c in prep.numeric]
-        features += [
-            {
-                "name": c,
-                "kind": "categorical",
-                "nullable": True,
-                "categories": len(prep.vocabularies_[c]),
-            }
-            for c in prep.categorical
-        ]
+        features = []
+        for name, g in prep.groups.items():
+            for c in g.columns:
+                f: dict[str, Any] = {"name": c, "kind": g.kind, "group": name, "nullable": True}
+                if isinstance(g, CategoricalGroup):
+                    f["categories"] = len(g.vocabularies_[c])
+                features.append(f)
         model: dict[str, Any] = {
             "architecture": m.architecture,
             "params": m.params,
@@ -244,13 +248,8 @@ def task_output(t: Task) -> dict[str, Any]:
 
 def load_meta(path: Path) -> tuple[Spec, Preprocessor, list[Task]]:
     """Spec, preprocessor and fitted tasks of a run directory (JSON only; no weights needed)."""
-    for name in (rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS):
-        if not (path / name).is_file():
-            raise UserError(f"{path} is not a complete hydranet run: {name} is missing")
-    spec = Spec.from_dict(_read_json(path / rundir.SPEC), source=str(path / rundir.SPEC))
-    prep = Preprocessor.from_dict(_read_json(path / rundir.PREPROCESSOR))
-    states = _read_json(path / rundir.TASKS)
-    return spec, prep, [build_task(ts, states.get(ts.name)) for ts in spec.tasks]
+    spec, prep, tasks, _ = rundir.read_meta(Path(path))
+    return spec, prep, tasks
 
 
 def file_sha256(path: Path) -> str:
@@ -259,10 +258,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None

@@ -45,6 +45,7 @@ from hydranet.errors import UserError
 from hydranet.serve.app import Settings, create_app
 from hydranet.serve.metrics import Metrics, create_shared
 from hydranet.serve.predictor import Predictor
+from hydranet.serve.validate import check_servable
 
 _STOP_TIMEOUT_S = 40  # uvicorn's graceful shutdown gets 30
 
@@ -62,7 +63,11 @@ class ModelSource:
         import torch
 
         torch.set_num_threads(self.threads)
-        return Predictor.load(self.run, self.backend, self.onnx, threads=self.threads)
+        predictor = Predictor.load(self.run, self.backend, self.onnx, threads=self.threads)
+        # a feature kind with no JSON row encoder: refused here, before the socket is bound
+        # (with several workers, the parent says the first worker's one line)
+        check_servable(predictor.preprocessor)
+        return predictor
 
 
 def serve(

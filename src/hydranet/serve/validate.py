@@ -1,15 +1,17 @@
 """Request validation for ``POST /v1/predict``: untyped JSON rows in, typed feature columns out.
 
 The preprocessor works on typed Arrow columns; a JSON request is untyped, so
-every value is first checked against its feature's kind, and every problem
-becomes a :class:`RequestError` (HTTP 4xx) whose message names the row index
-and the field, never a server error. The checks loop over the request's rows
-once for their keys and once over the values (the usual all-good request costs
-one ``set(map(type, ...))`` and one ``np.array`` for all numeric values); the
-values are encoded on the way (:mod:`hydranet.serve.encode`), and the server
-runs the model once per micro-batch, never per row.
+every value is first checked against its feature group's kind, and every
+problem becomes a :class:`RequestError` (HTTP 4xx) whose message names the row
+index and the field, never a server error. The checks loop over the request's
+rows once for their keys and then, per feature group, once over its values (the
+usual all-good request costs one ``set(map(type, ...))`` per group and one
+``np.array`` per numeric group); the values are encoded on the way by the
+group kind's row encoder (:mod:`hydranet.serve.encode`), and the server runs
+the model once per micro-batch, never per row.
 
-What a value may be:
+What a value may be (the built-in kinds; a run with a feature group of a kind
+that has no row encoder is refused at start, see :func:`check_servable`):
 
 * numeric feature: a number, a boolean (0/1, as Arrow reads a boolean column)
   or ``null`` (missing: imputed exactly as in training). A number beyond the
@@ -26,21 +28,19 @@ What a value may be:
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from hydranet.data.preprocess import Preprocessor
-from hydranet.serve.encode import RowEncoder
+from hydranet.errors import UserError
+from hydranet.serve.encode import ROW_ENCODERS, NonFinite, RowEncoder, cut, kind_of
 
-__all__ = ["RequestError", "RequestSchema", "Rows", "parse_json"]
+__all__ = ["Problems", "RequestError", "RequestSchema", "Rows", "check_servable", "parse_json"]
 
 MAX_PROBLEMS = 10  # problems reported per request; the first one is the message
-_NAME_CHARS = 80  # a field name echoed in a message is cut to this length
 
 
 class RequestError(Exception):
@@ -75,16 +75,7 @@ class RequestError(Exception):
         }
 
 
-class _NonFinite:
-    """Stands for a ``NaN`` / ``Infinity`` / ``-Infinity`` token, so it can be reported where it is."""
-
-    __slots__ = ("token",)
-
-    def __init__(self, token: str):
-        self.token = token
-
-
-_DECODER = json.JSONDecoder(parse_constant=_NonFinite)  # json.loads would build one per call
+_DECODER = json.JSONDecoder(parse_constant=NonFinite)  # json.loads would build one per call
 
 
 def parse_json(body: bytes) -> Any:
@@ -98,40 +89,52 @@ def parse_json(body: bytes) -> Any:
             400, f"body: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", field="body"
         ) from None
     except ValueError as e:  # not UTF-8, an integer of more than 4,300 digits
-        raise RequestError(
-            400, f"body: not valid JSON: {_cut(str(e), 200)}", field="body"
-        ) from None
+        raise RequestError(400, f"body: not valid JSON: {cut(str(e), 200)}", field="body") from None
 
 
 @dataclass
 class Rows:
-    """Validated rows, encoded: categorical indices ``[n, C]`` int64 and raw numeric values ``[n, N]`` float64 (NaN = missing)."""
+    """Validated rows, encoded per feature group (``RowEncoder.encode_rows``: categorical
+    indices ``[n, C]`` int64, raw numeric values ``[n, N]`` float64 with NaN = missing)."""
 
-    cat: np.ndarray
-    raw: np.ndarray
+    parts: dict[str, np.ndarray]
     n: int
 
 
+def check_servable(preprocessor: Preprocessor) -> None:
+    """A one-line UserError naming the first feature group whose kind has no JSON row encoder."""
+    for name, g in preprocessor.groups.items():
+        if g.kind not in ROW_ENCODERS:
+            raise UserError(
+                f"feature group {name!r} is of kind {g.kind!r}, which has no JSON row encoder "
+                f"(built-in: {', '.join(ROW_ENCODERS.names())}): 'hydranet serve' cannot take it; "
+                "'hydranet predict' predicts such a run in batch"
+            )
+
+
 class RequestSchema:
-    """The fields a request row must have (the run's features), and their encoding."""
+    """The fields a request row must have (the run's feature columns), and one row encoder per group."""
 
     def __init__(self, preprocessor: Preprocessor):
-        self.encoder = RowEncoder(preprocessor)
-        self.numeric, self.categorical = self.encoder.numeric, self.encoder.categorical
-        self.fields = frozenset(self.numeric) | frozenset(self.categorical)
-        self._listing = ", ".join(self.numeric + self.categorical)
+        check_servable(preprocessor)
+        self.encoders: dict[str, RowEncoder] = {
+            name: ROW_ENCODERS.get(g.kind)(g) for name, g in preprocessor.groups.items()
+        }
+        self.columns = preprocessor.columns
+        self.fields = frozenset(self.columns)
+        self._listing = ", ".join(self.columns)
 
     def validate(self, payload: Any, max_rows: int) -> Rows:
         """Check a parsed request body ``{"rows": [{feature: value}, ...]}``; encoded rows out."""
         if not isinstance(payload, dict):
             raise RequestError(
                 422,
-                f'body: expected an object {{"rows": [...]}}; got {_kind(payload)}',
+                f'body: expected an object {{"rows": [...]}}; got {kind_of(payload)}',
                 field="body",
             )
         extra = [k for k in payload if k != "rows"]
         if extra:
-            name = _cut(extra[0])
+            name = cut(extra[0])
             raise RequestError(
                 422, f"{name}: unknown field; the body has one field, 'rows'", field=name
             )
@@ -142,7 +145,7 @@ class RequestSchema:
         rows = payload["rows"]
         if not isinstance(rows, list):
             raise RequestError(
-                422, f"rows: expected a list of objects; got {_kind(rows)}", field="rows"
+                422, f"rows: expected a list of objects; got {kind_of(rows)}", field="rows"
             )
         if not rows:
             raise RequestError(422, "rows: empty; send at least one row", field="rows")
@@ -152,87 +155,40 @@ class RequestSchema:
                 f"rows: {len(rows):,} rows exceed the limit of {max_rows:,} per request; split the request",
                 field="rows",
             )
-        problems = _Problems()
+        problems = Problems()
         self._check_keys(rows, problems)
         problems.raise_if_any()
-        raw = self._numeric([[r[f] for f in self.numeric] for r in rows], problems)
-        texts = self._categorical([[r[f] for f in self.categorical] for r in rows], problems)
+        checked = {
+            name: enc.check([[r[f] for f in enc.columns] for r in rows], problems)
+            for name, enc in self.encoders.items()
+        }
         problems.raise_if_any()
-        return Rows(self.encoder.encode_categorical(texts), raw, len(rows))
+        parts = {name: enc.encode_rows(checked[name]) for name, enc in self.encoders.items()}
+        return Rows(parts, len(rows))
 
-    def _check_keys(self, rows: list[Any], problems: _Problems) -> None:
+    def encode_batch(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every group's array for a micro-batch (its requests' parts concatenated)."""
+        return {name: enc.encode_batch(parts[name]) for name, enc in self.encoders.items()}
+
+    def _check_keys(self, rows: list[Any], problems: Problems) -> None:
         expected = self.fields
         for i, row in enumerate(rows):
             if type(row) is not dict:
-                problems.add(i, None, f"expected an object of feature values; got {_kind(row)}")
+                problems.add(i, None, f"expected an object of feature values; got {kind_of(row)}")
             elif row.keys() != expected:
                 for f in sorted(expected - row.keys()):
                     problems.add(i, f, "missing feature (send null for a missing value)")
                 for f in sorted(row.keys() - expected):
                     problems.add(
-                        i, f, f"unknown field; the features are: {_cut(self._listing, 400)}"
+                        i, f, f"unknown field; the features are: {cut(self._listing, 400)}"
                     )
             if problems.full:
                 return
 
-    def _numeric(self, values: list[list[Any]], problems: _Problems) -> np.ndarray:
-        n, names = len(values), self.numeric
-        types = set(map(type, itertools.chain.from_iterable(values)))
-        if not types <= _NUMBER_OR_NULL:
-            for i, row in enumerate(values):
-                for j, v in enumerate(row):
-                    if type(v) not in _NUMBER_OR_NULL:
-                        problems.add(
-                            i,
-                            names[j],
-                            f"expected a number or null for numeric feature; got {_kind(v)}",
-                        )
-            return np.zeros((n, len(names)))
-        if type(None) in types:
-            values = [[np.nan if v is None else v for v in row] for row in values]
-        try:
-            x = np.array(values, dtype=np.float64).reshape(n, len(names))
-        except OverflowError:  # an integer beyond float64
-            x = np.array(
-                [[_float_or_inf(v) for v in row] for row in values], dtype=np.float64
-            ).reshape(n, len(names))
-        inf = np.isinf(x)
-        if inf.any():
-            for i, j in np.argwhere(inf)[:MAX_PROBLEMS].tolist():
-                problems.add(
-                    i, names[j], f"{_cut(repr(values[i][j]), 40)} is out of the float64 range"
-                )
-        return x
 
-    def _categorical(self, values: list[list[Any]], problems: _Problems) -> list[list[str | None]]:
-        names = self.categorical
-        types = set(map(type, itertools.chain.from_iterable(values)))
-        if types <= _TEXT_OR_NULL:
-            texts = values
-        elif not types <= _SCALAR_OR_NULL:
-            for i, row in enumerate(values):
-                for j, v in enumerate(row):
-                    if type(v) not in _SCALAR_OR_NULL:
-                        problems.add(
-                            i,
-                            names[j],
-                            f"expected a string, a number or null for categorical feature; got {_kind(v)}",
-                        )
-            return []
-        else:
-            texts = _as_text(values, names, problems)
-        try:
-            # one C call proves every string is encodable; JSON allows lone surrogates, Arrow and UTF-8 do not
-            "".join(s for row in texts for s in row if s is not None).encode("utf-8")
-        except UnicodeEncodeError:
-            for i, row in enumerate(texts):
-                for j, s in enumerate(row):
-                    if s is not None and not _encodable(s):
-                        problems.add(i, names[j], "string is not valid Unicode (a lone surrogate)")
-        return texts
+class Problems:
+    """Up to MAX_PROBLEMS ``{row, field, message}`` entries; raised as one RequestError."""
 
-
-class _Problems:
     def __init__(self):
         self.items: list[dict[str, Any]] = []
 
@@ -240,15 +196,21 @@ class _Problems:
     def full(self) -> bool:
         return len(self.items) >= MAX_PROBLEMS
 
+    @property
+    def room(self) -> int:
+        return MAX_PROBLEMS - len(self.items)
+
     def add(self, row: int | None, field: str | None, message: str) -> None:
         if not self.full:
             self.items.append(
-                {"row": row, "field": None if field is None else _cut(field), "message": message}
+                {"row": row, "field": None if field is None else cut(field), "message": message}
             )
 
     def raise_if_any(self) -> None:
         if not self.items:
             return
+        # groups are checked one after the other: the message names the earliest row
+        self.items.sort(key=lambda p: -1 if p["row"] is None else p["row"])
         first = self.items[0]
         where = f"rows[{first['row']}]" if first["row"] is not None else "rows"
         if first["field"] is not None:
@@ -261,73 +223,3 @@ class _Problems:
             row=first["row"],
             problems=self.items,
         )
-
-
-_NUMBER = {int, float, bool}
-_NUMBER_OR_NULL = _NUMBER | {type(None)}
-_TEXT_OR_NULL = {str, type(None)}
-_SCALAR_OR_NULL = _NUMBER_OR_NULL | {str}
-
-
-def _float_or_inf(v: Any) -> float:
-    try:
-        return float(v)
-    except OverflowError:
-        return np.inf
-
-
-def _as_text(
-    values: list[list[Any]], names: list[str], problems: _Problems
-) -> list[list[str | None]]:
-    """Numbers and booleans spelt as Arrow's cast to string spells them (training did that cast)."""
-    texts = [list(row) for row in values]
-    floats: list[tuple[int, int]] = []
-    for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            t = type(v)
-            if t is bool:
-                texts[i][j] = "true" if v else "false"
-            elif t is int:
-                texts[i][j] = str(v)
-            elif t is float:
-                if v != v or v in (np.inf, -np.inf):
-                    problems.add(i, names[j], f"{_cut(repr(v), 40)} is out of the float64 range")
-                else:
-                    floats.append((i, j))
-    if floats:
-        spelt = (
-            pa.array([values[i][j] for i, j in floats], pa.float64()).cast(pa.string()).to_pylist()
-        )
-        for (i, j), s in zip(floats, spelt, strict=True):
-            texts[i][j] = s
-    return texts
-
-
-def _encodable(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, _NonFinite):
-        return f"{v.token}, which is not valid JSON (send null for a missing value)"
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "an object"
-    return type(v).__name__  # pragma: no cover - json.loads gives nothing else
-
-
-def _cut(text: str, n: int = _NAME_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from hydranet.data.loader import TensorData, build_tensor_data
-from hydranet.data.preprocess import Preprocessor
+from hydranet.data.preprocess import Preprocessor, column_report
 from hydranet.data.sources import load_splits, resolve_dataset
 from hydranet.errors import DataError, SpecError
 from hydranet.spec import Spec
@@ -93,10 +93,7 @@ def resolve_spec(spec: Spec) -> Spec:
         if c not in schema.names
     ]
     if missing:
-        shown = ", ".join(schema.names[:40]) + (
-            f", ... ({len(schema.names)} in all)" if len(schema.names) > 40 else ""
-        )
-        raise DataError("\n".join([*missing, f"columns of {data.train}: {shown}"]))
+        raise DataError(column_report(missing, schema, str(data.train)))
     return resolved
 
 
