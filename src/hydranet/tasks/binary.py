@@ -67,18 +67,20 @@ class BinaryTask(Task):
         return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.float64), mask
 
     def _value_set(self, typ: pa.DataType) -> pa.Array:
-        positives = self.positives
         if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-            return pa.array([str(v) for v in positives], type=typ)
+            return pa.array([str(v) for v in self.positives], type=typ)
+        return pa.concat_arrays([self._as_type(v, typ) for v in self.positives])
+
+    def _as_type(self, value: Any, typ: pa.DataType) -> pa.Array:
         try:
-            return pa.array(positives, type=typ)
+            return pa.array([value], type=typ)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             pass
         try:  # text such as "1" for an integer column: Arrow's cast parses it
-            return pa.array(positives).cast(typ)
+            return pa.array([value]).cast(typ)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             raise DataError(
-                f"binary task {self.name!r}: positive = {self.spec.positive!r} cannot be compared with label column {self.spec.label_columns[0]!r} of type {typ}"
+                f"binary task {self.name!r}: positive value {value!r} cannot be compared with label column {self.spec.label_columns[0]!r} of type {typ}"
             ) from None
 
     # -- statistics
