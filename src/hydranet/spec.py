@@ -92,8 +92,9 @@ class TaskSpec(_Part):
     kind: str = Field(description="binary, multiclass, multilabel or regression")
     column: str | None = Field(None, description="label column (defaults to the task name)")
     columns: list[str] | None = Field(None, description="label columns of a multilabel task")
-    positive: str | int | float | bool | None = Field(
-        None, description="the positive value of a binary label given as text"
+    positive: str | int | float | bool | list[str | int | float | bool] | None = Field(
+        None,
+        description="binary: the label value that means 1, or a list of them; every other value means 0",
     )
     loss: str | None = Field(
         None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'"
@@ -329,17 +330,8 @@ class Spec(_Part):
                         f"unknown loss {task.loss!r}; allowed: {', '.join(LOSSES.names())} or 'pkg.mod:Loss'",
                     )
                 )
-            if task.kind == "multilabel" and not task.columns:
-                problems.append(
-                    (
-                        f"tasks[{i}].columns",
-                        "a multilabel task needs 'columns', one 0/1 column per label",
-                    )
-                )
-            if task.kind != "multilabel" and task.columns:
-                problems.append(
-                    (f"tasks[{i}].columns", "only multilabel tasks take 'columns'; use 'column'")
-                )
+            if task.kind in TASK_KINDS:
+                problems += [(f"tasks[{i}]", p) for p in TASK_KINDS.get(task.kind).check_spec(task)]
         problems += self._check_features()
         problems += _check_named(
             TRUNKS,

@@ -40,92 +40,32 @@ from hydranet.data.loader import Batch, ResumablePosition, TensorData, build_ten
 from hydranet.data.preprocess import Preprocessor
 from hydranet.data.sources import _first_line, _open
 from hydranet.errors import DataError, UserError
-from hydranet.tasks import BinaryTask, MulticlassTask, RegressionTask, Task
+from hydranet.tasks import Task
 
 __all__ = ["StreamingLoader", "StreamingSplit", "concat", "fit_streaming"]
 
 
 # ---------------------------------------------------------------- fitting
-class _LabelStats:
-    """One task's label statistics, merged chunk by chunk; ``finish`` sets ``task.state``
-    to what ``task.fit`` computes on the whole table."""
-
-    def __init__(self, task: Task):
-        self.task = task
-        self.labeled = 0
-        self.pos = 0.0
-        self.classes: set[Any] = set()
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-        if (
-            not isinstance(task, (BinaryTask, MulticlassTask, RegressionTask))
-            and type(task).fit is not Task.fit
-        ):
-            raise UserError(
-                f"task {task.name!r}: kind {task.kind!r} fits on the whole table and cannot be fitted in a streaming pass; set data.streaming = false"
-            )
-
-    def update(self, table: pa.Table) -> None:
-        t = self.task
-        if isinstance(t, MulticlassTask):
-            col = t._column(table, t.spec.label_columns[0]).drop_null()
-            self.labeled += len(col)
-            self.classes.update(pa.compute.unique(col).to_pylist())
-            return
-        y, m = t.encode(table)  # also validates the labels (0/1, numeric)
-        self.labeled += int(m.sum())
-        if isinstance(t, BinaryTask):
-            self.pos += float(y[m].sum())
-        elif isinstance(t, RegressionTask) and m.any():
-            v = y[m]
-            n_b, mean_b = v.size, float(v.mean())
-            m2_b = float(((v - mean_b) ** 2).sum())
-            total = self.n + n_b
-            delta = mean_b - self.mean
-            self.mean += delta * n_b / total
-            self.m2 += m2_b + delta * delta * self.n * n_b / total
-            self.n = total
-
-    def finish(self) -> Task:
-        t = self.task
-        if self.labeled == 0:
-            raise DataError(
-                f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data"
-            )
-        if isinstance(t, BinaryTask):
-            pw = t.spec.pos_weight
-            if pw == "auto":
-                pw = (self.labeled - self.pos) / max(self.pos, 1.0)
-            t.state = {"pos_weight": pw}
-        elif isinstance(t, MulticlassTask):
-            if len(self.classes) < 2:
-                raise DataError(
-                    f"multiclass task {t.name!r}: label column {t.spec.label_columns[0]!r} has {len(self.classes)} distinct value(s) in train; need at least 2"
-                )
-            t.state = {"classes": sorted(self.classes, key=lambda v: (str(type(v)), v))}
-        elif isinstance(t, RegressionTask):
-            if t.spec.standardize and self.n:
-                std = math.sqrt(self.m2 / self.n)
-                t.state = {"mean": self.mean, "std": std if std > 0 else 1.0}
-            else:
-                t.state = {"mean": 0.0, "std": 1.0}
-        return t
-
-
 def fit_streaming(
     preprocessor: Preprocessor, tasks: Sequence[Task], batches: Iterator[pa.RecordBatch]
 ) -> int:
     """Fit the preprocessor and the tasks in one pass over ``batches``; the number of rows."""
-    stats = [_LabelStats(t) for t in tasks]
+    for t in tasks:
+        if type(t).fit is not Task.fit:  # its own fit, not the mergeable statistics
+            raise UserError(
+                f"task {t.name!r}: kind {t.kind!r} fits on the whole table and cannot be fitted in a streaming pass; set data.streaming = false"
+            )
+    stats = [t.new_stats() for t in tasks]
     rows = 0
     for batch in batches:
         table = pa.Table.from_batches([batch])
         preprocessor.partial_fit(table)
-        for s in stats:
-            s.update(table)
+        for t, s in zip(tasks, stats, strict=True):
+            t.update_stats(s, table)
         rows += table.num_rows
     preprocessor.finish()
-    for s in stats:
-        s.finish()
+    for t, s in zip(tasks, stats, strict=True):
+        t.finish_fit(s)
     return rows
 
 

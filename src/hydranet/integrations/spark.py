@@ -210,20 +210,13 @@ def _cached_run(path: str) -> Run:
 
 def _prediction_fields(run: Run, prefix: str) -> list:
     from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import from_arrow_type
 
-    scalar = {str: T.StringType(), int: T.LongType(), float: T.DoubleType(), bool: T.BooleanType()}
-    fields = []
-    for t in run.tasks:
-        if t.kind in ("binary", "regression"):
-            fields.append(T.StructField(prefix + t.name, T.DoubleType()))
-        elif t.kind == "multiclass":
-            kinds = {type(c) for c in t.state["classes"]}
-            label = scalar.get(kinds.pop(), T.StringType()) if len(kinds) == 1 else T.StringType()
-            fields.append(T.StructField(prefix + t.name, label))
-            fields.append(T.StructField(f"{prefix}{t.name}_probs", T.ArrayType(T.DoubleType())))
-        else:
-            fields.append(T.StructField(prefix + t.name, T.ArrayType(T.DoubleType())))
-    return fields
+    return [
+        T.StructField(prefix + f.name, from_arrow_type(f.type))
+        for t in run.tasks
+        for f in t.output_schema()
+    ]
 
 
 def predict(run_dir: str | Path, df: DataFrame, *, prefix: str = PREFIX) -> DataFrame:

@@ -229,21 +229,7 @@ class Predictor:
 
 def task_output(t: Task) -> dict[str, Any]:
     """What a task's prediction columns hold, for the metadata endpoint."""
-    out: dict[str, Any] = {"name": t.name, "kind": t.kind}
-    if t.kind == "binary":
-        out["output"] = {t.name: "probability of the positive label"}
-    elif t.kind == "multiclass":
-        out["output"] = {
-            t.name: "most probable class",
-            f"{t.name}_probs": "probability per class, in 'classes' order",
-        }
-        out["classes"] = t.state["classes"]
-    elif t.kind == "multilabel":
-        out["output"] = {t.name: "probability per label, in 'labels' order"}
-        out["labels"] = t.spec.label_columns
-    else:
-        out["output"] = {t.name: "predicted value, in the label's units"}
-    return out
+    return t.describe_output()
 
 
 def load_meta(path: Path) -> tuple[Spec, Preprocessor, list[Task]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from hydranet.spec import Spec
 
 
@@ -41,15 +39,9 @@ def plan(spec: Spec) -> str:
                 f"  {name:<10} {len(split):>10,} rows | streamed from {spec.data.train} in chunks of {spec.data.chunk_rows:,} rows"
             )
             continue
-        parts = []
-        for t in tasks:
-            mask = split.masks[t.name]
-            row_mask = mask if mask.ndim == 1 else mask.any(axis=1)
-            labeled = int(row_mask.sum())
-            info = f"{t.name}: {labeled:,} labeled"
-            if t.kind == "binary" and labeled:
-                info += f", {float(np.mean(split.labels[t.name][mask])):.3f} positive"
-            parts.append(info)
+        parts = [
+            f"{t.name}: {t.label_summary(split.labels[t.name], split.masks[t.name])}" for t in tasks
+        ]
         lines.append(f"  {name:<10} {len(split):>10,} rows | " + " | ".join(parts))
     return "\n".join(lines)
 
