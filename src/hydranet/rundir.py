@@ -3,7 +3,9 @@
 ``spec.json`` (resolved Spec), ``preprocessor.json``, ``tasks.json`` (fitted
 label state), ``model.safetensors``, ``checkpoint.safetensors`` (full training
 state), ``best.safetensors`` (early stopping), ``metrics.jsonl`` (one line per
-epoch) and ``final_metrics.json``. JSON and safetensors only: nothing unpickles.
+epoch), ``final_metrics.json`` and, when splits were carved out of train,
+``splits.parquet`` (columns ``split``, ``row``: the training table's row numbers of
+each split). JSON, safetensors and Parquet only: nothing unpickles.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hydranet.errors import UserError
@@ -26,6 +29,7 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 FINAL = "final_metrics.json"
+SPLITS = "splits.parquet"
 FORMAT_VERSION = "1"
 
 
@@ -74,6 +78,44 @@ def write_meta(out: Path, spec, preprocessor, tasks) -> None:
     write_json(out / SPEC, spec.to_dict())
     write_json(out / PREPROCESSOR, preprocessor.to_dict())
     write_json(out / TASKS, {t.name: t.state for t in tasks})
+
+
+def write_split_rows(out: Path, row_ids: dict[str, np.ndarray]) -> None:
+    """``splits.parquet``: one (split, row) line per row of each split carved out of train.
+
+    Nothing is written when no split was carved (every split is its own file).
+    """
+    if not row_ids:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = list(row_ids)
+    table = pa.table(
+        {
+            "split": pa.array(np.repeat(names, [len(row_ids[s]) for s in names]), pa.string()),
+            "row": pa.array(np.concatenate([row_ids[s] for s in names]), pa.int64()),
+        }
+    )
+    tmp = out / (SPLITS + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out / SPLITS)
+
+
+def read_split_rows(out: Path) -> dict[str, np.ndarray]:
+    """The row numbers of each carved split, as :func:`write_split_rows` wrote them ({} if none)."""
+    path = out / SPLITS
+    if not path.exists():
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    split = table.column("split")
+    return {
+        s: table.column("row").filter(pc.equal(split, s)).to_numpy()
+        for s in pc.unique(split).to_pylist()
+    }
 
 
 def write_weights(out: Path, model: torch.nn.Module) -> None:

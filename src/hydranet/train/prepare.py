@@ -22,6 +22,8 @@ class Split:
     data: TensorData
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    # the training table's row numbers of this split, when it was carved out of train
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -89,7 +91,7 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
     """
     if spec.data.streaming:
         return prepare_streaming(spec)
-    tables = load_splits(spec.data, needed_columns(spec))
+    tables, rows = load_splits(spec.data, needed_columns(spec), with_rows=True)
     train = tables["train"]
     tasks = [build_task(ts).fit(train) for ts in spec.tasks]
     for t in tasks:
@@ -105,7 +107,16 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
         min_count=spec.data.min_count,
     ).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
+    for name, ids in rows.items():
+        splits[name].rows = ids
     return tasks, prep, splits
+
+
+def split_rows(splits: dict) -> dict[str, np.ndarray]:
+    """The row ids of the splits carved out of train (for ``rundir.write_split_rows``)."""
+    return {
+        name: s.rows for name, s in splits.items() if isinstance(s, Split) and s.rows is not None
+    }
 
 
 def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:

@@ -29,7 +29,7 @@ from hydranet.train import _malloc
 from hydranet.train.distributed import Distributed, ShardedLoader
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
-from hydranet.train.prepare import Split, prepare, resolve_spec
+from hydranet.train.prepare import Split, prepare, resolve_spec, split_rows
 from hydranet.train.progress import Progress
 from hydranet.train.state_io import atomic_save_tensors, load_state, save_state
 
@@ -127,6 +127,7 @@ def setup(
     _check_early_stopping(spec, tasks, splits)
     if not resume:
         dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks))
+        dist.on_main(lambda: rundir.write_split_rows(out, split_rows(splits)))
     trainer = Trainer(
         spec, tasks, splits, prep, out, diagnose=diagnose, progress=progress, dist=dist
     )

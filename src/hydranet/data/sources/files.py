@@ -46,6 +46,10 @@ class FileSource(Source):
 
     def __init__(self, location: Any, options: DataSpec | None = None):
         super().__init__(location, options)
+        if not self.accepts(location):
+            raise DataError(
+                f"the files source reads a path, not a {type(location).__name__}; set data.source"
+            )
         self.path = os.fspath(location)
         self.dataset = _open(self.path, self.options.format, None, self.options.csv, text=False)
         self.csv = isinstance(self.dataset.format, ds.CsvFileFormat)
@@ -139,6 +143,7 @@ def _open(
             )
         else:
             dataset = ds.dataset(files, format=file_format)
+        dataset.schema.names  # noqa: B018  (a header that is not UTF-8 fails only here)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
         if fmt == "csv" and (isinstance(e, UnicodeDecodeError) or _mentions_utf8(e)):
             _raise_if_not_utf8(files, path)
@@ -208,6 +213,8 @@ def _format(path: str, files: list[str], format: str) -> str:
 # ---------------------------------------------------------------- CSV cells
 def _blank_to_null(col, nulls: pa.Array):
     trimmed = pc.utf8_trim_whitespace(col)
+    if not pc.any(pc.not_equal(pc.binary_length(trimmed), pc.binary_length(col))).as_py():
+        return col  # nothing to strip: pyarrow already read the exact null spellings as null
     return pc.if_else(pc.is_in(trimmed, value_set=nulls), pa.scalar(None, col.type), trimmed)
 
 
@@ -248,10 +255,13 @@ def _csv_casts(source: FileSource) -> dict[str, pa.DataType]:
     if fragment is None:
         return {}
     try:
-        scanner = ds.Scanner.from_fragment(fragment, schema=dataset.schema, columns=text)
+        scanner = ds.Scanner.from_fragment(
+            fragment, schema=dataset.schema, columns=text, batch_readahead=1, fragment_readahead=1
+        )
         first = next((b for b in scanner.to_batches() if b.num_rows), None)
-    except (pa.ArrowException, OSError) as e:
-        source._read_error(e)
+    except (pa.ArrowException, OSError):
+        # read ahead, a later block can fail first: reading the rows reports it, not the schema
+        return {}
     if first is None:
         return {}
     nulls = _null_set(source.options.csv)
