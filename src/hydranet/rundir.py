@@ -4,7 +4,9 @@
 ``tasks.json`` (fitted label state), ``encoders.json`` (what data-fitted encoders
 learned, e.g. bins), ``model.safetensors``, ``checkpoint.safetensors`` (full training
 state), ``best.safetensors`` (early stopping), ``metrics.jsonl`` (one line per
-epoch) and ``final_metrics.json``. JSON and safetensors only: nothing unpickles.
+epoch), ``final_metrics.json`` and, when splits were carved out of train,
+``splits.parquet`` (columns ``split``, ``row``: the training table's row numbers of
+each split). JSON, safetensors and Parquet only: nothing unpickles.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hydranet.errors import UserError
@@ -28,6 +31,7 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 FINAL = "final_metrics.json"
+SPLITS = "splits.parquet"
 FORMAT_VERSION = "1"
 
 
@@ -105,6 +109,44 @@ def read_meta(path: Path):
     # runs written before encoders.json existed have only parameter-free encoders
     encoders = read_json(path / ENCODERS) if (path / ENCODERS).is_file() else {}
     return spec, prep, tasks, encoders
+
+
+def write_split_rows(out: Path, row_ids: dict[str, np.ndarray]) -> None:
+    """``splits.parquet``: one (split, row) line per row of each split carved out of train.
+
+    Nothing is written when no split was carved (every split is its own file).
+    """
+    if not row_ids:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = list(row_ids)
+    table = pa.table(
+        {
+            "split": pa.array(np.repeat(names, [len(row_ids[s]) for s in names]), pa.string()),
+            "row": pa.array(np.concatenate([row_ids[s] for s in names]), pa.int64()),
+        }
+    )
+    tmp = out / (SPLITS + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out / SPLITS)
+
+
+def read_split_rows(out: Path) -> dict[str, np.ndarray]:
+    """The row numbers of each carved split, as :func:`write_split_rows` wrote them ({} if none)."""
+    path = out / SPLITS
+    if not path.exists():
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    split = table.column("split")
+    return {
+        s: table.column("row").filter(pc.equal(split, s)).to_numpy()
+        for s in pc.unique(split).to_pylist()
+    }
 
 
 def write_weights(out: Path, model: torch.nn.Module) -> None:

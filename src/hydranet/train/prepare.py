@@ -22,6 +22,8 @@ class Split:
     data: TensorData
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    # the training table's row numbers of this split, when it was carved out of train
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -98,9 +100,9 @@ def resolve_spec(spec: Spec) -> Spec:
 
 
 def _train_schema(data) -> pa.Schema:
-    from hydranet.data.sources import _open
+    from hydranet.data.sources import open_source
 
-    return _open(data.train, data.format, None).schema
+    return open_source(data.train, data).schema
 
 
 def _expand_stars(spec: Spec, names: list[str], labels: list[str]) -> Spec:
@@ -145,7 +147,7 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
     """
     if spec.data.streaming:
         return prepare_streaming(spec)
-    tables = load_splits(spec.data, needed_columns(spec))
+    tables, rows = load_splits(spec.data, needed_columns(spec), with_rows=True)
     train = tables["train"]
     tasks = [build_task(ts).fit(train) for ts in spec.tasks]
     for t in tasks:
@@ -156,7 +158,16 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
             )
     prep = Preprocessor.from_specs(spec.feature_groups()).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
+    for name, ids in rows.items():
+        splits[name].rows = ids
     return tasks, prep, splits
+
+
+def split_rows(splits: dict) -> dict[str, np.ndarray]:
+    """The row ids of the splits carved out of train (for ``rundir.write_split_rows``)."""
+    return {
+        name: s.rows for name, s in splits.items() if isinstance(s, Split) and s.rows is not None
+    }
 
 
 def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:

@@ -30,7 +30,7 @@ from hydranet.train import _malloc
 from hydranet.train.distributed import Distributed, ShardedLoader
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
-from hydranet.train.prepare import Split, prepare, resolve_spec
+from hydranet.train.prepare import Split, prepare, resolve_spec, split_rows
 from hydranet.train.progress import Progress
 from hydranet.train.state_io import atomic_save_tensors, load_state, save_state
 
@@ -125,6 +125,7 @@ def setup(
     else:
         encoder_states = _fit_encoders(spec, prep, tasks, splits["train"])
         dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks, encoder_states))
+        dist.on_main(lambda: rundir.write_split_rows(out, split_rows(splits)))
     trainer = Trainer(
         spec,
         tasks,

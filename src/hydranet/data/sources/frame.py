@@ -1,0 +1,74 @@
+"""The ``frame`` source: rows already in memory (a pandas DataFrame, a pyarrow Table or
+RecordBatch), so the Python API and a scikit-learn wrapper need no files.
+
+The values are taken as they are: a frame is typed data, so an empty string in it is
+a value (CSV's blank-cell rules are for text files); pandas' None and NaN are missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from hydranet.data.sources.base import SOURCES, Source, first_line
+from hydranet.errors import DataError
+
+
+def _is_pandas(obj: Any) -> bool:
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        return False
+    return isinstance(obj, pd.DataFrame)
+
+
+@SOURCES.register("frame")
+class FrameSource(Source):
+    """An in-memory pandas DataFrame, pyarrow Table or RecordBatch."""
+
+    @classmethod
+    def accepts(cls, obj: Any) -> bool:
+        return isinstance(obj, (pa.Table, pa.RecordBatch)) or _is_pandas(obj)
+
+    @property
+    def name(self) -> str:
+        if _is_pandas(self.location):
+            return "the pandas DataFrame"
+        return f"the Arrow {'table' if isinstance(self.location, pa.Table) else 'record batch'}"
+
+    @property
+    def schema(self) -> pa.Schema:
+        obj = self.location
+        if isinstance(obj, (pa.Table, pa.RecordBatch)):
+            return obj.schema
+        if not _is_pandas(obj):
+            raise DataError(
+                f"the frame source takes a pandas DataFrame or an Arrow table, not a {type(obj).__name__}"
+            )
+        try:
+            return pa.Schema.from_pandas(obj, preserve_index=False)
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise DataError(f"cannot read {self.name}: {first_line(e)}") from None
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        self.check_columns(columns)
+        obj = self.location
+        if isinstance(obj, pa.RecordBatch):
+            obj = pa.Table.from_batches([obj])
+        if isinstance(obj, pa.Table):
+            return obj if columns is None else obj.select(columns)
+        try:
+            # only the asked-for columns are converted: a frame can be much wider
+            return pa.Table.from_pandas(
+                obj if columns is None else obj[columns], preserve_index=False
+            )
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise DataError(f"cannot read {self.name}: {first_line(e)}") from None
+
+    def batches(
+        self, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        table = self.table(columns)
+        return (b for b in table.to_batches(max_chunksize=batch_rows) if b.num_rows)

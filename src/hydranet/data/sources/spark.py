@@ -1,0 +1,51 @@
+"""The ``spark`` source: a Spark DataFrame's rows on the driver as Arrow batches.
+
+It wraps :func:`hydranet.integrations.spark.arrow_batches` (one partition in driver
+memory at a time). pyspark is imported only when a Spark DataFrame is read, and a
+DataFrame is recognised by its class, so this module loads without the extra.
+Training on a DataFrame (``hydranet.spark.train``) still stages Parquet on the
+executors and reads it with the files source: its rows never pass through the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from hydranet.data.sources.base import SOURCES, Source, rechunk
+
+
+def _is_spark_frame(obj: Any) -> bool:
+    return any(
+        c.__name__ == "DataFrame" and c.__module__.startswith("pyspark.sql")
+        for c in type(obj).__mro__
+    )
+
+
+@SOURCES.register("spark")
+class SparkSource(Source):
+    """A ``pyspark.sql.DataFrame`` (needs ``pip install 'hydranet[spark]'``)."""
+
+    @classmethod
+    def accepts(cls, obj: Any) -> bool:
+        return _is_spark_frame(obj)
+
+    @property
+    def name(self) -> str:
+        return "the Spark DataFrame"
+
+    @property
+    def schema(self) -> pa.Schema:
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return to_arrow_schema(self.location.schema)
+
+    def batches(
+        self, columns: list[str] | None = None, batch_rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        from hydranet.integrations.spark import arrow_batches
+
+        self.check_columns(columns)
+        return rechunk(arrow_batches(self.location, columns), batch_rows)
