@@ -127,7 +127,7 @@ class PiecewiseLinear(_PerValue):
         n_bins = min(n_bins, x.shape[0] - 1)
         # compute_bins refuses a constant column; such a column gets one bin around its value
         varies = (x != x[0]).any(dim=0)
-        cols = torch.flatnonzero(varies).tolist()
+        cols = torch.nonzero(varies).flatten().tolist()
         bins: list[list[float]] = [[float(x[0, j]) - 1.0, float(x[0, j]) + 1.0] for j in range(n_values)]
         if cols:
             kwargs: dict[str, Any] = {}
