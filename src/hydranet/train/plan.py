@@ -8,14 +8,14 @@ from hydranet.spec import Spec
 
 
 def plan(spec: Spec) -> str:
-    from hydranet.train.prepare import prepare, resolve_spec
     from hydranet.models.build import build_model
-    from hydranet.train.trainer import _fit_encoders, build_balancer
+    from hydranet.train.builders import build_balancer, fit_encoders
+    from hydranet.train.prepare import prepare, resolve_spec
 
     spec = resolve_spec(spec)
     torch_seed(spec.train.seed)
     tasks, prep, splits = prepare(spec)
-    model = build_model(spec, prep, tasks, _fit_encoders(spec, prep, tasks, splits["train"]))
+    model = build_model(spec, prep, tasks, fit_encoders(spec, prep, tasks, splits["train"]))
     build_balancer(spec)  # fails here, not mid-training, on bad balance params
     lines = ["# resolved spec", json.dumps(spec.to_dict(), indent=2), "", "# model"]
     summary = model.parameter_summary()

@@ -122,8 +122,7 @@ def _expand_stars(spec: Spec, names: list[str], labels: list[str]) -> Spec:
     if not columns:
         raise SpecError([("features", f"feature group {star.name!r} ('*') has no columns left")])
     features = [
-        g.model_copy(update={"columns": columns}) if g.columns == "*" else g
-        for g in spec.features
+        g.model_copy(update={"columns": columns}) if g.columns == "*" else g for g in spec.features
     ]
     data = spec.data
     for key in ("numeric", "categorical"):

@@ -1,7 +1,10 @@
 """The training loop: setup, epochs of steps, validation, checkpoints, the final Run.
 
-Reads top to bottom: :func:`train` prepares data and model, then runs
-:class:`Trainer.fit`. Every ``checkpoint_every`` steps (or at each epoch end)
+Reads top to bottom: :func:`train` calls :func:`setup` (the builders of
+:mod:`hydranet.train.builders`: data, model, optimizer, balancer, distributed,
+compile/graph), then :meth:`Trainer.fit`: epochs of steps, each epoch's record, and the
+callbacks (:mod:`hydranet.train.callbacks`) that observe it: early stopping, the metrics
+log, the epoch lines and checkpoints. Every ``checkpoint_every`` steps (or at each epoch end)
 the whole state (model, optimizer, scheduler, balancer, RNG, loader position,
 running sums, early-stopping state) goes to ``checkpoint.safetensors`` through
 an atomic rename, so ``--resume`` after a kill continues bit-for-bit on CPU.
@@ -18,55 +21,37 @@ from typing import Any
 import torch
 
 from hydranet import rundir
-from hydranet.balance import BALANCERS, BalanceContext, Balancer
+from hydranet.balance import BalanceContext
 from hydranet.data.loader import BatchLoader
 from hydranet.errors import SpecError, TrainingDiverged, UserError
 from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.build import build_model
-from hydranet.models.encoders.input import fit_encoder_states
 from hydranet.spec import Spec
-from hydranet.tasks import HIGHER_IS_BETTER, Task
+from hydranet.tasks import Task
 from hydranet.train import _malloc
+from hydranet.train.builders import (
+    build_balancer,
+    build_forward,
+    check_early_stopping,
+    device_type,
+    fit_encoders,
+    select_device,
+)
+from hydranet.train.callbacks import (
+    Callback,
+    Checkpoints,
+    EarlyStopping,
+    EpochLines,
+    MetricsLog,
+)
 from hydranet.train.distributed import Distributed, ShardedLoader
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
 from hydranet.train.prepare import Split, prepare, resolve_spec, split_rows
 from hydranet.train.progress import Progress
-from hydranet.train.state_io import atomic_save_tensors, load_state, save_state
+from hydranet.train.state_io import load_state, save_state
 
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SpecError(
-            [("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(
-            [
-                (
-                    "train.device",
-                    f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'",
-                )
-            ]
-        )
-    return dev
-
-
-def build_balancer(spec: Spec) -> Balancer:
-    import inspect
-
-    cls = BALANCERS.get(spec.balance.method)
-    kwargs = dict(spec.balance.params)
-    accepted = inspect.signature(cls).parameters
-    if "rep_grad" in accepted:
-        kwargs["rep_grad"] = spec.balance.rep_grad
-    if "weights" in accepted and "weights" not in kwargs:
-        kwargs["weights"] = {t.name: t.weight for t in spec.tasks}
-    return cls([t.name for t in spec.tasks], **kwargs)
+__all__ = ["Trainer", "build_balancer", "select_device", "setup", "train"]
 
 
 def train(
@@ -105,7 +90,7 @@ def setup(
     """Everything before the first step: run directory, data, preprocessor, model, optimizer."""
     if not isinstance(spec, Spec):
         spec = Spec.load(spec)
-    dist = Distributed.from_env(_device_type(spec.train.device))
+    dist = Distributed.from_env(device_type(spec.train.device))
     out = Path(out)
     dist.on_main(lambda: rundir.prepare_dir(out, resume=resume))
     if resume:
@@ -119,11 +104,11 @@ def setup(
     if spec.train.deterministic:
         torch.use_deterministic_algorithms(True)
     tasks, prep, splits = prepare(spec)
-    _check_early_stopping(spec, tasks, splits)
+    check_early_stopping(spec, tasks, splits)
     if resume:
         encoder_states = rundir.read_meta(out)[3]
     else:
-        encoder_states = _fit_encoders(spec, prep, tasks, splits["train"])
+        encoder_states = fit_encoders(spec, prep, tasks, splits["train"])
         dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks, encoder_states))
         dist.on_main(lambda: rundir.write_split_rows(out, split_rows(splits)))
     trainer = Trainer(
@@ -140,36 +125,6 @@ def setup(
     if resume:
         trainer.restore()
     return trainer
-
-
-def _fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
-    """What data-fitted encoders (quantile or tree bins) learn from the training split; a
-    streamed split lends its first chunks (up to ~1M rows), read in the epoch-0 order."""
-    from hydranet.data.loader import TensorData
-    from hydranet.data.stream import StreamingSplit
-
-    if isinstance(train, StreamingSplit):
-        parts, rows = [], 0
-        for chunk in train.chunks(list(range(len(train.pieces)))):
-            parts.append(chunk)
-            rows += len(chunk)
-            if rows >= 1_000_000:
-                break
-        data = TensorData.concat(parts)
-    else:
-        data = train.data
-    # target-aware bins follow the first task (its labeled rows)
-    first = tasks[0]
-    mask = data.masks[first.name]
-    y = data.targets[first.name][0]
-    target = (y, first.kind == "regression") if bool(mask.all()) else None
-    return fit_encoder_states(spec.model, prep.info(), data.features, target)
-
-
-def _device_type(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name.startswith("cuda") else "cpu"
 
 
 class Trainer:
@@ -219,12 +174,7 @@ class Trainer:
         # the wrapped one only runs the training forward
         self.ddp = self.dist.wrap(self.model, self.device)
         self.dist.reduce_task_gradients(self.balancer)
-        if cfg.compile:
-            self.forward = torch.compile(
-                self.ddp, **({} if cfg.compile is True else {"mode": cfg.compile})
-            )
-        else:
-            self.forward = self.ddp
+        self.forward = build_forward(self.ddp, cfg.compile)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=cfg.precision == "fp16" and self.device.type == "cuda"
@@ -250,10 +200,14 @@ class Trainer:
         self.check_every = 1 if self.device.type == "cpu" else 32
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(tasks), dtype=torch.float32, device=self.device)
-        self.best: float | None = None
-        self.best_epoch = -1
-        self.bad_epochs = 0
-        self.stopped_early = False
+        # what observes the loop; early stopping first, so the record it sees is the epoch's
+        self.early_stopping = EarlyStopping(cfg.early_stopping)
+        self.callbacks: list[Callback] = [
+            self.early_stopping,
+            MetricsLog(),
+            EpochLines(),
+            Checkpoints(cfg.checkpoint_every),
+        ]
 
     # ------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -269,10 +223,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "loss_steps": self.loss_steps,
-                "best": self.best,
-                "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs,
-                "stopped_early": self.stopped_early,
+                **self.early_stopping.state_dict(),
             },
             "loss_sums": self.loss_sums.cpu(),
         }
@@ -342,12 +293,7 @@ class Trainer:
             torch.cuda.set_rng_state(s["cuda_rng"], self.device)
         loop = s["loop"]
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
-        self.best, self.best_epoch, self.bad_epochs, self.stopped_early = (
-            loop["best"],
-            loop["best_epoch"],
-            loop["bad_epochs"],
-            loop["stopped_early"],
-        )
+        self.early_stopping.load_state_dict(loop)
         self.loss_sums = s["loss_sums"].to(self.device)
         if self.diagnostics is not None and "diagnostics" in s:
             # a checkpoint from a run without --diagnose has none: the epoch's means then cover
@@ -360,7 +306,7 @@ class Trainer:
     def fit(self, stop_after_steps: int | None = None) -> None:
         cfg = self.cfg
         self.model.train()
-        while self.epoch < cfg.epochs and not self.stopped_early:
+        while self.epoch < cfg.epochs and not self.early_stopping.stopped:
             resuming_mid_epoch = (
                 self.loader.state_dict()["position"] > 0
                 and self.loader.state_dict()["epoch"] == self.epoch
@@ -383,7 +329,7 @@ class Trainer:
     def run_epoch(self, bar=None, stop_after_steps: int | None = None) -> int | None:
         """The steps of the loader's current epoch (from its position); the rows trained, or
         None when ``stop_after_steps`` was reached."""
-        cfg, rows = self.cfg, 0
+        rows = 0
         graph = self.graph_step
         for batch in self.loader.indices() if graph is not None else self.loader:
             if graph is not None:  # row indices: the step gathers them itself
@@ -396,8 +342,8 @@ class Trainer:
                 rows += batch.size
             if bar is not None:
                 bar.advance(self._progress_fields)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.checkpoint()
+            for cb in self.callbacks:
+                cb.on_step_end(self)
             if stop_after_steps is not None and self.step >= stop_after_steps:
                 return None
         if self.device.type == "cuda":
@@ -529,6 +475,18 @@ class Trainer:
 
     def end_epoch(self, rows_per_s: float, seconds: float) -> None:
         self.check_finite()
+        record = self.epoch_record(rows_per_s, seconds)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
+        self.epoch += 1
+        self.loss_sums.zero_()
+        self.loss_steps = 0
+        for cb in self.callbacks:
+            cb.after_epoch(self)
+
+    def epoch_record(self, rows_per_s: float, seconds: float) -> dict[str, Any]:
+        """The epoch's line of metrics.jsonl: training losses, validation metrics and losses
+        (rank 0), the balancer's weights, the learning rate, diagnostics, speed."""
         n = max(self.loss_steps, 1)
         train_loss = {
             t.name: v / n for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)
@@ -543,27 +501,14 @@ class Trainer:
             metrics, val_loss = self.evaluate("validation")
             record["val_loss"] = val_loss
             record["val"] = metrics
-            self.update_early_stopping(metrics, val_loss)
-        if self.dist.enabled:
-            # rank 0 alone evaluates; its decision is every rank's
-            self.best, self.best_epoch, self.bad_epochs, self.stopped_early = self.dist.broadcast(
-                (self.best, self.best_epoch, self.bad_epochs, self.stopped_early)
-            )
         record["weights"] = dict(self.balancer.last_weights)
-        record["lr"] = float(
-            self.scheduler.get_last_lr()[0]
-        )  # a device tensor with capturable optimizers
+        # a device tensor with capturable optimizers
+        record["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.diagnostics is not None:
             record["diagnostics"] = self.diagnostics.epoch_summary()
         record["rows_per_s"] = rows_per_s
         record["seconds"] = seconds
-        if self.dist.is_main:
-            rundir.append_metrics(self.out, record)
-            self.progress.epoch_line(record)
-        self.epoch += 1
-        self.loss_sums.zero_()
-        self.loss_steps = 0
-        self.checkpoint()
+        return record
 
     def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         s = self.splits[split]
@@ -578,86 +523,20 @@ class Trainer:
         )
         return split_metrics(self.tasks, preds, s.labels, s.masks), losses
 
-    def update_early_stopping(
-        self, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
-    ) -> None:
-        es = self.cfg.early_stopping
-        if es is None:
-            return
-        value, higher = _watched(es.metric, es.mode, metrics, val_loss)
-        improved = self.best is None or (
-            value > self.best + es.min_delta if higher else value < self.best - es.min_delta
-        )
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
-            atomic_save_tensors(self.model.state_dict(), self.out / rundir.BEST)
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs >= es.patience:
-                self.stopped_early = True
-
     def finish(self) -> None:
         """Restore the best weights (early stopping), write the model and the final metrics."""
         if not self.dist.is_main:
             return
-        if self.cfg.early_stopping is not None and (self.out / rundir.BEST).exists():
-            from hydranet.train.state_io import load_tensors
-
-            self.model.load_state_dict(load_tensors(self.out / rundir.BEST)[0])
+        for cb in self.callbacks:
+            cb.on_train_end(self)  # early stopping restores the best epoch's weights
         rundir.write_weights(self.out, self.model)
         final: dict[str, Any] = {
             "epochs": self.epoch,
             "steps": self.step,
-            "best_epoch": self.best_epoch if self.cfg.early_stopping else self.epoch,
-            "stopped_early": self.stopped_early,
+            "best_epoch": self.early_stopping.best_epoch if self.cfg.early_stopping else self.epoch,
+            "stopped_early": self.early_stopping.stopped,
         }
         for split in ("validation", "test"):
             if split in self.splits:
                 final[split] = self.evaluate(split)[0]
         rundir.write_json(self.out / rundir.FINAL, final)
-
-
-def _check_early_stopping(spec: Spec, tasks: list[Task], splits: dict[str, Split]) -> None:
-    es = spec.train.early_stopping
-    if es is None:
-        return
-    if "validation" not in splits:
-        raise SpecError(
-            [
-                (
-                    "train.early_stopping",
-                    "needs a validation split: give data.validation or data.validation_fraction",
-                )
-            ]
-        )
-    options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss"]
-    if es.metric not in options:
-        raise SpecError(
-            [
-                (
-                    "train.early_stopping.metric",
-                    f"unknown metric {es.metric!r}; allowed: {', '.join(options)}",
-                )
-            ]
-        )
-
-
-def _watched(
-    metric: str, mode: str, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
-) -> tuple[float, bool]:
-    if metric == "loss":
-        vals = [v for v in val_loss.values()]
-        return sum(vals) / len(vals), mode == "max"
-    task, _, name = metric.partition(".")
-    if task not in metrics or name not in metrics[task]:
-        options = [f"{t}.{m}" for t, ms in metrics.items() for m in ms] + ["loss"]
-        raise SpecError(
-            [
-                (
-                    "train.early_stopping.metric",
-                    f"unknown metric {metric!r}; allowed: {', '.join(options)}",
-                )
-            ]
-        )
-    higher = HIGHER_IS_BETTER.get(name, True) if mode == "auto" else mode == "max"
-    return metrics[task][name], higher

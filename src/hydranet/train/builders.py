@@ -1,0 +1,127 @@
+"""Setup builders: everything the training loop is made of, each built from the Spec.
+
+Data (:func:`hydranet.train.prepare.prepare`), the device, the encoders' data-fitted
+state, the balancer, the forward (compiled or not) and the early-stopping check; the
+optimizer and schedule are in :mod:`hydranet.train.optim`, the CUDA graph in
+:mod:`hydranet.train.graph`, DDP in :mod:`hydranet.train.distributed`, the model in
+:func:`hydranet.models.build.build_model`. :func:`hydranet.train.trainer.setup` puts
+them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hydranet.balance import BALANCERS, Balancer
+from hydranet.errors import SpecError
+from hydranet.models.encoders.input import fit_encoder_states
+from hydranet.spec import Spec
+from hydranet.tasks import Task
+from hydranet.train.prepare import Split
+
+__all__ = [
+    "build_balancer",
+    "build_forward",
+    "check_early_stopping",
+    "device_type",
+    "fit_encoders",
+    "select_device",
+]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SpecError(
+            [("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(
+            [
+                (
+                    "train.device",
+                    f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'",
+                )
+            ]
+        )
+    return dev
+
+
+def build_balancer(spec: Spec) -> Balancer:
+    import inspect
+
+    cls = BALANCERS.get(spec.balance.method)
+    kwargs = dict(spec.balance.params)
+    accepted = inspect.signature(cls).parameters
+    if "rep_grad" in accepted:
+        kwargs["rep_grad"] = spec.balance.rep_grad
+    if "weights" in accepted and "weights" not in kwargs:
+        kwargs["weights"] = {t.name: t.weight for t in spec.tasks}
+    return cls([t.name for t in spec.tasks], **kwargs)
+
+
+def fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
+    """What data-fitted encoders (quantile or tree bins) learn from the training split; a
+    streamed split lends its first chunks (up to ~1M rows), read in the epoch-0 order."""
+    from hydranet.data.loader import TensorData
+    from hydranet.data.stream import StreamingSplit
+
+    if isinstance(train, StreamingSplit):
+        parts, rows = [], 0
+        for chunk in train.chunks(list(range(len(train.pieces)))):
+            parts.append(chunk)
+            rows += len(chunk)
+            if rows >= 1_000_000:
+                break
+        data = TensorData.concat(parts)
+    else:
+        data = train.data
+    # target-aware bins follow the first task (its labeled rows)
+    first = tasks[0]
+    mask = data.masks[first.name]
+    y = data.targets[first.name][0]
+    target = (y, first.kind == "regression") if bool(mask.all()) else None
+    return fit_encoder_states(spec.model, prep.info(), data.features, target)
+
+
+def device_type(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
+
+
+def build_forward(module: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
+    """The module the training step calls: ``torch.compile``d when ``train.compile`` says so."""
+    if not compile:
+        return module
+    return torch.compile(module, **({} if compile is True else {"mode": compile}))
+
+
+def check_early_stopping(spec: Spec, tasks: list[Task], splits: dict[str, Split]) -> None:
+    es = spec.train.early_stopping
+    if es is None:
+        return
+    if "validation" not in splits:
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping",
+                    "needs a validation split: give data.validation or data.validation_fraction",
+                )
+            ]
+        )
+    options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss"]
+    if es.metric not in options:
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping.metric",
+                    f"unknown metric {es.metric!r}; allowed: {', '.join(options)}",
+                )
+            ]
+        )
