@@ -1,7 +1,13 @@
 import os
 
-import pytest
-import torch
+from hydranet._process import passive_openmp
+
+# as the CLI does, before torch loads its OpenMP runtime: spin-waiting threads on the shared
+# 2-core machine made steps many times slower (importing hydranet no longer sets it)
+passive_openmp()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # keep the suite predictable on the 2-core CI machine
 torch.set_num_threads(min(2, os.cpu_count() or 1))

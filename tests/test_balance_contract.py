@@ -3,7 +3,8 @@
 A tiny shared trunk with 2 or 3 regression heads; each registered balancer must train it
 (finite gradients everywhere, finite weights, the loss does not blow up), survive a task with
 no labels in the batch, run with ``rep_grad=True`` where it takes that argument, and
-round-trip its state exactly through ``state_dict``.
+round-trip its state exactly through ``state_dict``. Its declared capabilities (graph-safe,
+uses the representation, the reduce hooks) and parameter constraints must match what it does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from hydranet.balance import BALANCERS, BalanceContext, GradientAggregation
+from hydranet.balance import BALANCERS, BalanceContext, GradientAggregation, LossWeighting
 from hydranet.balance._jacobian import task_jacobian
 
 NAMES = BALANCERS.names()
@@ -361,3 +362,169 @@ def test_finite_check_is_exact_when_the_sum_overflows():
         G[1, 2] = bad
         d = agg._aggregate_unscaled(G, 1.0)
         assert not agg._finite and not torch.isfinite(d).all()
+
+
+# ---------------------------------------------------------------- declared capabilities
+# What the trainer, train/graph.py and train/distributed.py rely on is declared on the class
+# (see Balancer's docstring); these check every registered method's declarations against
+# what it does.
+
+BUILT_ARGS = {"self", "tasks", "rep_grad", "weights"}  # filled by the trainer, not by a Spec
+
+
+def _always_rep(name: str) -> bool:
+    """A method defined on the representation (mgda_ub): it takes no rep_grad switch."""
+    cls = BALANCERS.get(name)
+    return cls.aggregates_gradients and name not in REP_NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_capabilities_are_consistent(name):
+    cls = BALANCERS.get(name)
+    assert cls.family in ("weighting", "gradient")
+    assert cls.aggregates_gradients == (cls.family == "gradient")
+    assert cls.aggregates_gradients == issubclass(cls, GradientAggregation)
+    if cls.graph_safe:  # graph.py captures backward once: one backward of fixed weights
+        assert issubclass(cls, LossWeighting) and not cls.aggregates_gradients
+    tasks = ["a", "b", "c"]
+    plain = build(name, tasks, rep_grad=False)
+    assert plain.uses_representation == _always_rep(name)
+    if name in REP_NAMES:
+        assert build(name, tasks, rep_grad=True).uses_representation
+    if cls.graph_safe:
+        assert not build(name, tasks, rep_grad=True).uses_representation
+    for rep_grad in (False, True):
+        bal = build(name, tasks, rep_grad=rep_grad)
+        run(name, tasks, steps=2, balancer=bal)
+        # the shared gradient came from one backpropagated representation gradient exactly
+        # when the balancer aggregates and works on the representation (trainer sums it)
+        assert bal.used_representation == (cls.aggregates_gradients and bal.uses_representation)
+
+
+class _NoHostRead(torch.Tensor):
+    """A loss whose value must not reach the host (as inside a captured CUDA graph)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _HOST_READS:
+            raise AssertionError(f"read on the host: {func.__name__}")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+_HOST_READS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.cpu,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+}
+
+
+def _graph_step(bal, model, x, ys, scale: float):
+    rep, out = model(x)
+    losses = {t: (scale * (out[t] - ys[t]).pow(2).mean()).as_subclass(_NoHostRead) for t in ys}
+    ctx = BalanceContext(
+        shared_params=list(model.trunk.parameters()),
+        task_params=list(model.heads.parameters()),
+        rep=rep,
+        present=dict.fromkeys(ys, True),  # as the trainer passes it when the step is a graph
+    )
+    model.zero_grad()
+    bal.backward(losses, ctx)
+    return bal.weights(losses, ctx)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if BALANCERS.get(n).graph_safe])
+def test_graph_safe_balancers_read_nothing_on_the_host_and_keep_their_weights(name):
+    tasks = ["a", "b", "c"]
+    torch.manual_seed(0)
+    model, bal = TinyMTL(tasks), build(name, tasks)
+    x, ys = make_data(tasks)
+    first = _graph_step(bal, model, x, ys, scale=1.0)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    bal.end_epoch({t: 0.5 for t in tasks})
+    # a replayed graph applies the captured weights: they must not depend on the losses,
+    # the step or the epoch
+    assert _graph_step(bal, model, x, ys, scale=3.0) == first
+
+
+def test_the_host_read_check_catches_a_host_read():
+    """uw reads each loss on the host (is it exactly 0?), so it is not graph-safe."""
+    assert not BALANCERS.get("uw").graph_safe
+    tasks = ["a", "b"]
+    x, ys = make_data(tasks)
+    with pytest.raises(AssertionError, match="read on the host"):
+        _graph_step(build("uw", tasks), TinyMTL(tasks), x, ys, scale=1.0)
+
+
+def _counting_hooks():
+    calls = {"reduce": 0, "gather": 0}
+
+    def reducer(J):
+        calls["reduce"] += 1
+        return J
+
+    def gatherer(J):
+        calls["gather"] += 1
+        return J, 0
+
+    return calls, reducer, gatherer
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_balancer_applies_the_reduce_hooks_itself(name):
+    """Under DDP the trainer only sets the hooks; the balancer must call them once per step
+    where it takes the per-task gradient matrix (identity hooks change nothing)."""
+    tasks = ["a", "b", "c"]
+    x, ys = make_data(tasks)
+    for rep_grad in (False, True) if name in REP_NAMES else (False,):
+        grads = []
+        calls, reducer, gatherer = _counting_hooks()
+        for hooked in (False, True):
+            torch.manual_seed(0)
+            model, bal = TinyMTL(tasks), build(name, tasks, rep_grad=rep_grad)
+            if hooked:
+                bal.task_gradient_reducer, bal.task_gradient_gatherer = reducer, gatherer
+            step(model, bal, x, ys)
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b)
+        per_task = bal.aggregates_gradients or name == "gradnorm"
+        on_rep = bal.uses_representation
+        assert calls["reduce"] == (1 if per_task and not on_rep else 0), calls
+        assert calls["gather"] == (1 if bal.aggregates_gradients and on_rep else 0), calls
+
+
+def test_gathered_representation_columns_keep_this_process_slice():
+    """The gatherer puts another process's columns first; the direction of this process's
+    own columns is its slice of the aggregate (here a plain sum: the plain gradient)."""
+    tasks = ["a", "b", "c"]
+    torch.manual_seed(0)
+    model = TinyMTL(tasks)
+    x, ys = make_data(tasks)
+    _, out = model(x)
+    sum((out[t] - ys[t]).pow(2).mean() for t in tasks).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    agg = _Sum(tasks, rep_grad=True)
+    other = torch.randn(3, 40)
+    agg.task_gradient_gatherer = lambda J: (torch.cat([other, J], dim=1), other.shape[1])
+    step(model, agg, x, ys)
+    for w, p in zip(want, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)
+    assert agg.used_representation
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_parameters_match_the_constructor(name):
+    """Every parameter a Spec may set has declared constraints, and its default meets them."""
+    from hydranet.params import check_values
+
+    cls = BALANCERS.get(name)
+    sig = inspect.signature(cls).parameters
+    settable = {n: p for n, p in sig.items() if n not in BUILT_ARGS}
+    assert set(cls.param_constraints) == set(settable), name
+    defaults = {n: p.default for n, p in settable.items()}
+    assert check_values(cls.param_constraints, defaults, "balance.params") == []

@@ -190,6 +190,27 @@ def _bad_cases(tiny, tmp_path):
             "balance.method",
         ),
         ("bad --set", ["train", str(spec), "--out", out, "--set", "train.epochs"], "train.epochs"),
+        (
+            "bad balancer parameter value",
+            ["train", str(spec), "--out", out, "--set", "balance.method=dwa"]
+            + ["--set", "balance.params.temperature=0"],
+            "balance.params.temperature",
+        ),
+        (
+            "trunk parameter of the wrong type",
+            ["train", str(spec), "--out", out, "--set", "model.params.num_experts=many"],
+            "model.params.num_experts",
+        ),
+        (
+            "list index out of range",
+            ["plan", str(spec), "--set", "tasks.7.weight=2"],
+            "tasks.7.weight",
+        ),
+        (
+            "list item addressed by name",
+            ["plan", str(spec), "--set", "tasks.click.weight=2"],
+            "tasks.click.weight",
+        ),
         ("not a run", ["evaluate", str(tmp_path)], str(tmp_path)),
         (
             "bad early stopping metric",
@@ -214,6 +235,15 @@ def test_bad_input_exits_2_with_one_line_naming_the_culprit(tiny, tmp_path, caps
         assert culprit in err, f"{name}: {culprit!r} not in {err!r}"
         assert "Traceback" not in err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_set_addresses_list_items(tiny):
+    from hydranet.cli import _load_spec
+
+    spec = _load_spec(str(tiny()), ["tasks.0.weight=2", "tasks[2].weight=0.5"])
+    assert [t.weight for t in spec.tasks] == [2.0, 1.0, 0.5]
+    spec = _load_spec(str(tiny()), ["tasks[1].metrics=['rmse']", "model.tower.0=4"])
+    assert spec.tasks[1].metrics == ["rmse"] and spec.model.tower == [4]
 
 
 def test_real_process_exit_code_and_no_traceback(tiny, tmp_path):

@@ -6,21 +6,27 @@ Python API::
     run = hydranet.train(spec, "runs/census")
     run.evaluate("test")            # {task: {metric: value}}
     hydranet.Run.load("runs/census").predict(table)
+
+Importing hydranet changes nothing about the process and does not import torch: the names
+below are imported on first use. So the CLI can set ``OMP_WAIT_POLICY`` before torch loads
+its OpenMP runtime (see ``hydranet._process``).
 """
 
-import os
+from __future__ import annotations
 
-# Passive OpenMP waiting: with the default spin-waiting, two torch threads on shared cores made a
-# training step 10-18x slower (benchmarks/RESULTS.md); a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hydranet.balance import BALANCERS, Balancer  # noqa: E402
-from hydranet.errors import DataError, SpecError, UserError  # noqa: E402
-from hydranet.models.trunks import TRUNKS, Trunk  # noqa: E402
-from hydranet.run import Run  # noqa: E402
-from hydranet.spec import Spec  # noqa: E402
-from hydranet.tasks import TASK_KINDS, Task  # noqa: E402
-from hydranet.train.trainer import train  # noqa: E402
+import hydranet.train as _train_package  # noqa: F401  (bound first: ``train`` below is the function)
+from hydranet.errors import DataError, SpecError, UserError
+
+if TYPE_CHECKING:
+    from hydranet.balance import BALANCERS, Balancer
+    from hydranet.models.trunks import TRUNKS, Trunk
+    from hydranet.run import Run
+    from hydranet.spec import Spec
+    from hydranet.tasks import TASK_KINDS, Task
 
 __version__ = "0.1.0"
 
@@ -38,3 +44,42 @@ __all__ = [
     "UserError",
     "train",
 ]
+
+_LAZY = {
+    "BALANCERS": "hydranet.balance",
+    "Balancer": "hydranet.balance",
+    "TRUNKS": "hydranet.models.trunks",
+    "Trunk": "hydranet.models.trunks",
+    "Run": "hydranet.run",
+    "Spec": "hydranet.spec",
+    "TASK_KINDS": "hydranet.tasks",
+    "Task": "hydranet.tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hydranet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def train(spec: Spec | str | Path, out: str | Path, **options: Any) -> Run:
+    """Train ``spec`` (a Spec or a spec file) into the run directory ``out``; the Run.
+
+    ``options`` are those of :func:`hydranet.train.trainer.train` (``resume``, ``diagnose``,
+    ``progress``, ...). Sets ``OMP_WAIT_POLICY=PASSIVE`` first if torch is not loaded yet
+    (see ``hydranet._process``; ``HYDRANET_OMP_PASSIVE=0`` turns it off).
+    """
+    from hydranet._process import passive_openmp
+
+    passive_openmp()
+    from hydranet.train.trainer import train as _train
+
+    return _train(spec, out, **options)

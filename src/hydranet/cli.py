@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hydranet._process import passive_openmp
 from hydranet.errors import UserError
 
 
@@ -207,6 +208,10 @@ def _stop_quietly(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before anything imports torch: its OpenMP runtime reads OMP_WAIT_POLICY once, when
+    # torch loads it (not at the first parallel region), and torchrun's ranks and the
+    # server's workers inherit it from here (see hydranet._process)
+    passive_openmp()
     args = _build_parser().parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # a torchrun rank: the launcher stops its ranks with SIGTERM (on a user's SIGTERM or
@@ -243,17 +248,45 @@ def _load_spec(path: str, overrides: list[str]):
             parsed: Any = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = parsed
+        _assign(raw, key, parsed)
     try:
         return Spec.from_dict(raw, source=path)
     except SpecError as e:
         raise SpecError(e.problems, source=f"{path} with --set") from None
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` in the spec's dict: dotted names, list items by index (``tasks.0.weight``
+    or ``tasks[0].weight``); missing tables on the way are created, list items are not."""
+    parts = key.replace("[", ".").replace("]", "").split(".")
+    if not all(parts):
+        raise UserError(f"--set {key}: malformed key; e.g. train.epochs or tasks[0].weight")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            where = ".".join(parts[:depth])
+            if not part.isdigit():
+                raise UserError(
+                    f"--set {key}: {where} is a list; address an item by its index, e.g. {where}.0"
+                )
+            index = int(part)
+            if index >= len(node):
+                raise UserError(
+                    f"--set {key}: index {index} is out of range; {where} has {len(node)} item(s)"
+                )
+            if last:
+                node[index] = value
+            else:
+                if not isinstance(node[index], (dict, list)):
+                    node[index] = {}
+                node = node[index]
+        elif last:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
 
 
 def _print_table(results: dict[str, dict[str, float]], title: str) -> None:

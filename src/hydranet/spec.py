@@ -340,9 +340,10 @@ class Spec(_Part):
 
     # ------------------------------------------------------- cross checks
     def _check_references(self) -> list[tuple[str, str]]:
-        """Names that point into registries, and architecture params against its signature."""
-        from hydranet.balance import BALANCERS
-        from hydranet.models.trunks import TRUNKS
+        """Names that point into registries, and the params of what they name: names against
+        the constructor's signature, values against its declared constraints."""
+        from hydranet.balance import BALANCERS, Balancer
+        from hydranet.models.trunks import TRUNKS, Trunk
         from hydranet.tasks import LOSSES, TASK_KINDS
 
         problems: list[tuple[str, str]] = []
@@ -374,6 +375,7 @@ class Spec(_Part):
                 problems.append(("data.source", str(e)))
         problems += _check_named(
             TRUNKS,
+            Trunk,
             self.model.architecture,
             self.model.params,
             "model.architecture",
@@ -382,12 +384,14 @@ class Spec(_Part):
         )
         problems += _check_named(
             BALANCERS,
+            Balancer,
             self.balance.method,
             self.balance.params,
             "balance.method",
             "balance.params",
             skip=_BALANCER_BUILT_ARGS,
         )
+        problems += _check_dataset(self.data)
         return problems
 
 
@@ -445,32 +449,74 @@ _BALANCER_BUILT_ARGS = {"self", "tasks", "weights", "rep_grad"}
 
 
 def _check_named(
-    registry, name: str, params: dict[str, Any], name_key: str, params_key: str, skip: set[str]
+    registry,
+    base: type,
+    name: str,
+    params: dict[str, Any],
+    name_key: str,
+    params_key: str,
+    skip: set[str],
 ) -> list[tuple[str, str]]:
+    """The registry entry ``name``, the names of its params (against its constructor's
+    signature) and their values (against its declared ``param_constraints``)."""
     from hydranet.errors import UserError
+    from hydranet.params import check_values
 
     try:
         cls = registry.get(name)
     except UserError as e:
         return [(name_key, str(e))]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return [(name_key, f"{name!r} is not a subclass of hydranet.{base.__name__}")]
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):
-        return []
+        return check_values(cls.param_constraints, params, params_key)
     accepted = {n: p for n, p in sig.parameters.items() if n not in skip}
-    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        return []
-    allowed = sorted(
-        n for n, p in accepted.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    )
-    return [
-        (
-            f"{params_key}.{key}",
-            f"unknown parameter of {name!r}; allowed: {', '.join(allowed) or '(none)'}",
+    problems = []
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        allowed = sorted(
+            n for n, p in accepted.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         )
-        for key in params
-        if key not in allowed
+        problems += [
+            (
+                f"{params_key}.{key}",
+                f"unknown parameter of {name!r}; allowed: {', '.join(allowed) or '(none)'}",
+            )
+            for key in params
+            if key not in allowed
+        ]
+    known = {k: v for k, v in params.items() if k in accepted}
+    problems += check_values(cls.param_constraints, known, params_key)
+    if problems:
+        return problems
+    # only now is every value valid on its own: the checks between parameters see them all
+    full = {n: p.default for n, p in accepted.items() if p.default is not p.empty}
+    full.update(params)
+    return [(f"{params_key}.{key}", msg) for key, msg in cls.check_params(full)]
+
+
+def _check_dataset(data: DataSpec) -> list[tuple[str, str]]:
+    """``data.dataset`` names a bundled dataset; ``data.params`` are its, with valid values."""
+    from hydranet.data.datasets import DATASETS, BundledDataset
+    from hydranet.errors import UserError
+    from hydranet.params import check_values
+
+    if data.dataset is None:
+        return []
+    try:
+        entry = DATASETS.get(data.dataset)
+    except UserError as e:
+        return [("data.dataset", str(e))]
+    if not isinstance(entry, BundledDataset):
+        return [("data.dataset", f"{data.dataset!r} is not a hydranet BundledDataset")]
+    allowed = ", ".join(sorted(entry.params)) or "(none)"
+    problems = [
+        (f"data.params.{key}", f"unknown parameter of dataset {data.dataset!r}; allowed: {allowed}")
+        for key in data.params
+        if key not in entry.params
     ]
+    return problems + check_values(entry.constraints, data.params, "data.params")
 
 
 def _problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:

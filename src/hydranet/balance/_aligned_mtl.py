@@ -25,6 +25,8 @@ from hydranet.balance.base import BALANCERS
 class AlignedMTL(GradientAggregation):
     """Align the task gradients to an orthogonal, equal-norm set (Procrustes), then sum."""
 
+    param_constraints = {"scale_mode": Literal["min", "median", "rmse"]}
+
     def __init__(
         self,
         tasks: list[str],

@@ -16,6 +16,7 @@ gradients, a Pareto-stationary point) the direction of g_w* is undefined and d =
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 from hydranet.balance._simplex import minimize_on_simplex
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
+from hydranet.params import NonNegativeFloat
 
 
 def cagrad_weights(gram: Tensor, c: float, rescale: int = 1) -> Tensor:
@@ -88,6 +90,8 @@ def _two_task_minimizer(A: np.ndarray, p: np.ndarray, s: float) -> np.ndarray | 
 @BALANCERS.register("cagrad")
 class CAGrad(GradientAggregation):
     """Mean gradient moved within a ball of radius c||g_0|| to raise the worst task's improvement."""
+
+    param_constraints = {"c": NonNegativeFloat, "rescale": Literal[0, 1, 2]}
 
     def __init__(self, tasks: list[str], rep_grad: bool = False, c: float = 0.5, rescale: int = 1):
         super().__init__(tasks, rep_grad=rep_grad)

@@ -16,11 +16,14 @@ import math
 import torch
 
 from hydranet.balance.base import BALANCERS, LossWeighting
+from hydranet.params import PositiveFloat
 
 
 @BALANCERS.register("dwa")
 class DynamicWeightAverage(LossWeighting):
     """Weights from the ratio of each task's last two epoch-mean losses, softmax at temperature T."""
+
+    param_constraints = {"temperature": PositiveFloat}
 
     def __init__(self, tasks: list[str], temperature: float = 2.0):
         super().__init__(tasks)

@@ -21,15 +21,27 @@ delta_t = 0; absent tasks get weight 0.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from hydranet.balance.base import BALANCERS, LossWeighting
+from hydranet.params import NonNegativeFloat, PositiveFloat
+
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # Adam's decay rates
 
 
 @BALANCERS.register("famo")
 class FAMO(LossWeighting):
     """Logit-parametrised weights that equalise the rate at which each log-loss decreases."""
+
+    param_constraints = {
+        "lr": PositiveFloat,
+        "gamma": NonNegativeFloat,
+        "betas": Annotated[list[_Beta], Field(min_length=2, max_length=2)],
+        "eps": PositiveFloat,
+    }
 
     def __init__(
         self,

@@ -12,11 +12,14 @@ from __future__ import annotations
 import torch
 
 from hydranet.balance.base import BALANCERS, LossWeighting
+from hydranet.params import PositiveFloat
 
 
 @BALANCERS.register("gls")
 class GeometricLossStrategy(LossWeighting):
     """Minimise the geometric mean of the task losses."""
+
+    param_constraints = {"eps": PositiveFloat}
 
     def __init__(self, tasks: list[str], eps: float = 1e-12):
         super().__init__(tasks)

@@ -23,6 +23,7 @@ from torch import Tensor
 from hydranet.balance._rng import SeededStream
 from hydranet.balance.aggregation import GradientAggregation
 from hydranet.balance.base import BALANCERS
+from hydranet.params import Unit
 
 
 def graddrop(G: Tensor, U: Tensor, leak: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -47,6 +48,8 @@ def graddrop(G: Tensor, U: Tensor, leak: float = 0.0) -> tuple[Tensor, Tensor]:
 @BALANCERS.register("graddrop")
 class GradDrop(GradientAggregation):
     """Keep, per coordinate, only one sign of the task gradients, chosen by sign purity."""
+
+    param_constraints = {"leak": Unit, "seed": int}
 
     def __init__(self, tasks: list[str], rep_grad: bool = False, leak: float = 0.0, seed: int = 0):
         super().__init__(tasks, rep_grad=rep_grad)

@@ -23,11 +23,18 @@ import torch
 
 from hydranet.balance._jacobian import task_jacobian
 from hydranet.balance.base import BALANCERS, LossWeighting
+from hydranet.params import NonNegativeFloat, PositiveFloat
 
 
 @BALANCERS.register("gradnorm")
 class GradNorm(LossWeighting):
     """Weights that equalise gradient norms at the last shared layer, scaled by training rate."""
+
+    param_constraints = {
+        "alpha": NonNegativeFloat,
+        "lr": PositiveFloat,
+        "min_weight": PositiveFloat,
+    }
 
     def __init__(
         self,
@@ -44,10 +51,6 @@ class GradNorm(LossWeighting):
         k = len(self.tasks)
         self.register_buffer("task_weights", torch.ones(k, dtype=torch.float64))
         self.register_buffer("initial_losses", torch.full((k,), math.nan, dtype=torch.float64))
-        # set by train/distributed.py under DDP: averages the per-task gradients of W across
-        # ranks (each rank's loss is scaled so that the average is the global batch's
-        # gradient), so every rank computes the global norms and the same weights
-        self.jacobian_reducer = None
 
     def weights(self, losses, ctx):
         return dict(zip(self.tasks, self.task_weights.tolist(), strict=True))
@@ -91,6 +94,8 @@ class GradNorm(LossWeighting):
             target = next((p for p in reversed(shared) if p.ndim >= 2), shared[-1])
         scaled = [loss * ctx.scale for loss in task_losses]
         J = task_jacobian(scaled, [target], retain_graph=True, memo=self._jacobian_memo)
-        if self.jacobian_reducer is not None and target is not ctx.rep:
-            J = self.jacobian_reducer(J.detach())
+        if self.task_gradient_reducer is not None and target is not ctx.rep:
+            # under DDP: the global batch's gradients of W, so every rank computes the same
+            # norms and weights (representation norms are refused under DDP: distributed.py)
+            J = self.task_gradient_reducer(J.detach())
         return J.norm(dim=1).detach() / ctx.scale

@@ -31,6 +31,7 @@ from torch import Tensor
 from hydranet.balance._simplex import simplex_qp
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
+from hydranet.params import PositiveFloat, PositiveInt
 
 Solver = Literal["active_set", "frank_wolfe"]
 
@@ -66,6 +67,12 @@ class MGDA(GradientAggregation):
 
     ``epsilon`` and ``max_iters`` only apply to ``solver="frank_wolfe"``.
     """
+
+    param_constraints = {
+        "solver": Solver,
+        "epsilon": PositiveFloat,
+        "max_iters": PositiveInt,
+    }
 
     def __init__(
         self,

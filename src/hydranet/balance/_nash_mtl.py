@@ -26,11 +26,11 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from hydranet.balance.aggregation import GradientAggregation, combine, gramian
 from hydranet.balance.base import BALANCERS
+from hydranet.params import PositiveInt
 
 
 def nash_weights(
@@ -74,6 +74,8 @@ def nash_weights(
 class NashMTL(GradientAggregation):
     """Bargaining solution: task weights a with (G G^T) a = 1/a."""
 
+    param_constraints = {"update_weights_every": PositiveInt}
+
     def __init__(self, tasks: list[str], rep_grad: bool = False, update_weights_every: int = 1):
         super().__init__(tasks, rep_grad=rep_grad)
         if update_weights_every < 1:
@@ -99,7 +101,7 @@ class NashMTL(GradientAggregation):
             and bool((self.alpha[idx] > 0).all())
         )
         self.calls += 1
-        if reuse and _distributed():
+        if reuse and self.task_gradient_reducer is not None:  # set under DDP
             if not self._warned_dist:
                 warnings.warn(
                     "nash_mtl: update_weights_every > 1 is ignored under distributed training "
@@ -118,7 +120,3 @@ class NashMTL(GradientAggregation):
         total = sum(float(c) * losses[t] for c, t in zip(coef, names, strict=True))
         (total * ctx.scale).backward()
         self._set_last_weights(names, coef)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -42,6 +42,8 @@ def pcgrad_weights(gram: Tensor, orders: list[list[int]]) -> Tensor:
 class PCGrad(GradientAggregation):
     """Project each task gradient off the others it conflicts with, in random order; sum."""
 
+    param_constraints = {"seed": int}
+
     def __init__(self, tasks: list[str], rep_grad: bool = False, seed: int = 0):
         super().__init__(tasks, rep_grad=rep_grad)
         self.rng = SeededStream(seed)

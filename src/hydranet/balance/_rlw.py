@@ -19,6 +19,8 @@ from hydranet.balance.base import BALANCERS, LossWeighting
 class RandomLossWeighting(LossWeighting):
     """Fresh softmax-of-Gaussian weights every step."""
 
+    param_constraints = {"seed": int}
+
     def __init__(self, tasks: list[str], seed: int = 0):
         super().__init__(tasks)
         self.rng = SeededStream(seed)

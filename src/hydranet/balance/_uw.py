@@ -17,11 +17,14 @@ import torch
 from torch import nn
 
 from hydranet.balance.base import BALANCERS, LossWeighting
+from hydranet.params import Finite
 
 
 @BALANCERS.register("uw")
 class UncertaintyWeighting(LossWeighting):
     """Learned task weights 1/2 exp(-s_t) with a 1/2 s_t penalty; s_t trained by the optimizer."""
+
+    param_constraints = {"init_log_var": Finite}
 
     def __init__(self, tasks: list[str], init_log_var: float = 0.0):
         super().__init__(tasks)

@@ -28,6 +28,10 @@ gradient of task k's loss and ``g`` (shape ``[P]``) the update direction; it als
    result is multiplied back, so ``.grad`` holds scaled gradients as GradScaler expects. If a
    row is not finite (fp16 overflow), the plain sum is written instead so the non-finite values
    reach GradScaler, which then skips the step.
+5. under DDP the trainer sets the base class's hooks: ``task_gradient_reducer`` turns the
+   parameter rows into the global batch's before aggregating, ``task_gradient_gatherer`` puts
+   every process's representation columns side by side (this process keeps its own slice of
+   the direction). Every method then aggregates the same matrix on every rank.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from hydranet.balance.base import BalanceContext, Balancer
 
 class GradientAggregation(Balancer):
     family = "gradient"
+    aggregates_gradients = True
 
     def __init__(self, tasks: list[str], rep_grad: bool = False):
         super().__init__(tasks)
@@ -54,7 +59,6 @@ class GradientAggregation(Balancer):
         self._names: list[str] = []
         self._finite = True
         self._warned_no_rep = False
-        self.used_rep = False  # whether the last backward took the rep_grad path
         self._jacobian_memo: dict[str, bool] = {}  # see _jacobian.task_jacobian
 
     def aggregate(self, G: Tensor) -> Tensor:
@@ -75,8 +79,8 @@ class GradientAggregation(Balancer):
         self.last_weights = {t: float(got.get(t, 0.0)) for t in self.tasks}
 
     def _aggregate_unscaled(self, J: Tensor, scale: float) -> Tensor:
-        # The one place every method receives the task matrix: train/distributed.py wraps it
-        # per instance to average J across ranks. Keep the name and (J, scale) signature.
+        # the one place every method receives the task matrix (already made global by the
+        # reduce hooks under DDP, see backward)
         if J.dtype in (torch.float16, torch.bfloat16):  # rep gradients under autocast
             J = J.float()
         G = J / scale if scale != 1.0 else J
@@ -93,15 +97,22 @@ class GradientAggregation(Balancer):
         g = self.aggregate(G)
         return g * scale if scale != 1.0 else g
 
-    def _aggregate_rep(self, J: Tensor, scale: float) -> Tensor:
-        # rep_grad's task matrix: its columns are this process's rows of the representation.
-        # train/distributed.py wraps it per instance to aggregate all ranks' columns together
-        # and hand back this rank's slice. Keep the name and (J, scale) signature.
+    def _aggregate_parameters(self, J: Tensor, scale: float) -> Tensor:
+        if self.task_gradient_reducer is not None:
+            J = self.task_gradient_reducer(J)
         return self._aggregate_unscaled(J, scale)
+
+    def _aggregate_representation(self, J: Tensor, scale: float) -> Tensor:
+        # J's columns are this process's rows of the representation: under DDP the direction
+        # is aggregated from every process's columns and this process keeps its own slice
+        if self.task_gradient_gatherer is None:
+            return self._aggregate_unscaled(J, scale)
+        full, offset = self.task_gradient_gatherer(J)
+        return self._aggregate_unscaled(full, scale)[offset : offset + J.shape[1]]
 
     # ------------------------------------------------------------------ backward
     def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> None:
-        self.used_rep = False
+        self.used_representation = False
         names = self.present_tasks(losses, ctx)
         self._names = names
         if not names:
@@ -124,15 +135,15 @@ class GradientAggregation(Balancer):
                 stacklevel=2,
             )
             self._warned_no_rep = True
-        self.used_rep = use_rep
+        self.used_representation = use_rep
         if use_rep:
             rep = ctx.rep
             J = task_jacobian(scaled, [rep], retain_graph=True, memo=self._jacobian_memo)
-            g = self._aggregate_rep(J, scale)
+            g = self._aggregate_representation(J, scale)
             rep.backward(g.view_as(rep).to(rep.dtype), inputs=shared)
         else:
             J = task_jacobian(scaled, shared, memo=self._jacobian_memo)
-            g = self._aggregate_unscaled(J, scale)
+            g = self._aggregate_parameters(J, scale)
             add_flat_grad(shared, g)
         self._set_last_weights(names, self._coef)
 

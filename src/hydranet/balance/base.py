@@ -17,7 +17,9 @@ coefficients) of the last step, for logs and ``metrics.jsonl``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -39,12 +41,77 @@ class BalanceContext:
 
 
 class Balancer(nn.Module):
-    family: str = "weighting"
+    """The base of every balancer; its class attributes declare what the trainer may rely on.
+
+    Capabilities (the trainer, ``train/graph.py`` and ``train/distributed.py`` read these and
+    nothing else; ``tests/test_balance_contract.py`` checks every registered method against
+    them):
+
+    * ``family``: ``"weighting"`` or ``"gradient"``, a label for logs and reports.
+    * ``aggregates_gradients``: the balancer computes per-task gradients itself
+      (``autograd.grad``) and writes the combined gradient of the shared parameters into
+      ``.grad``; under DDP its step runs under ``no_sync`` (DDP's reducer never sees those
+      gradients) and ``task_gradient_reducer`` makes the per-task matrix global. False: the
+      model step is one ``backward()`` of a weighted sum, which DDP's reducer averages.
+    * ``graph_safe``: ``backward`` may be recorded once into a CUDA graph and replayed every
+      step: it never reads a loss, weight or gradient on the host (no ``float()``,
+      ``.item()``, ``.tolist()``, ``bool()`` of a tensor) and the weights it applies do not
+      change from step to step or epoch to epoch (a graph replays the captured values). Only
+      loss weighting can be (the aggregation methods solve on the host).
+    * ``shows_weights``: whether ``last_weights`` is worth a place in the progress line
+      (False where they are always 1).
+    * ``uses_representation`` (per instance): the trainer must pass the shared
+      representation as ``ctx.rep`` (``rep_grad`` set, or always for methods defined on it,
+      such as mgda_ub).
+    * ``used_representation`` (per instance, after each ``backward``): the shared gradient
+      was written by backpropagating an aggregated representation gradient, so under DDP
+      each rank holds only its rows' part of it, which the trainer sums over ranks.
+
+    Hooks the trainer sets (None: a single process):
+
+    * ``task_gradient_reducer(J) -> J``: this process's per-task gradient matrix of the
+      parameters ``[K, P]`` to the global batch's (under DDP: the average over ranks). The
+      balancer applies it where it takes the matrix, before aggregating (or, gradnorm,
+      before taking norms).
+    * ``task_gradient_gatherer(J) -> (J_global, offset)``: the same for a representation
+      gradient matrix ``[K, n]``, whose columns are this process's rows: every process's
+      columns side by side (the global batch's matrix) and where this process's begin. The
+      balancer aggregates the global matrix and keeps its own ``n`` columns.
+
+    ``param_constraints`` declares the constructor parameters a Spec may set in
+    ``balance.params`` and the values each accepts (see :mod:`hydranet.params`).
+    """
+
+    family: ClassVar[Literal["weighting", "gradient"]] = "weighting"
+    aggregates_gradients: ClassVar[bool] = False
+    graph_safe: ClassVar[bool] = False
+    shows_weights: ClassVar[bool] = True
+    param_constraints: ClassVar[dict[str, Any]] = {}
+
+    task_gradient_reducer: Callable[[torch.Tensor], torch.Tensor] | None
+    task_gradient_gatherer: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None
 
     def __init__(self, tasks: list[str]):
         super().__init__()
         self.tasks = list(tasks)
         self.last_weights: dict[str, float] = {t: 1.0 for t in self.tasks}
+        self.rep_grad = False
+        self.used_representation = False
+        self.task_gradient_reducer = None
+        self.task_gradient_gatherer = None
+
+    @property
+    def uses_representation(self) -> bool:
+        return self.rep_grad
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems that involve more than one parameter, as (parameter, message) pairs.
+
+        ``params`` holds every constructor parameter (the Spec's values over the defaults),
+        each already valid on its own. None for the built-in balancers.
+        """
+        return []
 
     def backward(self, losses: dict[str, torch.Tensor], ctx: BalanceContext) -> None:
         raise NotImplementedError

@@ -9,6 +9,9 @@ from hydranet.balance.base import BALANCERS, LossWeighting
 class EqualWeighting(LossWeighting):
     """L = sum_t L_t: every task counts the same."""
 
+    graph_safe = True  # constant weights, nothing read on the host
+    shows_weights = False  # always 1
+
     def __init__(self, tasks: list[str]):
         super().__init__(tasks)
 
@@ -19,6 +22,8 @@ class EqualWeighting(LossWeighting):
 @BALANCERS.register("static")
 class StaticWeighting(LossWeighting):
     """L = sum_t w_t L_t with the per-task ``weight`` from the Spec (or ``params.weights``)."""
+
+    graph_safe = True  # constant weights, nothing read on the host
 
     def __init__(self, tasks: list[str], weights: dict[str, float] | None = None):
         super().__init__(tasks)

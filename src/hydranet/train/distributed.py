@@ -51,13 +51,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from hydranet.errors import SpecError, UserError
+
+if TYPE_CHECKING:
+    from hydranet.balance import Balancer
 
 __all__ = ["Distributed", "ShardedLoader", "is_main_process", "launch"]
 
@@ -122,8 +125,7 @@ class Distributed:
             return
         from hydranet.balance import BALANCERS
 
-        family = getattr(BALANCERS.get(spec.balance.method), "family", "")
-        if spec.balance.rep_grad and family != "gradient":
+        if spec.balance.rep_grad and not BALANCERS.get(spec.balance.method).aggregates_gradients:
             raise SpecError(
                 [
                     (
@@ -241,16 +243,14 @@ class Distributed:
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, output_device=device.index if ids else None)
 
-    def reduce_task_gradients(self, balancer: nn.Module) -> None:
-        """Make a gradient-aggregation balancer aggregate the global batch's ``G``.
+    def reduce_task_gradients(self, balancer: Balancer) -> None:
+        """Make the balancer aggregate the global batch's per-task gradients.
 
-        ``GradientAggregation._aggregate_unscaled(J, scale)`` is the one place every
-        aggregation method receives the per-task gradient matrix of the parameters, so
-        averaging J there gives every rank the global-batch G and the same aggregated
-        direction; ``_aggregate_rep(J, scale)`` receives the representation's, whose
-        columns are gathered instead (see the module docstring). A loss-weighting balancer
-        with a ``jacobian_reducer`` slot (gradnorm) gets the same averaging for the
-        gradients it takes norms of.
+        Sets the balancer's declared hooks (see :class:`~hydranet.balance.Balancer`), which it
+        applies itself where it takes the per-task gradient matrix: the parameters' ``J`` is
+        averaged across ranks (every rank gets the global-batch G and the same direction);
+        the representation's, whose columns are this rank's rows, is gathered instead (see
+        the module docstring). Gradnorm averages the gradients it takes norms of the same way.
         """
         if not self.enabled:
             return
@@ -260,29 +260,18 @@ class Distributed:
             self.average_([J])
             return J
 
-        if hasattr(balancer, "jacobian_reducer"):  # gradnorm's norms of the global gradients
-            balancer.jacobian_reducer = averaged
-        if getattr(balancer, "family", "") != "gradient":
-            return
-        inner = balancer._aggregate_unscaled
-
-        def aggregate_reduced(J: torch.Tensor, scale: float) -> torch.Tensor:
-            return inner(averaged(J), scale)
-
-        def aggregate_gathered(J: torch.Tensor, scale: float) -> torch.Tensor:
-            # rep_grad: the columns are this rank's rows of the representation. The global
-            # batch's matrix is every rank's columns side by side, divided by W (each rank's
-            # loss is scaled so that the rank average of gradients is the global mean's, see
-            # global_losses); every rank aggregates that same matrix and keeps its own slice,
-            # which the trainer backpropagates and then sums over ranks (average_grads_ would
-            # be wrong here: each rank holds a different part of the shared gradient)
+        def gathered(J: torch.Tensor) -> tuple[torch.Tensor, int]:
+            # The global batch's matrix is every rank's columns side by side, divided by W
+            # (each rank's loss is scaled so that the rank average of gradients is the global
+            # mean's, see global_losses); every rank aggregates that same matrix and keeps its
+            # own slice, which the trainer backpropagates and then sums over ranks
+            # (average_grads_ would be wrong here: each rank holds a different part of the
+            # shared gradient)
             parts, offset = self.all_gather_columns(J)
-            g = inner(parts / self.world_size, scale)
-            return g[offset : offset + J.shape[1]]
+            return parts / self.world_size, offset
 
-        # instance attributes; the class is untouched
-        balancer._aggregate_unscaled = aggregate_reduced
-        balancer._aggregate_rep = aggregate_gathered
+        balancer.task_gradient_reducer = averaged
+        balancer.task_gradient_gatherer = gathered
 
     def all_gather_columns(self, J: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Every rank's ``J`` [K, n_r] side by side, in rank order, and where this rank's begin

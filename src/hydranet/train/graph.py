@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from hydranet.train.trainer import Trainer
 
 WARMUP = 3
-GRAPH_SAFE_BALANCERS = ("ew", "static")  # host-free per-step weights (floats)
 
 
 def blockers(trainer: Trainer) -> list[str]:
@@ -54,9 +53,9 @@ def blockers(trainer: Trainer) -> list[str]:
         reasons.append(
             "some training rows lack a label for some task (the per-batch task presence is data-dependent)"
         )
-    if spec.balance.method not in GRAPH_SAFE_BALANCERS:
+    if not trainer.balancer.graph_safe:
         reasons.append(
-            f"balance.method {spec.balance.method!r} decides on the host each step (graph-safe: {', '.join(GRAPH_SAFE_BALANCERS)})"
+            f"balance.method {spec.balance.method!r} is not graph-safe (it reads values on the host or changes its weights between steps; see Balancer.graph_safe)"
         )
     if trainer.diagnostics is not None:
         reasons.append("--diagnose reads gradients on the host each step")

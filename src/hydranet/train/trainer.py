@@ -181,7 +181,7 @@ class Trainer:
         )
         # the balancer says whether it works on the shared representation (mgda_ub always does;
         # gradnorm and the gradient methods when rep_grad is set)
-        self.need_rep = bool(getattr(self.balancer, "rep_grad", False))
+        self.need_rep = self.balancer.uses_representation
         self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in self.shared_params}
         self.task_params = [
@@ -361,7 +361,7 @@ class Trainer:
         # left out as absent) or the gradients come from autograd.grad (gradient methods)
         counts = torch.stack([batch.masks[t.name].sum() for t in self.tasks]).double().cpu()
         global_counts = self.dist.sum(counts.clone())
-        self._sync_grads = self.balancer.family == "gradient" or bool((global_counts == 0).any())
+        self._sync_grads = self.balancer.aggregates_gradients or bool((global_counts == 0).any())
         with self.ddp.no_sync() if self._sync_grads else contextlib.nullcontext():
             self._step(batch, (counts, global_counts))
 
@@ -448,7 +448,7 @@ class Trainer:
         )
 
     def _average_gradients(self) -> None:
-        if getattr(self.balancer, "used_rep", False):
+        if self.balancer.used_representation:
             # rep_grad under DDP: each rank backpropagated its own slice of the aggregated
             # representation gradient, so the shared gradient is the sum of the ranks' parts
             self.dist.sum_grads_(self.shared_params)
@@ -457,7 +457,7 @@ class Trainer:
             # already identical on every rank; the heads' gradients are local
             params = (
                 self.task_params
-                if self.balancer.family == "gradient"
+                if self.balancer.aggregates_gradients
                 else list(self.model.parameters())
             )
             self.dist.average_grads_(params)
@@ -469,7 +469,7 @@ class Trainer:
             f"{t.name} {v / n:.4f}"
             for t, v in zip(self.tasks, self.loss_sums.tolist(), strict=True)
         ]
-        if self.balancer.family != "weighting" or type(self.balancer).__name__ != "EqualWeighting":
+        if self.balancer.shows_weights:
             parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
         return "  ".join(parts)
 

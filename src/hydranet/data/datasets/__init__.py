@@ -37,6 +37,8 @@ class BundledDataset:
     categorical: list[str]
     params: dict[str, Any] = field(default_factory=dict)
     """Accepted ``data.params`` and their defaults."""
+    constraints: dict[str, Any] = field(default_factory=dict)
+    """The values each of ``params`` accepts (see :mod:`hydranet.params`), checked at Spec load."""
     columns_for: Callable[[dict[str, Any]], tuple[list[str], list[str]]] | None = None
     """Feature columns that depend on the params (e.g. the synthetic dimension)."""
 
@@ -81,6 +83,7 @@ DATASETS.add(
         numeric=synthetic.feature_names(synthetic.DEFAULTS["dim"]),
         categorical=[],
         params=dict(synthetic.DEFAULTS),
+        constraints=dict(synthetic.CONSTRAINTS),
         columns_for=lambda p: (synthetic.feature_names(p["dim"]), []),
     ),
 )

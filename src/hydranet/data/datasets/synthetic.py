@@ -22,13 +22,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from hydranet.errors import UserError
+from hydranet.params import Finite, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 # bump when the generator changes, so cached files from an older one are not reused
 _VERSION = 1
@@ -43,6 +45,18 @@ DEFAULTS: dict[str, Any] = {
     "n_sines": 10,
     "noise_std": 0.1,
     "seed": 0,
+}
+# the values each parameter accepts, checked when a Spec is loaded (hydranet.params)
+CONSTRAINTS: dict[str, Any] = {
+    "n_rows": PositiveInt,
+    "n_validation": PositiveInt,
+    "n_test": PositiveInt,
+    "dim": Annotated[int, Field(ge=2)],  # two orthogonal directions
+    "correlation": Annotated[float, Field(ge=-1.0, le=1.0)],
+    "scale": Finite,
+    "n_sines": NonNegativeInt,
+    "noise_std": NonNegativeFloat,
+    "seed": NonNegativeInt,  # numpy's SeedSequence takes no negative entropy
 }
 _SPLITS = {"train": "n_rows", "validation": "n_validation", "test": "n_test"}
 

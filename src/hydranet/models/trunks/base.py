@@ -4,8 +4,9 @@ A trunk is the multi-task architecture between the fused input features and
 the per-task towers. Every trunk:
 
 * is built as ``Trunk(input_dim, tasks, activation=..., dropout=..., **params)``
-  where ``params`` come from ``[model] params`` in the Spec (checked against the
-  constructor signature, so a typo is an error with its key path);
+  where ``params`` come from ``[model] params`` in the Spec (names checked against the
+  constructor signature, values against ``param_constraints``, so a typo or a bad value
+  is an error with its key path when the Spec is loaded);
 * exposes ``out_dims: dict[str, int]`` (the width of each task's output, which
   feeds that task's tower);
 * splits its forward in two so gradient balancers can use the gradient with
@@ -23,6 +24,7 @@ the per-task towers. Every trunk:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +38,18 @@ class Trunk(nn.Module):
     """What ``ModelSpec.head_init_scale = None`` means for this trunk: the towers' output layers
     start at PyTorch's initialisation times this. Trunks that mix experts through softmax gates
     set 0.1 (see ``MultiTaskModel._initialise``); a user trunk may set its own."""
+    param_constraints: ClassVar[dict[str, Any]] = {}
+    """The ``[model] params`` this trunk takes and the values each accepts (see
+    :mod:`hydranet.params`); the Spec checks them at load."""
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems that involve more than one parameter, as (parameter, message) pairs.
+
+        ``params`` holds every constructor parameter (the Spec's values over the defaults),
+        each already valid on its own.
+        """
+        return []
 
     def __init__(self, input_dim: int, tasks: list[str]):
         super().__init__()

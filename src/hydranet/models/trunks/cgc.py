@@ -26,6 +26,21 @@ from hydranet.models.blocks import (
     mix_experts,
 )
 from hydranet.models.trunks.base import TRUNKS, Trunk
+from hydranet.params import NonNegativeInt, Widths
+
+# CGC's parameters, which PLE's levels share
+LEVEL_CONSTRAINTS = {
+    "num_shared_experts": NonNegativeInt,
+    "num_task_experts": NonNegativeInt,
+    "expert_hidden": Widths,
+}
+
+
+def check_expert_counts(params: dict) -> list[tuple[str, str]]:
+    """A gate needs at least one expert to mix (CGCLayer raises the same at build time)."""
+    if params["num_shared_experts"] + params["num_task_experts"] < 1:
+        return [("num_task_experts", "must be >= 1 when num_shared_experts is 0 (got 0)")]
+    return []
 
 
 class CGCLayer(nn.Module):
@@ -119,6 +134,11 @@ class CGC(Trunk):
     """
 
     head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+    param_constraints = LEVEL_CONSTRAINTS
+
+    @classmethod
+    def check_params(cls, params):
+        return check_expert_counts(params)
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from torch import nn
 from hydranet.models.blocks import BatchedLinear, invalid_param
 from hydranet.models.blocks import activation as make_activation
 from hydranet.models.trunks.base import TRUNKS, Trunk
+from hydranet.params import Widths
 
 
 def _stitch_init(n: int) -> torch.Tensor:
@@ -36,6 +37,8 @@ class CrossStitch(Trunk):
     whole trunk counts as shared (the base default) and the shared
     representation is its output.
     """
+
+    param_constraints = {"hidden": Widths}
 
     def __init__(
         self,

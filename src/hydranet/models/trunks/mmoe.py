@@ -23,6 +23,7 @@ from hydranet.models.blocks import (
     mix_experts,
 )
 from hydranet.models.trunks.base import TRUNKS, Trunk
+from hydranet.params import PositiveInt, Widths
 
 
 @TRUNKS.register("mmoe")
@@ -34,6 +35,8 @@ class MMoE(Trunk):
     """
 
     head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+
+    param_constraints = {"num_experts": PositiveInt, "expert_hidden": Widths}
 
     def __init__(
         self,

@@ -19,7 +19,8 @@ from torch import nn
 
 from hydranet.models.blocks import invalid_param
 from hydranet.models.trunks.base import TRUNKS, Trunk
-from hydranet.models.trunks.cgc import CGCLayer
+from hydranet.models.trunks.cgc import LEVEL_CONSTRAINTS, CGCLayer, check_expert_counts
+from hydranet.params import PositiveInt
 
 
 @TRUNKS.register("ple")
@@ -35,6 +36,11 @@ class PLE(Trunk):
     """
 
     head_init_scale = 0.1  # gated: small heads keep the gates from collapsing early
+    param_constraints = {"num_levels": PositiveInt, **LEVEL_CONSTRAINTS}
+
+    @classmethod
+    def check_params(cls, params):
+        return check_expert_counts(params)
 
     def __init__(
         self,

@@ -13,11 +13,14 @@ from torch import nn
 
 from hydranet.models.blocks import MLP
 from hydranet.models.trunks.base import TRUNKS, Trunk
+from hydranet.params import PositiveInt
 
 
 @TRUNKS.register("shared_bottom")
 class SharedBottom(Trunk):
     """One ``MLP(hidden)`` shared by every task; ``rep`` is its output ``[B, H]``."""
+
+    param_constraints = {"hidden": list[PositiveInt]}  # [] is the identity
 
     def __init__(
         self,

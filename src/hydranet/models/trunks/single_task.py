@@ -15,11 +15,14 @@ from torch import nn
 
 from hydranet.models.blocks import BatchedMLP
 from hydranet.models.trunks.base import TRUNKS, Trunk
+from hydranet.params import PositiveInt
 
 
 @TRUNKS.register("single_task")
 class SingleTask(Trunk):
     """One ``MLP(hidden)`` per task; ``rep`` is the trunk input ``x``."""
+
+    param_constraints = {"hidden": list[PositiveInt]}  # [] is the identity
 
     def __init__(
         self,
