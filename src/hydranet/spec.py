@@ -418,6 +418,9 @@ class Spec(_Part):
                 (where, f"feature group {n!r} is defined twice; group names must be unique")
             )
         groups = set(names) | set(shortcut)
+        if self.data.dataset and not shortcut:
+            # a bundled dataset fills data.numeric / data.categorical when the spec is resolved
+            groups |= {"numeric", "categorical"}
         for key, enc in self.model.encoders.items():
             if key not in groups:
                 problems.append(

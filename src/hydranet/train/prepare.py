@@ -66,7 +66,14 @@ def resolve_spec(spec: Spec) -> Spec:
     schema = _train_schema(data)
     resolved = _expand_stars(resolved, schema.names, labels)
     groups = resolved.feature_groups()
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [
+        (
+            f"model.encoders.{key}",
+            f"no feature group {key!r}; groups: {', '.join(g.name for g in groups)}",
+        )
+        for key in resolved.model.encoders
+        if key not in {g.name for g in groups}
+    ]
     owner: dict[str, str] = {}
     for g in groups:
         for c in g.columns:
