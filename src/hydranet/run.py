@@ -16,9 +16,9 @@ import torch
 
 from hydranet import rundir
 from hydranet.data.preprocess import Preprocessor
-from hydranet.models.build import build_model
 from hydranet.errors import DataError, UserError
 from hydranet.evaluate.inference import predict_arrays, split_metrics
+from hydranet.models.build import build_model
 from hydranet.spec import Spec
 from hydranet.tasks import Task
 from hydranet.train.state_io import load_tensors

@@ -394,16 +394,16 @@ class Spec(_Part):
         problems += _check_dataset(self.data)
         return problems
 
-
     def _check_features(self) -> list[tuple[str, str]]:
         """Feature kinds, their parameters, group names, encoders and the fusion."""
-        from hydranet.features import FEATURES
-        from hydranet.models.encoders import ENCODERS, FUSIONS
+        from hydranet.features import FEATURES, FeatureGroup
+        from hydranet.models.encoders import ENCODERS, FUSIONS, Encoder
 
         problems: list[tuple[str, str]] = []
         for i, g in enumerate(self.features):
             problems += _check_named(
                 FEATURES,
+                FeatureGroup,
                 g.kind,
                 g.params,
                 f"features[{i}].kind",
@@ -411,7 +411,11 @@ class Spec(_Part):
                 skip=_GROUP_BUILT_ARGS,
             )
         names = [g.name for g in self.features]
-        shortcut = [n for n, cols in (("categorical", self.data.categorical), ("numeric", self.data.numeric)) if cols]
+        shortcut = [
+            n
+            for n, cols in (("categorical", self.data.categorical), ("numeric", self.data.numeric))
+            if cols
+        ]
         for n in sorted({n for n in names if names.count(n) > 1} | (set(names) & set(shortcut))):
             where = "data." + n if n in shortcut else "features"
             problems.append(
@@ -431,6 +435,7 @@ class Spec(_Part):
                 )
             problems += _check_named(
                 ENCODERS,
+                Encoder,
                 enc.name,
                 enc.params,
                 f"model.encoders.{key}.name",

@@ -51,9 +51,7 @@ class Preprocessor:
     @classmethod
     def from_specs(cls, specs: Sequence[FeatureGroupSpec]) -> Preprocessor:
         """Unfitted groups from resolved ``[[features]]`` specs (columns already explicit)."""
-        return cls(
-            [FEATURES.get(s.kind)(s.name, list(s.columns), **s.params) for s in specs]
-        )
+        return cls([FEATURES.get(s.kind)(s.name, list(s.columns), **s.params) for s in specs])
 
     @classmethod
     def tabular(
@@ -226,9 +224,11 @@ def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
                 "kind": "numeric",
                 "columns": state["numeric"],
                 "params": {"log1p": state["log1p"]},
-                "fitted": {
-                    k: state[k] for k in ("mean_", "scale_", "missing_indicator_")
-                },
+                "fitted": {k: state[k] for k in ("mean_", "scale_", "missing_indicator_")},
             }
         )
-    return {"format_version": _FORMAT_VERSION, "n_rows_seen_": state["n_rows_seen_"], "groups": groups}
+    return {
+        "format_version": _FORMAT_VERSION,
+        "n_rows_seen_": state["n_rows_seen_"],
+        "groups": groups,
+    }

@@ -41,6 +41,14 @@ class FeatureGroup:
 
     kind: ClassVar[str] = ""
     default_encoder: ClassVar[str] = ""
+    param_constraints: ClassVar[dict[str, Any]] = {}
+    """The ``[[features]] params`` this kind takes and the values each accepts (see
+    :mod:`hydranet.params`); the Spec checks them at load."""
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems that involve more than one parameter, as (parameter, message) pairs."""
+        return []
 
     def __init__(self, name: str, columns: Sequence[str]):
         self.name = name
@@ -63,9 +71,7 @@ class FeatureGroup:
         out = []
         for c in self.columns:
             if c not in schema.names:
-                out.append(
-                    f"feature column {c!r} (group {self.name!r}) not found in the {where}"
-                )
+                out.append(f"feature column {c!r} (group {self.name!r}) not found in the {where}")
                 continue
             why = self.column_problem(c, schema.field(c).type)
             if why:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import torch
 
 from hydranet.features.base import FEATURES, Columnar, FeatureGroup
+from hydranet.params import PositiveInt
 
 OOV, MISSING = 0, 1
 RESERVED = 2  # indices before the vocabulary: out-of-vocabulary, missing
@@ -33,6 +34,7 @@ def as_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 class CategoricalGroup(FeatureGroup):
     kind = "categorical"
     default_encoder = "embedding"
+    param_constraints = {"min_count": PositiveInt}
 
     def __init__(self, name: str, columns: Sequence[str], min_count: int = 1):
         super().__init__(name, columns)
@@ -113,9 +115,7 @@ class CategoricalGroup(FeatureGroup):
         return {"vocabularies_": self.vocabularies_}
 
     def load_fitted(self, state: dict[str, Any]) -> None:
-        self.vocabularies_ = {
-            c: [str(v) for v in state["vocabularies_"][c]] for c in self.columns
-        }
+        self.vocabularies_ = {c: [str(v) for v in state["vocabularies_"][c]] for c in self.columns}
         self._value_sets = {}
 
     @classmethod

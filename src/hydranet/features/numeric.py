@@ -34,6 +34,7 @@ def _is_numeric(t: pa.DataType) -> bool:
 class NumericGroup(FeatureGroup):
     kind = "numeric"
     default_encoder = "identity"
+    param_constraints = {"log1p": list[str]}
 
     def __init__(self, name: str, columns: Sequence[str], log1p: Sequence[str] = ()):
         super().__init__(name, columns)

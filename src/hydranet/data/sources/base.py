@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +37,12 @@ class Source(ABC):
     def accepts(cls, obj: Any) -> bool:
         """Whether ``data.source = "auto"`` picks this source for ``obj``."""
         return False
+
+    @classmethod
+    def example(cls, tmp_path: Path) -> Any:
+        """An object this source reads (a file written under ``tmp_path``, a frame): a few
+        dozen rows of several types with a missing value, for ``tests/test_source_contract.py``."""
+        raise NotImplementedError(f"{cls.__name__} gives no example for the contract tests")
 
     @property
     def name(self) -> str:
@@ -84,6 +91,16 @@ def rechunk(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.R
     for b in batches:
         for start in range(0, b.num_rows, batch_rows):
             yield b.slice(start, batch_rows)
+
+
+def example_rows(n: int = 50) -> pa.Table:
+    """The rows of the sources' examples: an int, a float and a text column, a missing
+    float and a missing text cell."""
+    x = [round(0.25 * i - 3, 2) for i in range(n)]
+    x[3] = None
+    k = [("red", "green", "blue")[i % 3] for i in range(n)]
+    k[5] = None
+    return pa.table({"id": pa.array(range(n), pa.int64()), "x": pa.array(x, pa.float64()), "k": k})
 
 
 SOURCES: Registry[type[Source]] = Registry("source")

@@ -26,7 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from hydranet.data.sources.base import SOURCES, Source, check_columns, first_line
+from hydranet.data.sources.base import (
+    SOURCES,
+    Source,
+    check_columns,
+    example_rows,
+    first_line,
+)
 from hydranet.errors import DataError
 from hydranet.spec import CsvSpec, DataSpec
 
@@ -58,6 +64,21 @@ class FileSource(Source):
     @classmethod
     def accepts(cls, obj: Any) -> bool:
         return isinstance(obj, (str, os.PathLike))
+
+    @classmethod
+    def example(cls, tmp_path: Path) -> str:
+        """A CSV file of :func:`example_rows`: padded cells, and blank-looking cells for the
+        missing values; the missing number is a run of spaces that pyarrow reads as text,
+        so the column is a number only after the cleanup (``schema`` must say so)."""
+        table = example_rows()
+        lines = ["id,x,k"]
+        for row in table.to_pylist():
+            x, k = row["x"], row["k"]
+            x_text = " " * 6 if x is None else (f" {x} " if row["id"] % 4 == 0 else str(x))
+            lines.append(f"{row['id']},{x_text},{'  ' if k is None else k}")
+        path = Path(tmp_path) / "example.csv"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return str(path)
 
     @property
     def name(self) -> str:

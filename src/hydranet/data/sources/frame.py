@@ -8,11 +8,12 @@ a value (CSV's blank-cell rules are for text files); pandas' None and NaN are mi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from hydranet.data.sources.base import SOURCES, Source, first_line
+from hydranet.data.sources.base import SOURCES, Source, example_rows, first_line
 from hydranet.errors import DataError
 
 
@@ -31,6 +32,11 @@ class FrameSource(Source):
     @classmethod
     def accepts(cls, obj: Any) -> bool:
         return isinstance(obj, (pa.Table, pa.RecordBatch)) or _is_pandas(obj)
+
+    @classmethod
+    def example(cls, tmp_path: Path) -> Any:
+        """A pandas DataFrame of :func:`example_rows` (the path a user's frame takes)."""
+        return example_rows().to_pandas()
 
     @property
     def name(self) -> str:

@@ -10,11 +10,12 @@ executors and reads it with the files source: its rows never pass through the dr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from hydranet.data.sources.base import SOURCES, Source, rechunk
+from hydranet.data.sources.base import SOURCES, Source, example_rows, rechunk
 
 
 def _is_spark_frame(obj: Any) -> bool:
@@ -31,6 +32,21 @@ class SparkSource(Source):
     @classmethod
     def accepts(cls, obj: Any) -> bool:
         return _is_spark_frame(obj)
+
+    @classmethod
+    def example(cls, tmp_path: Path) -> Any:
+        """A Spark DataFrame of :func:`example_rows`, read from Parquet in the active
+        session (a local one is started when there is none)."""
+        import pyarrow.parquet as pq
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            spark = SparkSession.builder.master("local[1]").getOrCreate()
+        path = Path(tmp_path) / "example.parquet"
+        pq.write_table(example_rows(), path)
+        # one partition: the rows come back in the file's order
+        return spark.read.parquet(str(path)).coalesce(1)
 
     @property
     def name(self) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from hydranet.errors import UserError
 from hydranet.models.encoders.base import ENCODERS, Encoder
+from hydranet.params import PositiveFloat, PositiveInt
 
 
 @ENCODERS.register("embedding")
@@ -28,6 +29,7 @@ class Embedding(Encoder):
     """
 
     kinds = ("categorical",)
+    param_constraints = {"dim": PositiveInt | None, "init_std": PositiveFloat | None}
 
     def __init__(
         self,

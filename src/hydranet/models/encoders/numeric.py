@@ -19,11 +19,14 @@ Features in Tabular Deep Learning" (NeurIPS 2022), taken from the authors'
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
+
 from hydranet.errors import UserError
 from hydranet.models.encoders.base import ENCODERS, Encoder
+from hydranet.params import PositiveFloat, PositiveInt
 
 _MAX_BIN_ROWS = 1_000_000  # quantiles from at most this many training rows (sampled)
 
@@ -32,7 +35,9 @@ def _import_rtdl():
     try:
         import rtdl_num_embeddings
     except ImportError:  # pragma: no cover - a dependency
-        raise UserError("the numeric embeddings need rtdl_num_embeddings: pip install rtdl_num_embeddings") from None
+        raise UserError(
+            "the numeric embeddings need rtdl_num_embeddings: pip install rtdl_num_embeddings"
+        ) from None
     return rtdl_num_embeddings
 
 
@@ -75,6 +80,8 @@ class Identity(Encoder):
 
 @ENCODERS.register("linear")
 class Linear(_PerValue):
+    param_constraints = {"d_embedding": PositiveInt}
+
     def __init__(
         self,
         group: dict[str, Any],
@@ -87,10 +94,15 @@ class Linear(_PerValue):
         self.out_dim = self.n_values * d_embedding + self.n_flags
 
 
-
 @ENCODERS.register("piecewise_linear")
 class PiecewiseLinear(_PerValue):
     needs_fit = True
+    param_constraints = {
+        "n_bins": Annotated[int, Field(ge=2)],
+        "d_embedding": PositiveInt,
+        "bins": Literal["quantile", "tree"],
+        "tree_kwargs": dict[str, Any] | None,
+    }
 
     def __init__(
         self,
@@ -128,7 +140,9 @@ class PiecewiseLinear(_PerValue):
         # compute_bins refuses a constant column; such a column gets one bin around its value
         varies = (x != x[0]).any(dim=0)
         cols = torch.nonzero(varies).flatten().tolist()
-        bins: list[list[float]] = [[float(x[0, j]) - 1.0, float(x[0, j]) + 1.0] for j in range(n_values)]
+        bins: list[list[float]] = [
+            [float(x[0, j]) - 1.0, float(x[0, j]) + 1.0] for j in range(n_values)
+        ]
         if cols:
             kwargs: dict[str, Any] = {}
             if params.get("bins", "quantile") == "tree":
@@ -152,6 +166,13 @@ class PiecewiseLinear(_PerValue):
 
 @ENCODERS.register("periodic")
 class Periodic(_PerValue):
+    param_constraints = {
+        "d_embedding": PositiveInt,
+        "n_frequencies": PositiveInt,
+        "frequency_init_scale": PositiveFloat,
+        "lite": bool,
+    }
+
     def __init__(
         self,
         group: dict[str, Any],
@@ -171,5 +192,3 @@ class Periodic(_PerValue):
             lite=lite,
         )
         self.out_dim = self.n_values * d_embedding + self.n_flags
-
-
