@@ -239,7 +239,7 @@ def model_shapes(trainer, batch) -> dict[str, int]:
     import torch
 
     with torch.no_grad():
-        _, rep = trainer.model.forward_with_rep(batch.cat, batch.num)
+        _, rep = trainer.model.forward_with_rep(batch.features)
     shared = sum(p.numel() for p in trainer.model.shared_parameters())
     return {
         "shared": shared,

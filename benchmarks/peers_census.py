@@ -136,7 +136,7 @@ class HydranetSide:
 
         d = self.test.data
         preds = predict_arrays(
-            self.model, d.cat, d.num, self.tasks, self.args.eval_batch_size, self.args.device
+            self.model, d.features, self.tasks, self.args.eval_batch_size, self.args.device
         )[0]
         return {t: preds[t] for t in TASKS}
 
@@ -154,17 +154,19 @@ class DeepCTRSide:
         _, Callback, DenseFeat, SparseFeat, MMOE = import_deepctr()
         _tasks, prep, splits = prepared
         train, self.test, self.args = splits["train"], splits["test"], args
-        n_cat, n_num = train.data.cat.shape[1], train.data.num.shape[1]
+        # the same inputs: the tabular shortcut's groups, categorical codes and numeric values
+        feats = train.data.features
+        n_cat, n_num = feats["categorical"].shape[1], feats["numeric"].shape[1]
         columns = [
             SparseFeat(f"c{j}", vocabulary_size=int(card), embedding_dim=SIZES["embedding_dim"])
-            for j, card in enumerate(prep.cardinalities)
+            for j, card in enumerate(prep.groups["categorical"].cardinalities)
         ] + [DenseFeat(f"n{j}", 1) for j in range(n_num)]
 
         def inputs(split) -> dict[str, np.ndarray]:
             # float32 throughout: DeepCTR concatenates all inputs into one array and casts
             # batches with .float(); float32 codes are exact for these vocabularies.
-            cat = split.data.cat.numpy().astype(np.float32)
-            num = split.data.num.numpy().astype(np.float32)
+            cat = split.data.features["categorical"].numpy().astype(np.float32)
+            num = split.data.features["numeric"].numpy().astype(np.float32)
             x = {f"c{j}": cat[:, j] for j in range(n_cat)}
             x.update({f"n{j}": num[:, j] for j in range(n_num)})
             return x
