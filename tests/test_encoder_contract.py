@@ -65,6 +65,8 @@ def test_constructor_takes_what_hydranet_passes(name):
     assert [p.name for p in params[:3]] == ["group", "model_spec", "state"]
     no_default = [p.name for p in params[3:] if p.default is inspect.Parameter.empty]
     assert not no_default, f"{name}: parameters {no_default} need defaults (a spec may give none)"
+    stray = set(cls.param_constraints) - {p.name for p in params[3:]}
+    assert not stray, f"{name}: constraints for parameters it does not take: {stray}"
     assert all(FEATURES.get(k) for k in cls.kinds)  # only kinds that exist
     group, _ = cls.example_group()
     assert not cls.kinds or group["kind"] in cls.kinds

@@ -13,6 +13,7 @@ in JSON; and feed its default encoder through ``InputEncoder``, forward and back
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -24,6 +25,7 @@ from torch import nn
 from hydranet.features import FEATURES, FeatureGroup
 from hydranet.models.encoders import ENCODERS, InputEncoder
 from hydranet.models.encoders.input import fit_encoder_states
+from hydranet.params import check_values
 from hydranet.spec import ModelSpec
 
 KINDS = FEATURES.names()
@@ -78,9 +80,16 @@ def assert_same_state(a, b, where: str = "state") -> None:
 def test_registered_under_its_kind_with_a_default_encoder(kind):
     cls = FEATURES.get(kind)
     assert cls.kind == kind  # from_dict finds the class again by this name
+    takes = set(inspect.signature(cls).parameters) - {"name", "columns"}
+    stray = set(cls.param_constraints) - takes
+    assert not stray, f"{kind}: constraints for parameters it does not take: {stray}"
+    _, table, params = example(kind)
+    assert check_values(cls.param_constraints, params, "params") == []
+    assert cls.check_params(params) == []
+    saved = new_group(kind, table, params).params()  # what to_dict keeps for from_dict
+    assert {k: saved.get(k) for k in params} == params
     encoder = ENCODERS.get(cls.default_encoder)
     assert not encoder.kinds or kind in encoder.kinds
-    _, table, _ = example(kind)
     assert table.num_rows == N
     # the same seed, the same table; another seed, other rows
     assert same_rows(example(kind)[1], table)

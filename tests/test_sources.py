@@ -77,8 +77,9 @@ def test_blank_csv_cells_are_missing_in_every_column(tmp_path):
         y, mask = task.encode(t)
         assert mask.tolist() == [True, True, False, True, True], spec.name  # missing, not 0
         assert y[mask].tolist() == [1, 0, 1, 0], spec.name
-    prep = Preprocessor([], ["cat"]).fit(t)
-    assert "" not in prep.vocabularies_["cat"]  # a blank categorical is null, as serving's null
+    prep = Preprocessor.tabular([], ["cat"]).fit(t)
+    # a blank categorical is null, as serving's null
+    assert "" not in prep.groups["categorical"].vocabularies_["cat"]
 
 
 def test_whitespace_only_and_padded_cells(tmp_path):
