@@ -15,11 +15,11 @@ from torch import nn
 from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
 from hydranet.models.encoders import InputEncoder
 from hydranet.models.encoders.embedding import Embedding
-from hydranet.spec import ModelSpec
 from hydranet.models.model import Towers
 from hydranet.models.trunks.cgc import CGC, CGCLayer
 from hydranet.models.trunks.mmoe import MMoE
 from hydranet.models.trunks.ple import PLE
+from hydranet.spec import ModelSpec
 
 TASKS = ["a", "b", "c"]
 TOL = {"rtol": 1e-5, "atol": 1e-6}

@@ -56,9 +56,7 @@ def test_streaming_fit_equals_the_in_memory_fit(tiny):
     )
 
     assert rows == table.num_rows
-    (ac, an), (bc, bn) = (
-        [g["fitted"] for g in p.to_dict()["groups"]] for p in (whole, streamed)
-    )
+    (ac, an), (bc, bn) = ([g["fitted"] for g in p.to_dict()["groups"]] for p in (whole, streamed))
     assert ac["vocabularies_"] == bc["vocabularies_"]
     assert an["missing_indicator_"] == bn["missing_indicator_"]
     np.testing.assert_allclose(an["mean_"], bn["mean_"], rtol=1e-12)

@@ -142,7 +142,9 @@ def test_one_class_binary_fails_the_streaming_fit_too():
     table = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "y": [1, 1, None, 1]})
     task = build_task(TaskSpec(name="y", kind="binary"))
     with pytest.raises(DataError, match="no negative row among its 3 labeled"):
-        fit_streaming(Preprocessor.tabular(["x"], []), [task], iter(table.to_batches(max_chunksize=2)))
+        fit_streaming(
+            Preprocessor.tabular(["x"], []), [task], iter(table.to_batches(max_chunksize=2))
+        )
 
 
 def test_positive_list_any_value_is_positive():

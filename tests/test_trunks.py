@@ -308,7 +308,8 @@ def test_initialisation_small_embeddings_and_scaled_output_layers(arch, spec_sca
     # output layers' scale; scale 0 starts every prediction at its output bias
     ref = build(arch, embedding_init_std=1.0, head_init_scale=1.0)
     small = build(arch, head_init_scale=spec_scale)
-    assert torch.allclose(small.encoder.encoders.categorical.embedding.weight * 20,
+    assert torch.allclose(
+        small.encoder.encoders.categorical.embedding.weight * 20,
         ref.encoder.encoders.categorical.embedding.weight,
     )
     outputs = {id(p) for layer in small.towers.output_layers() for p in [layer.weight]}
