@@ -9,7 +9,6 @@ bit for bit (all-reduce results are identical on every rank).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +59,8 @@ def _worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
+        # the store is the test process's (see _store), every rank a client of it
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     torch.set_num_threads(1)
     from safetensors.torch import save_file
@@ -83,10 +84,11 @@ def _worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store() -> torch.distributed.TCPStore:
+    """The process group's rendezvous store, served from this process on a port the system
+    chose (as torchrun's agent serves it). A port found free, closed and handed to rank 0
+    could be taken by another process (another test run) before rank 0 bound it again."""
+    return torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 @pytest.fixture
@@ -101,7 +103,9 @@ def missing_labels(tiny):
 def test_two_ranks_hold_identical_parameters_equal_to_one_process(missing_labels, tmp_path):
     spec_path = missing_labels(arch="mmoe", epochs=2)
     out = tmp_path / "ddp"
-    mp.spawn(_worker, args=(2, _free_port(), str(spec_path), str(out)), nprocs=2, join=True)
+    store = _store()
+    mp.spawn(_worker, args=(2, store.port, str(spec_path), str(out)), nprocs=2, join=True)
+    del store
 
     for method in METHODS:
         r0, _ = load_tensors(out / method / "rank0.safetensors")
@@ -207,31 +211,42 @@ def test_nproc_errors_are_one_line_each_without_a_traceback(tiny, tmp_path):
 
 
 def test_sigterm_to_the_launcher_stops_the_ranks_and_the_run_resumes(tiny, tmp_path):
+    """SIGTERM while the ranks train (held in the second epoch, see held_trunk: a signal sent
+    once a checkpoint appeared raced the run, which could finish first on a busy machine)."""
     import signal
-    import time
 
-    spec = tiny(arch="mmoe", epochs=20, checkpoint_every=5)
+    from held_trunk import ARCHITECTURE, hold_env, wait_until_held
+
+    spec = tiny(arch=ARCHITECTURE, epochs=20, checkpoint_every=5)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hydranet", "train", str(spec), "--no-progress", "--out", str(out)]
+    # 10 steps per epoch: held before step 14, the checkpoint of step 10 (epoch 1's end) stands
+    env = {**hold_env(tmp_path, after_steps=13), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*cmd, "--nproc", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    while not (out / rundir.CHECKPOINT).exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert (out / rundir.CHECKPOINT).exists(), "no checkpoint written"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    try:
+        wait_until_held(tmp_path, proc)
+        assert (out / rundir.CHECKPOINT).exists(), "no checkpoint written"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     # rank 0's epoch lines go to stderr too; after them, one line and no traceback
     assert "Traceback" not in err, err[-3000:]
     lines = err.strip().splitlines()
     assert lines[-1] == "hydranet: stopped by SIGTERM; the ranks were stopped", err[-3000:]
-    assert all(line.startswith("epoch ") for line in lines[:-1]), err[-3000:]
+    assert len(lines) == 2 and lines[0].startswith("epoch "), err[-3000:]
     assert not (out / rundir.FINAL).exists()
     res = subprocess.run(
-        [*cmd, "--nproc", "2", "--resume"], env=env, capture_output=True, text=True, timeout=300
+        [*cmd, "--nproc", "2", "--resume"],
+        env={**hold_env(tmp_path), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / rundir.FINAL).read_text())["epochs"] == 20

@@ -47,7 +47,7 @@ class Server:
             [sys.executable, "-m", "hydranet", "serve", str(run), "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=self._log_file, text=True,
         )  # fmt: skip
-        self.url = self._ready_line(timeout=90)
+        self.url = self._ready_line(timeout=300)
 
     def _ready_line(self, timeout: float) -> str:
         box: list[str] = []
@@ -65,7 +65,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=30)
+            return self.proc.wait(timeout=300)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -170,10 +170,12 @@ def test_server_endpoints_parity_and_graceful_sigterm(tiny_run, tmp_path):
             f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:20]
         )
-        time.sleep(0.3)
+        # the signal goes once the server has read the headers (the request is in flight),
+        # not after a fixed delay that a busy machine can outlast
+        _wait_until(lambda: _read_by_peer(sock), "the server to read the request")
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.proc.poll() is None  # waiting for the request in flight
+        _wait_until(lambda: _refuses_connections(server.url), "the server to stop listening")
+        assert server.proc.poll() is None  # shutting down, but waiting for the request in flight
         sock.sendall(body[20:])
         answer = b""
         while chunk := sock.recv(65536):
@@ -251,7 +253,7 @@ def test_workers_share_the_port_the_metrics_and_the_shutdown(tiny_run, tmp_path)
     import os
 
     os.kill(victim, signal.SIGKILL)
-    assert server.proc.wait(timeout=60) == 1
+    assert server.proc.wait(timeout=300) == 1
     server.stop()
     log = server.log.read_text()
     assert "exited with code -9; stopping the server" in log and "Traceback" not in log, log
@@ -271,3 +273,42 @@ def _children(pid: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmd:
             found.append(int(entry.name))
     return found
+
+
+def _wait_until(condition, what: str, timeout_s: float = 300) -> None:
+    """Poll ``condition``; the timeout only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _tcp_queues() -> dict[tuple[int, int], tuple[int, int]]:
+    """(local port, remote port) -> (send queue, receive queue) bytes of every IPv4 TCP socket
+    on this machine, from /proc/net/tcp (the loopback connections the tests open)."""
+    out = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues = fields[1], fields[2], fields[4]
+        tx, rx = (int(q, 16) for q in queues.split(":"))
+        out[int(local.split(":")[1], 16), int(remote.split(":")[1], 16)] = (tx, rx)
+    return out
+
+
+def _read_by_peer(sock: socket.socket) -> bool:
+    """True once the process at the other end has read every byte sent on ``sock``: the
+    kernel there acknowledged them all (our send queue is empty) and its receive queue is
+    empty. uvicorn parses what it reads at once, so the request then exists server-side."""
+    mine, theirs = sock.getsockname()[1], sock.getpeername()[1]
+    queues = _tcp_queues()
+    return queues[mine, theirs][0] == 0 and queues[theirs, mine][1] == 0
+
+
+def _refuses_connections(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=30).close()
+    except ConnectionRefusedError:
+        return True
+    return False
