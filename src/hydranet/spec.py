@@ -18,6 +18,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hydranet.data.options import (  # noqa: F401  (CsvSpec, CSV_NULL_VALUES: re-exported)
+    CSV_NULL_VALUES,
+    CsvSpec,
+    SourceOptions,
+)
 from hydranet.errors import SpecError, UserError
 
 
@@ -34,37 +39,7 @@ class EarlyStopping(_Part):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-# Strings that mean "missing" in a CSV cell by default: the spellings pandas and
-# spreadsheets write for a missing value. "?" (UCI's) and "-" are common too but are also
-# real values often enough that a file using them says so with null_values.
-CSV_NULL_VALUES = ("", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan", "None")
-
-
-class CsvSpec(_Part):
-    header: bool = Field(True, description="the first line of each file names the columns")
-    column_names: list[str] | None = Field(
-        None,
-        description="the columns' names, in file order: for files without a header line (header = false), or in place of the header's names; header = false without them names the columns f0, f1, ...",
-    )
-    delimiter: str = Field(",", min_length=1, max_length=1, description="the field separator")
-    strip_whitespace: bool = Field(
-        True,
-        description="strip surrounding whitespace from text cells (' >50K' reads as '>50K'); a cell of only spaces is then blank",
-    )
-    null_values: list[str] = Field(
-        default_factory=lambda: list(CSV_NULL_VALUES),
-        description="cells that mean missing, in any column (compared after stripping); a blank cell is always missing, never the text ''",
-    )
-
-
-class DataSpec(_Part):
-    source: str = Field(
-        "auto",
-        description="where rows come from: auto (files for a path, frame for a pandas DataFrame or Arrow table, spark for a Spark DataFrame), files, frame, spark or 'pkg.mod:Source'",
-    )
-    source_params: dict[str, Any] = Field(
-        default_factory=dict, description="parameters of a user's source ('pkg.mod:Source')"
-    )
+class DataSpec(SourceOptions):
     dataset: str | None = Field(
         None,
         description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given",
@@ -74,8 +49,6 @@ class DataSpec(_Part):
     )
     validation: str | None = None
     test: str | None = None
-    format: Literal["auto", "parquet", "csv"] = "auto"
-    csv: CsvSpec = Field(default_factory=CsvSpec, description="how CSV files are read")
     validation_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="split off from train when no validation file"
     )

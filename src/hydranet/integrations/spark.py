@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from hydranet.data.sources.spark import arrow_batches  # noqa: F401  (public here too)
 from hydranet.errors import UserError
 from hydranet.spec import Spec
 
@@ -84,22 +85,6 @@ _RUN_FILES = (
 
 
 # ---------------------------------------------------------------- DataFrame as a source
-def arrow_batches(df: DataFrame, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Arrow record batches of ``df`` on the driver, one partition in memory at a time."""
-    sel = df.select(*columns) if columns else df
-
-    def to_ipc(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for b in batches:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, b.schema) as writer:
-                writer.write_batch(b)
-            yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
-
-    for row in sel.mapInArrow(to_ipc, "ipc binary").toLocalIterator(prefetchPartitions=False):
-        with pa.ipc.open_stream(row.ipc) as reader:
-            yield from reader
-
-
 def stage_parquet(df: DataFrame, path: str | Path, columns: list[str] | None = None) -> str:
     """Write ``df`` (only ``columns`` if given) as Parquet files under ``path``; executors write."""
     sel = df.select(*columns) if columns else df

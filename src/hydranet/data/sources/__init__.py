@@ -14,12 +14,13 @@ file or column.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 
 from hydranet.data.datasets import DATASETS, data_dir
+from hydranet.data.options import SourceOptions
 from hydranet.data.sources import frame, spark  # noqa: F401  (imported to register)
 from hydranet.data.sources.base import SOURCES, Source, open_source, source_class
 from hydranet.data.sources.base import first_line as _first_line  # noqa: F401  (stream.py)
@@ -28,7 +29,9 @@ from hydranet.data.sources.files import (
     _open,  # noqa: F401  (stream.py reads fragments)
 )
 from hydranet.errors import DataError, UserError
-from hydranet.spec import DataSpec
+
+if TYPE_CHECKING:
+    from hydranet.spec import DataSpec
 
 __all__ = [
     "SOURCES",
@@ -47,7 +50,7 @@ _SPLITS = ("train", "validation", "test")
 def _source(source: Any, format: str, data: DataSpec | None) -> Source:
     if isinstance(source, Source):
         return source
-    options = data if data is not None else DataSpec()
+    options = data if data is not None else SourceOptions()
     if format != options.format and format != "auto":
         # not validated: an unknown format is the files source's one-line DataError
         options = options.model_copy(update={"format": format})

@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from hydranet.data.options import SourceOptions
 from hydranet.errors import DataError, UserError
 from hydranet.registry import Registry
-from hydranet.spec import DataSpec
 
 
 class Source(ABC):
@@ -29,9 +29,9 @@ class Source(ABC):
     Problems the user can fix are :class:`~hydranet.errors.DataError` naming ``name``.
     """
 
-    def __init__(self, location: Any, options: DataSpec | None = None):
+    def __init__(self, location: Any, options: SourceOptions | None = None):
         self.location = location
-        self.options = options if options is not None else DataSpec()
+        self.options = options if options is not None else SourceOptions()
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
@@ -116,7 +116,7 @@ def source_class(name: str) -> type[Source]:
     return cls
 
 
-def open_source(obj: Any, options: DataSpec | None = None) -> Source:
+def open_source(obj: Any, options: SourceOptions | None = None) -> Source:
     """The source of ``obj``: ``options.source`` when set, else the one that accepts it.
 
     With ``source = "auto"``: a path (str or PathLike) → files, a pandas DataFrame or a
@@ -125,7 +125,7 @@ def open_source(obj: Any, options: DataSpec | None = None) -> Source:
     """
     if isinstance(obj, Source):
         return obj
-    options = options if options is not None else DataSpec()
+    options = options if options is not None else SourceOptions()
     if options.source != "auto":
         return source_class(options.source)(obj, options)
     for name in SOURCES.names():

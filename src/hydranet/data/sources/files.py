@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
+from hydranet.data.options import CsvSpec, SourceOptions
 from hydranet.data.sources.base import (
     SOURCES,
     Source,
@@ -34,7 +35,6 @@ from hydranet.data.sources.base import (
     first_line,
 )
 from hydranet.errors import DataError
-from hydranet.spec import CsvSpec, DataSpec
 
 _SUFFIXES = {
     "parquet": (".parquet", ".pq", ".parq"),
@@ -50,7 +50,7 @@ _BLANK_RUNS = (" ", "  ", "   ", "    ", "\t")
 class FileSource(Source):
     """A Parquet or CSV file, a directory of part files or a glob (``data.format``, ``data.csv``)."""
 
-    def __init__(self, location: Any, options: DataSpec | None = None):
+    def __init__(self, location: Any, options: SourceOptions | None = None):
         super().__init__(location, options)
         if not self.accepts(location):
             raise DataError(

@@ -1,6 +1,6 @@
 """The ``spark`` source: a Spark DataFrame's rows on the driver as Arrow batches.
 
-It wraps :func:`hydranet.integrations.spark.arrow_batches` (one partition in driver
+It reads with :func:`arrow_batches` (one partition in driver
 memory at a time). pyspark is imported only when a Spark DataFrame is read, and a
 DataFrame is recognised by its class, so this module loads without the extra.
 Training on a DataFrame (``hydranet.spark.train``) still stages Parquet on the
@@ -61,7 +61,22 @@ class SparkSource(Source):
     def batches(
         self, columns: list[str] | None = None, batch_rows: int = 65_536
     ) -> Iterator[pa.RecordBatch]:
-        from hydranet.integrations.spark import arrow_batches
 
         self.check_columns(columns)
         return rechunk(arrow_batches(self.location, columns), batch_rows)
+
+
+def arrow_batches(df: Any, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Arrow record batches of ``df`` on the driver, one partition in memory at a time."""
+    sel = df.select(*columns) if columns else df
+
+    def to_ipc(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, b.schema) as writer:
+                writer.write_batch(b)
+            yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
+
+    for row in sel.mapInArrow(to_ipc, "ipc binary").toLocalIterator(prefetchPartitions=False):
+        with pa.ipc.open_stream(row.ipc) as reader:
+            yield from reader
