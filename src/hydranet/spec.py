@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from hydranet.data.options import (  # noqa: F401  (CsvSpec, CSV_NULL_VALUES: re-exported)
+from hydranet.errors import SpecError, UserError
+from hydranet.spec_tables import (  # noqa: F401  (the tables are re-exported from here)
     CSV_NULL_VALUES,
     CsvSpec,
+    DataSpec,
+    FeatureGroupSpec,
     SourceOptions,
+    TaskSpec,
+    _Part,
 )
-from hydranet.errors import SpecError, UserError
-
-
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class EarlyStopping(_Part):
@@ -37,110 +37,6 @@ class EarlyStopping(_Part):
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     mode: Literal["auto", "max", "min"] = Field("auto", description="'auto' picks from the metric")
     min_delta: float = Field(0.0, ge=0.0)
-
-
-class DataSpec(SourceOptions):
-    dataset: str | None = Field(
-        None,
-        description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given",
-    )
-    train: str | None = Field(
-        None, description="training rows: a Parquet/CSV file, a directory or a glob"
-    )
-    validation: str | None = None
-    test: str | None = None
-    validation_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="split off from train when no validation file"
-    )
-    test_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="split off from train when no test file"
-    )
-    split_seed: int = 0
-    numeric: list[str] | Literal["*"] = Field(
-        default_factory=list,
-        description="numeric feature columns (the feature group 'numeric'); '*' = every column no label, other group or 'exclude' takes",
-    )
-    categorical: list[str] | Literal["*"] = Field(
-        default_factory=list,
-        description="categorical feature columns (the feature group 'categorical'); '*' as for numeric",
-    )
-    exclude: list[str] = Field(
-        default_factory=list, description="columns a '*' group leaves out (ids, leaky columns)"
-    )
-    log1p: list[str] = Field(
-        default_factory=list,
-        description="numeric columns to transform with sign(x)*log1p(|x|) before scaling",
-    )
-    min_count: int = Field(
-        1,
-        ge=1,
-        description="categories seen fewer times in train go to the out-of-vocabulary bucket",
-    )
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="parameters of the bundled dataset generator"
-    )
-    streaming: bool = Field(
-        False,
-        description="read the training data in bounded chunks (out of core) instead of into memory; validation/test stay in memory",
-    )
-    shuffle_buffer_rows: int = Field(
-        262_144,
-        ge=1,
-        description="streaming: rows shuffled together (row groups are also visited in a random order)",
-    )
-    chunk_rows: int = Field(65_536, ge=1, description="streaming: rows read and encoded at a time")
-
-
-class TaskSpec(_Part):
-    name: str
-    kind: str = Field(description="binary, multiclass, multilabel or regression")
-    column: str | None = Field(None, description="label column (defaults to the task name)")
-    columns: list[str] | None = Field(None, description="label columns of a multilabel task")
-    positive: str | int | float | bool | list[str | int | float | bool] | None = Field(
-        None,
-        description="binary: the label value that means 1, or a list of them; every other value means 0",
-    )
-    loss: str | None = Field(
-        None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'"
-    )
-    metrics: list[str] | None = Field(
-        None, description="metrics to report (default: all of the kind's)"
-    )
-    weight: float = Field(1.0, ge=0.0, description="static loss weight")
-    pos_weight: float | Literal["auto"] | None = Field(
-        None, description="binary: weight of positives in the loss; 'auto' = negatives/positives"
-    )
-    huber_delta: float = Field(1.0, gt=0.0)
-    standardize: bool = Field(
-        True,
-        description="regression: train on the standardized target; predictions and metrics stay in the original units",
-    )
-
-    @property
-    def label_columns(self) -> list[str]:
-        if self.columns:
-            return list(self.columns)
-        return [self.column or self.name]
-
-
-class FeatureGroupSpec(_Part):
-    """One ``[[features]]`` group: named columns of one kind, one tensor in every batch."""
-
-    name: str = Field(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="the group's name: its key in a batch, its ONNX input and its encoder's key in model.encoders",
-    )
-    kind: str = Field(
-        description="numeric, categorical, or a registered / 'pkg.mod:Group' feature kind"
-    )
-    columns: list[str] | Literal["*"] = Field(
-        description="the group's columns; '*' = every column no label, other group or 'exclude' takes"
-    )
-    exclude: list[str] = Field(default_factory=list, description="columns a '*' group leaves out")
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the kind's parameters (numeric: log1p; categorical: min_count)",
-    )
 
 
 class EncoderSpec(_Part):

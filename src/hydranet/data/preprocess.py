@@ -24,7 +24,7 @@ from hydranet.features import FEATURES, CategoricalGroup, FeatureGroup, NumericG
 from hydranet.features.categorical import MISSING, OOV
 
 if TYPE_CHECKING:
-    from hydranet.spec import FeatureGroupSpec
+    from hydranet.spec_tables import FeatureGroupSpec
 
 __all__ = ["MISSING", "OOV", "Preprocessor"]
 

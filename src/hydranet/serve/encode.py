@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -34,14 +34,11 @@ import pyarrow as pa
 from hydranet.data.preprocess import MISSING, OOV
 from hydranet.features import CategoricalGroup, FeatureGroup, NumericGroup
 from hydranet.registry import Registry
-
-if TYPE_CHECKING:
-    from hydranet.serve.validate import Problems
+from hydranet.serve.problems import Problems, cut
 
 __all__ = ["ROW_ENCODERS", "CategoricalRows", "NumericRows", "RowEncoder", "kind_of", "cut"]
 
 _RESERVED = 2  # vocabulary indices start after out-of-vocabulary (0) and missing (1)
-_NAME_CHARS = 80  # a field name echoed in a message is cut to this length
 
 
 class RowEncoder:
@@ -281,7 +278,3 @@ def kind_of(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__  # pragma: no cover - json.loads gives nothing else
-
-
-def cut(text: str, n: int = _NAME_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."

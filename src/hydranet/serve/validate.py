@@ -36,44 +36,10 @@ import numpy as np
 
 from hydranet.data.preprocess import Preprocessor
 from hydranet.errors import UserError
-from hydranet.serve.encode import ROW_ENCODERS, NonFinite, RowEncoder, cut, kind_of
+from hydranet.serve.encode import ROW_ENCODERS, NonFinite, RowEncoder, kind_of
+from hydranet.serve.problems import Problems, RequestError, cut  # noqa: F401  (RequestError: re-exported)
 
 __all__ = ["Problems", "RequestError", "RequestSchema", "Rows", "check_servable", "parse_json"]
-
-MAX_PROBLEMS = 10  # problems reported per request; the first one is the message
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP ``status`` and a message naming the culprit.
-
-    ``problems`` lists up to :data:`MAX_PROBLEMS` ``{"row", "field", "message"}``
-    entries; the first one is also ``message``, ``field`` and ``row``.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        field: str | None = None,
-        row: int | None = None,
-        problems: list[dict[str, Any]] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.field, self.row = status, message, field, row
-        self.problems = problems or [{"row": row, "field": field, "message": message}]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "status": self.status,
-                "message": self.message,
-                "field": self.field,
-                "row": self.row,
-                "problems": self.problems,
-            }
-        }
-
 
 _DECODER = json.JSONDecoder(parse_constant=NonFinite)  # json.loads would build one per call
 
@@ -184,42 +150,3 @@ class RequestSchema:
                     )
             if problems.full:
                 return
-
-
-class Problems:
-    """Up to MAX_PROBLEMS ``{row, field, message}`` entries; raised as one RequestError."""
-
-    def __init__(self):
-        self.items: list[dict[str, Any]] = []
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= MAX_PROBLEMS
-
-    @property
-    def room(self) -> int:
-        return MAX_PROBLEMS - len(self.items)
-
-    def add(self, row: int | None, field: str | None, message: str) -> None:
-        if not self.full:
-            self.items.append(
-                {"row": row, "field": None if field is None else cut(field), "message": message}
-            )
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        # groups are checked one after the other: the message names the earliest row
-        self.items.sort(key=lambda p: -1 if p["row"] is None else p["row"])
-        first = self.items[0]
-        where = f"rows[{first['row']}]" if first["row"] is not None else "rows"
-        if first["field"] is not None:
-            where += f".{first['field']}"
-        more = f" (and {len(self.items) - 1} more problem(s))" if len(self.items) > 1 else ""
-        raise RequestError(
-            422,
-            f"{where}: {first['message']}{more}",
-            field=first["field"],
-            row=first["row"],
-            problems=self.items,
-        )

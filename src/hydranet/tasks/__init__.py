@@ -28,7 +28,7 @@ from hydranet.tasks.multilabel import MultilabelTask
 from hydranet.tasks.regression import RegressionTask
 
 if TYPE_CHECKING:
-    from hydranet.spec import TaskSpec
+    from hydranet.spec_tables import TaskSpec
 
 __all__ = [
     "HIGHER_IS_BETTER",

@@ -30,7 +30,7 @@ from hydranet.errors import DataError
 from hydranet.tasks.losses import LOSSES
 
 if TYPE_CHECKING:
-    from hydranet.spec import TaskSpec
+    from hydranet.spec_tables import TaskSpec
 
 # TaskSpec options that only some kinds read; a kind lists the ones it takes in ``options``.
 _KIND_OPTIONS = ("columns", "positive", "pos_weight", "standardize")

@@ -20,7 +20,7 @@ from hydranet.tasks.base import Task, seen_values
 from hydranet.tasks.metrics import auc, logloss
 
 if TYPE_CHECKING:
-    from hydranet.spec import TaskSpec
+    from hydranet.spec_tables import TaskSpec
 
 _SEEN = 10  # distinct label values kept for the error message
 

@@ -17,7 +17,7 @@ from hydranet.tasks.base import Task
 from hydranet.tasks.metrics import auc
 
 if TYPE_CHECKING:
-    from hydranet.spec import TaskSpec
+    from hydranet.spec_tables import TaskSpec
 
 
 class MultilabelTask(Task):

@@ -16,7 +16,7 @@ backend (MLflow, TensorBoard) is one more class with ``on_epoch_end``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hydranet import rundir
 from hydranet.errors import SpecError
@@ -24,23 +24,43 @@ from hydranet.tasks import HIGHER_IS_BETTER
 from hydranet.train.state_io import atomic_save_tensors, load_tensors
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch import nn
+
     from hydranet.spec import EarlyStopping as EarlyStoppingSpec
-    from hydranet.train.trainer import Trainer
+    from hydranet.train.distributed import Distributed
+    from hydranet.train.progress import Progress
+
+
+class Loop(Protocol):
+    """What callbacks may read of the loop (the :class:`~hydranet.train.trainer.Trainer`; a
+    Protocol so that this module, which the trainer builds on, does not import it back)."""
+
+    out: Path
+    dist: Distributed
+    progress: Progress
+    model: nn.Module
+    epoch: int
+    step: int
+
+    def checkpoint(self) -> None: ...
+
 
 __all__ = ["Callback", "Checkpoints", "EarlyStopping", "EpochLines", "MetricsLog"]
 
 
 class Callback:
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: Loop) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Loop, record: dict[str, Any]) -> None:
         pass
 
-    def after_epoch(self, trainer: Trainer) -> None:
+    def after_epoch(self, trainer: Loop) -> None:
         pass
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: Loop) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

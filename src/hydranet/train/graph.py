@@ -29,17 +29,37 @@ checks the static-index path against the plain one step by step).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 if TYPE_CHECKING:
-    from hydranet.train.trainer import Trainer
+    from hydranet.balance import Balancer
+    from hydranet.data.loader import Batch, TensorData
+    from hydranet.spec import Spec, TrainSpec
+    from hydranet.train.distributed import Distributed
+
+
+class StepOwner(Protocol):
+    """What the graphed step reads of the trainer that owns it (the Trainer; a Protocol so
+    that this module, which the trainer builds on, does not import it back)."""
+
+    spec: Spec
+    cfg: TrainSpec
+    device: torch.device
+    dist: Distributed
+    train_data: TensorData | None
+    all_labeled: bool
+    balancer: Balancer
+    diagnostics: Any
+
+    def compute_step(self, batch: Batch) -> torch.Tensor: ...
+
 
 WARMUP = 3
 
 
-def blockers(trainer: Trainer) -> list[str]:
+def blockers(trainer: StepOwner) -> list[str]:
     """Why the whole step cannot be one CUDA graph on this run; empty when it can."""
     cfg, spec = trainer.cfg, trainer.spec
     reasons = []
@@ -73,7 +93,7 @@ def blockers(trainer: Trainer) -> list[str]:
 class GraphedStep:
     """Runs full training steps from row indices: eager warm-up, then capture, then replays."""
 
-    def __init__(self, trainer: Trainer, batch_size: int, capture: bool = True):
+    def __init__(self, trainer: StepOwner, batch_size: int, capture: bool = True):
         self.trainer = trainer
         self.batch_size = batch_size
         self.capture = capture  # False: the same static-index path, eagerly (CPU, tests)

@@ -14,13 +14,12 @@ file or column.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 
 from hydranet.data.datasets import DATASETS, data_dir
-from hydranet.data.options import SourceOptions
 from hydranet.data.sources import frame, spark  # noqa: F401  (imported to register)
 from hydranet.data.sources.base import SOURCES, Source, open_source, source_class
 from hydranet.data.sources.base import first_line as _first_line  # noqa: F401  (stream.py)
@@ -29,9 +28,7 @@ from hydranet.data.sources.files import (
     _open,  # noqa: F401  (stream.py reads fragments)
 )
 from hydranet.errors import DataError, UserError
-
-if TYPE_CHECKING:
-    from hydranet.spec import DataSpec
+from hydranet.spec_tables import DataSpec, SourceOptions
 
 __all__ = [
     "SOURCES",

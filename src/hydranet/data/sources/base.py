@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from hydranet.data.options import SourceOptions
 from hydranet.errors import DataError, UserError
 from hydranet.registry import Registry
+from hydranet.spec_tables import SourceOptions
 
 
 class Source(ABC):

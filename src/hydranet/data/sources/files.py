@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
-from hydranet.data.options import CsvSpec, SourceOptions
 from hydranet.data.sources.base import (
     SOURCES,
     Source,
@@ -35,6 +34,7 @@ from hydranet.data.sources.base import (
     first_line,
 )
 from hydranet.errors import DataError
+from hydranet.spec_tables import CsvSpec, SourceOptions
 
 _SUFFIXES = {
     "parquet": (".parquet", ".pq", ".parq"),

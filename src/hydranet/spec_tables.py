@@ -1,0 +1,158 @@
+"""The Spec's plain tables that the layers below the Spec take as they are.
+
+``[data]`` (:class:`DataSpec`, with the source and CSV options of :class:`SourceOptions`),
+``[[tasks]]`` (:class:`TaskSpec`) and ``[[features]]`` (:class:`FeatureGroupSpec`): pydantic
+models that import nothing of hydranet. They live here rather than in :mod:`hydranet.spec`
+because the Spec checks its names against the registries of sources, task kinds and
+feature kinds when it loads, so those must never import the Spec module (imports go one
+way); :mod:`hydranet.spec` re-exports every name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Strings that mean "missing" in a CSV cell by default: the spellings pandas and
+# spreadsheets write for a missing value. "?" (UCI's) and "-" are common too but are also
+# real values often enough that a file using them says so with null_values.
+CSV_NULL_VALUES = ("", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan", "None")
+
+
+class CsvSpec(_Part):
+    header: bool = Field(True, description="the first line of each file names the columns")
+    column_names: list[str] | None = Field(
+        None,
+        description="the columns' names, in file order: for files without a header line (header = false), or in place of the header's names; header = false without them names the columns f0, f1, ...",
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1, description="the field separator")
+    strip_whitespace: bool = Field(
+        True,
+        description="strip surrounding whitespace from text cells (' >50K' reads as '>50K'); a cell of only spaces is then blank",
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(CSV_NULL_VALUES),
+        description="cells that mean missing, in any column (compared after stripping); a blank cell is always missing, never the text ''",
+    )
+
+
+class SourceOptions(_Part):
+    source: str = Field(
+        "auto",
+        description="where rows come from: auto (files for a path, frame for a pandas DataFrame or Arrow table, spark for a Spark DataFrame), files, frame, spark or 'pkg.mod:Source'",
+    )
+    source_params: dict[str, Any] = Field(
+        default_factory=dict, description="parameters of a user's source ('pkg.mod:Source')"
+    )
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    csv: CsvSpec = Field(default_factory=CsvSpec, description="how CSV files are read")
+
+
+class DataSpec(SourceOptions):
+    dataset: str | None = Field(
+        None,
+        description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given",
+    )
+    train: str | None = Field(
+        None, description="training rows: a Parquet/CSV file, a directory or a glob"
+    )
+    validation: str | None = None
+    test: str | None = None
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="split off from train when no validation file"
+    )
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="split off from train when no test file"
+    )
+    split_seed: int = 0
+    numeric: list[str] | Literal["*"] = Field(
+        default_factory=list,
+        description="numeric feature columns (the feature group 'numeric'); '*' = every column no label, other group or 'exclude' takes",
+    )
+    categorical: list[str] | Literal["*"] = Field(
+        default_factory=list,
+        description="categorical feature columns (the feature group 'categorical'); '*' as for numeric",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="columns a '*' group leaves out (ids, leaky columns)"
+    )
+    log1p: list[str] = Field(
+        default_factory=list,
+        description="numeric columns to transform with sign(x)*log1p(|x|) before scaling",
+    )
+    min_count: int = Field(
+        1,
+        ge=1,
+        description="categories seen fewer times in train go to the out-of-vocabulary bucket",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="parameters of the bundled dataset generator"
+    )
+    streaming: bool = Field(
+        False,
+        description="read the training data in bounded chunks (out of core) instead of into memory; validation/test stay in memory",
+    )
+    shuffle_buffer_rows: int = Field(
+        262_144,
+        ge=1,
+        description="streaming: rows shuffled together (row groups are also visited in a random order)",
+    )
+    chunk_rows: int = Field(65_536, ge=1, description="streaming: rows read and encoded at a time")
+
+
+class FeatureGroupSpec(_Part):
+    """One ``[[features]]`` group: named columns of one kind, one tensor in every batch."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the group's name: its key in a batch, its ONNX input and its encoder's key in model.encoders",
+    )
+    kind: str = Field(
+        description="numeric, categorical, or a registered / 'pkg.mod:Group' feature kind"
+    )
+    columns: list[str] | Literal["*"] = Field(
+        description="the group's columns; '*' = every column no label, other group or 'exclude' takes"
+    )
+    exclude: list[str] = Field(default_factory=list, description="columns a '*' group leaves out")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the kind's parameters (numeric: log1p; categorical: min_count)",
+    )
+
+
+class TaskSpec(_Part):
+    name: str
+    kind: str = Field(description="binary, multiclass, multilabel or regression")
+    column: str | None = Field(None, description="label column (defaults to the task name)")
+    columns: list[str] | None = Field(None, description="label columns of a multilabel task")
+    positive: str | int | float | bool | list[str | int | float | bool] | None = Field(
+        None,
+        description="binary: the label value that means 1, or a list of them; every other value means 0",
+    )
+    loss: str | None = Field(
+        None, description="loss override: bce, ce, mse, huber or 'pkg.mod:Loss'"
+    )
+    metrics: list[str] | None = Field(
+        None, description="metrics to report (default: all of the kind's)"
+    )
+    weight: float = Field(1.0, ge=0.0, description="static loss weight")
+    pos_weight: float | Literal["auto"] | None = Field(
+        None, description="binary: weight of positives in the loss; 'auto' = negatives/positives"
+    )
+    huber_delta: float = Field(1.0, gt=0.0)
+    standardize: bool = Field(
+        True,
+        description="regression: train on the standardized target; predictions and metrics stay in the original units",
+    )
+
+    @property
+    def label_columns(self) -> list[str]:
+        if self.columns:
+            return list(self.columns)
+        return [self.column or self.name]
