@@ -1,4 +1,6 @@
 import os
+import shutil
+import sys
 
 from hydranet._process import passive_openmp
 
@@ -11,6 +13,34 @@ import torch  # noqa: E402
 
 # keep the suite predictable on the 2-core CI machine
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for every Spark test of the run (a JVM start is ~10-20 s);
+    the test is skipped, with the reason, where Java or pyspark is missing."""
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        pytest.skip("Spark tests need Java 17 (no 'java' on PATH and no JAVA_HOME)")
+    pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install 'hydranet[spark]'")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # executors run this venv's Python
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("hydranet-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.driver.memory", "1g")
+        # a short-lived JVM: quick start-up beats peak JIT throughput here
+        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "128")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
 
 
 @pytest.fixture(autouse=True)

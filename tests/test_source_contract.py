@@ -12,10 +12,6 @@ The spark source runs only where Java and pyspark are (marker ``spark``).
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-
 import pyarrow as pa
 import pytest
 
@@ -33,34 +29,12 @@ def _name(param) -> str:
     return param if isinstance(param, str) else param.values[0]
 
 
-@pytest.fixture(scope="module")
-def spark_session():
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        pytest.skip("the Spark source needs Java 17 (no 'java' on PATH and no JAVA_HOME)")
-    pytest.importorskip("pyspark", reason="the Spark source needs pyspark")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[1]")
-        .appName("hydranet-source-contract")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "1g")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-        .getOrCreate()
-    )
-    yield spark
-    spark.stop()
-
-
 @pytest.fixture
 def case(request, tmp_path):
     """The source's name, class, example object and the source opened on it."""
     name = request.param
     if name == "spark":
-        request.getfixturevalue("spark_session")  # the example uses the active session
+        request.getfixturevalue("spark")  # the example uses the active session
     cls = SOURCES.get(name)
     obj = cls.example(tmp_path)
     return name, cls, obj, open_source(obj, DataSpec(source=name))

@@ -3,9 +3,6 @@ source by import path, and the row ids of carved splits in the run directory."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -361,33 +358,15 @@ def test_user_source_by_import_path():
 
 # ---------------------------------------------------------------- Spark
 @pytest.mark.spark
-def test_spark_source_reads_a_dataframe(tmp_path):
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        pytest.skip("the Spark source needs Java 17 (no 'java' on PATH and no JAVA_HOME)")
-    pytest.importorskip("pyspark", reason="the Spark source needs pyspark")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("hydranet-sources")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "1g")
-        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-        .getOrCreate()
-    )
-    try:
-        table = _table(100)
-        pq.write_table(table, tmp_path / "d.parquet")
-        df = spark.read.parquet(str(tmp_path / "d.parquet")).coalesce(1)
-        src = open_source(df)
-        assert type(src) is SOURCES.get("spark")
-        assert src.schema.names == ["id", "x", "k", "y"]
-        got = read_table(df, columns=["id", "k"])
-        assert got.equals(table.select(["id", "k"]))
-        assert max(b.num_rows for b in iter_batches(df, columns=["x"], batch_rows=32)) == 32
-        with pytest.raises(DataError, match="column 'nope' not found in the Spark DataFrame"):
-            iter_batches(df, columns=["nope"])
-    finally:
-        spark.stop()
+def test_spark_source_reads_a_dataframe(tmp_path, spark):
+    table = _table(100)
+    pq.write_table(table, tmp_path / "d.parquet")
+    df = spark.read.parquet(str(tmp_path / "d.parquet")).coalesce(1)
+    src = open_source(df)
+    assert type(src) is SOURCES.get("spark")
+    assert src.schema.names == ["id", "x", "k", "y"]
+    got = read_table(df, columns=["id", "k"])
+    assert got.equals(table.select(["id", "k"]))
+    assert max(b.num_rows for b in iter_batches(df, columns=["x"], batch_rows=32)) == 32
+    with pytest.raises(DataError, match="column 'nope' not found in the Spark DataFrame"):
+        iter_batches(df, columns=["nope"])

@@ -6,7 +6,6 @@ Skipped (with the reason) when Java or pyspark is missing; `make test` installs 
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -24,29 +23,6 @@ pyspark = pytest.importorskip(
 )
 
 from hydranet import Run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def spark():
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # executors run this venv's Python
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("hydranet-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .config("spark.driver.memory", "1g")
-        # a short-lived JVM: quick start-up beats peak JIT throughput here
-        .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "128")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture
