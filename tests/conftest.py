@@ -15,6 +15,18 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, restored after it. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``: on tiny tensors more
+    threads only add overhead and contend on the 2-core CI machine, and beside a streaming
+    reader thread two OpenMP threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] Spark session for every Spark test of the run (a JVM start is ~10-20 s);

@@ -31,13 +31,7 @@ from hydranet.spec import EncoderSpec, ModelSpec
 NAMES = ENCODERS.names()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add overhead (and contend on small CI machines)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def example(name: str, seed: int = 0):

@@ -17,15 +17,7 @@ from hydranet.errors import SpecError
 from hydranet.tasks import build_task
 from hydranet.train.trainer import setup
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The streaming reader runs on its own thread: on 2 cores, training takes the other one
-    (two OpenMP threads beside a busy reader thread wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _streaming(tiny, rows: int = 1000, row_group: int = 97, **data) -> Spec:
