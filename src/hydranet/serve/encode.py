@@ -89,14 +89,9 @@ class NumericRows(RowEncoder):
         n, names = len(values), self.columns
         types = set(map(type, itertools.chain.from_iterable(values)))
         if not types <= _NUMBER_OR_NULL:
-            for i, row in enumerate(values):
-                for j, v in enumerate(row):
-                    if type(v) not in _NUMBER_OR_NULL:
-                        problems.add(
-                            i,
-                            names[j],
-                            f"expected a number or null for numeric feature; got {kind_of(v)}",
-                        )
+            _refuse_types(
+                values, names, _NUMBER_OR_NULL, "a number or null for numeric feature", problems
+            )
             return np.zeros((n, len(names)))
         if type(None) in types:
             values = [[np.nan if v is None else v for v in row] for row in values]
@@ -173,14 +168,13 @@ class CategoricalRows(RowEncoder):
         if types <= _TEXT_OR_NULL:
             texts = values
         elif not types <= _SCALAR_OR_NULL:
-            for i, row in enumerate(values):
-                for j, v in enumerate(row):
-                    if type(v) not in _SCALAR_OR_NULL:
-                        problems.add(
-                            i,
-                            names[j],
-                            f"expected a string, a number or null for categorical feature; got {kind_of(v)}",
-                        )
+            _refuse_types(
+                values,
+                names,
+                _SCALAR_OR_NULL,
+                "a string, a number or null for categorical feature",
+                problems,
+            )
             return []
         else:
             texts = _as_text(values, names, problems)
@@ -208,6 +202,17 @@ _NUMBER = {int, float, bool}
 _NUMBER_OR_NULL = _NUMBER | {type(None)}
 _TEXT_OR_NULL = {str, type(None)}
 _SCALAR_OR_NULL = _NUMBER_OR_NULL | {str}
+
+
+def _refuse_types(
+    values: list[list[Any]], names: list[str], allowed: set[type], expected: str, problems: Problems
+) -> None:
+    """A problem for every value whose type is not in ``allowed`` (the slow path: the request
+    is refused, so each culprit is named with its row and field)."""
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if type(v) not in allowed:
+                problems.add(i, names[j], f"expected {expected}; got {kind_of(v)}")
 
 
 def _float_or_inf(v: Any) -> float:
