@@ -84,6 +84,12 @@ def test_corrupt_empty_and_missing_column(tmp_path):
         DataError, match=r"column 'nope' not found in .*d\.parquet; columns: id, x, k, y"
     ):
         read_table(str(tmp_path / "d.parquet"), columns=["x", "nope"])
+    # every missing column at once, one line each, then the columns there are
+    with pytest.raises(DataError) as e:
+        read_table(str(tmp_path / "d.parquet"), columns=["nope", "x", "nada"])
+    lines = str(e.value).splitlines()
+    assert [line.split()[1] for line in lines[:2]] == ["'nope'", "'nada'"]
+    assert len(lines) == 3 and lines[2].endswith(": id, x, k, y")
 
 
 def test_iter_batches_bounded_and_complete(tmp_path):

@@ -27,5 +27,15 @@ class DataError(UserError):
     """Bad data: a missing file or column, a wrong type, an empty table."""
 
 
+def column_report(problems: list[str], names: list[str], where: str) -> str:
+    """A DataError's message about columns: one problem is one line ending with the columns
+    there are; several are one line each, then the columns on a line of their own (two
+    missing columns are two lines, not one)."""
+    shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+    if len(problems) == 1:
+        return f"{problems[0]}; columns: {shown}"
+    return "\n".join([*problems, f"columns of {where}: {shown}"])
+
+
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint is kept."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import torch
 
-from hydranet.errors import DataError
+from hydranet.errors import DataError, column_report
 from hydranet.features import FEATURES, CategoricalGroup, FeatureGroup, NumericGroup
 from hydranet.features.categorical import MISSING, OOV
 
@@ -105,7 +105,7 @@ class Preprocessor:
         """A DataError listing every missing or unusable feature column, one per line."""
         problems = self.problems(schema, where)
         if problems:
-            raise DataError(column_report(problems, schema, f"the {where}"))
+            raise DataError(column_report(problems, schema.names, f"the {where}"))
 
     # ------------------------------------------------------------ fitting
     def fit(self, table: Columnar) -> Preprocessor:
@@ -191,17 +191,6 @@ class Preprocessor:
         state = "fitted" if self.is_fitted else "not fitted"
         groups = ", ".join(f"{n}: {g.kind} x{len(g.columns)}" for n, g in self.groups.items())
         return f"Preprocessor({groups}; {state})"
-
-
-def column_report(problems: list[str], schema: pa.Schema, where: str) -> str:
-    """One problem: one line ending with the columns there are; several: one line each, then
-    the columns on a line of their own (two missing columns are two lines, not one)."""
-    shown = ", ".join(schema.names[:40]) + (
-        f", ... ({len(schema.names)} in all)" if len(schema.names) > 40 else ""
-    )
-    if len(problems) == 1:
-        return f"{problems[0]}; columns of {where}: {shown}"
-    return "\n".join([*problems, f"columns of {where}: {shown}"])
 
 
 def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:

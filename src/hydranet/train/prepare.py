@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 from hydranet.data.loader import TensorData, build_tensor_data
-from hydranet.data.preprocess import Preprocessor, column_report
+from hydranet.data.preprocess import Preprocessor
 from hydranet.data.sources import load_splits, resolve_dataset
-from hydranet.errors import DataError, SpecError
+from hydranet.errors import DataError, SpecError, column_report
 from hydranet.spec import Spec
 from hydranet.tasks import Task, build_task
 
@@ -102,7 +102,7 @@ def resolve_spec(spec: Spec) -> Spec:
         if c not in schema.names
     ]
     if missing:
-        raise DataError(column_report(missing, schema, str(data.train)))
+        raise DataError(column_report(missing, schema.names, str(data.train)))
     return resolved
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hydranet.errors import DataError, UserError
+from hydranet.errors import DataError, UserError, column_report
 from hydranet.registry import Registry
 from hydranet.spec_tables import SourceOptions
 
@@ -80,10 +80,10 @@ class Source(ABC):
 
 
 def check_columns(names: list[str], columns: list[str], where: str) -> None:
-    missing = [c for c in columns if c not in names]
+    """A DataError naming every column of ``columns`` that ``names`` lacks, one line each."""
+    missing = [f"column {c!r} not found in {where}" for c in columns if c not in names]
     if missing:
-        shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-        raise DataError(f"column {missing[0]!r} not found in {where}; columns: {shown}")
+        raise DataError(column_report(missing, names, where))
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
