@@ -106,9 +106,13 @@ def read_meta(path: Path):
     prep = Preprocessor.from_dict(read_json(path / PREPROCESSOR))
     states = read_json(path / TASKS)
     tasks = [build_task(ts, states.get(ts.name)) for ts in spec.tasks]
-    # runs written before encoders.json existed have only parameter-free encoders
-    encoders = read_json(path / ENCODERS) if (path / ENCODERS).is_file() else {}
-    return spec, prep, tasks, encoders
+    return spec, prep, tasks, read_encoder_states(path)
+
+
+def read_encoder_states(path: Path) -> dict[str, Any]:
+    """What the run's data-fitted encoders learned (``encoders.json``); runs written before
+    it existed have only encoders that learn nothing from data."""
+    return read_json(path / ENCODERS) if (path / ENCODERS).is_file() else {}
 
 
 def write_split_rows(out: Path, row_ids: dict[str, np.ndarray]) -> None:

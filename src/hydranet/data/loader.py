@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -239,14 +240,18 @@ class BatchLoader(ResumablePosition):
 
 
 def build_tensor_data(
-    table: pa.Table, preprocessor: Preprocessor, tasks: Sequence[Task]
+    table: pa.Table,
+    preprocessor: Preprocessor,
+    tasks: Sequence[Task],
+    encoded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> TensorData:
-    """Features through the fitted preprocessor, and each task's targets and label mask."""
+    """Features through the fitted preprocessor, and each task's targets and label mask
+    (from ``encoded``, ``{task: task.encode(table)}``, when the caller has it already)."""
     features = preprocessor.transform(table)
     targets: dict[str, Targets] = {}
     masks: dict[str, torch.Tensor] = {}
     for task in tasks:
-        values, mask = task.encode(table)
+        values, mask = encoded[task.name] if encoded is not None else task.encode(table)
         targets[task.name] = (task.targets(values).contiguous(),)
         masks[task.name] = torch.as_tensor(mask, dtype=torch.bool).contiguous()
     return TensorData(features, targets, masks)

@@ -9,7 +9,8 @@ The loop (:class:`~hydranet.train.trainer.Trainer`) calls, in order, for every c
 * ``on_train_end(trainer)`` after the last epoch, before the model is written.
 
 A callback with state that a resume must restore (early stopping's best value) has
-``state_dict`` / ``load_state_dict``; its state goes into the checkpoint. Every callback
+``state_dict`` / ``load_state_dict``; its keys go into the checkpoint's loop state (so they
+must not clash with another callback's). Every callback
 here runs its side effects (files, lines) on the main rank only. An experiment-tracking
 backend (MLflow, TensorBoard) is one more class with ``on_epoch_end``.
 """

@@ -30,10 +30,10 @@ class Split:
 
 
 def encode_split(table: pa.Table, preprocessor: Preprocessor, tasks: list[Task]) -> Split:
-    data = build_tensor_data(table, preprocessor, tasks)
-    labels, masks = {}, {}
-    for t in tasks:
-        labels[t.name], masks[t.name] = t.encode(table)
+    encoded = {t.name: t.encode(table) for t in tasks}  # once: the tensors and the metrics'
+    data = build_tensor_data(table, preprocessor, tasks, encoded)
+    labels = {name: values for name, (values, _) in encoded.items()}
+    masks = {name: mask for name, (_, mask) in encoded.items()}
     return Split(data=data, labels=labels, masks=masks)
 
 
@@ -155,13 +155,8 @@ def prepare(spec: Spec) -> tuple[list[Task], Preprocessor, dict[str, Split]]:
         return prepare_streaming(spec)
     tables, rows = load_splits(spec.data, needed_columns(spec), with_rows=True)
     train = tables["train"]
+    # a task's fit refuses training labels with no labeled row (or one class, ...)
     tasks = [build_task(ts).fit(train) for ts in spec.tasks]
-    for t in tasks:
-        _, mask = t.encode(train)
-        if not mask.any():
-            raise DataError(
-                f"task {t.name!r}: label column {t.spec.label_columns[0]!r} has no labeled rows in the training data"
-            )
     prep = Preprocessor.from_specs(spec.feature_groups()).fit(train)
     splits = {name: encode_split(table, prep, tasks) for name, table in tables.items()}
     for name, ids in rows.items():
@@ -195,7 +190,7 @@ def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:
                 )
             ]
         )
-    columns = list(dict.fromkeys(needed_columns(spec)))
+    columns = needed_columns(spec)
     tasks = [build_task(ts) for ts in spec.tasks]
     prep = Preprocessor.from_specs(spec.feature_groups())
     train = open_streaming(

@@ -106,7 +106,7 @@ def setup(
     tasks, prep, splits = prepare(spec)
     check_early_stopping(spec, tasks, splits)
     if resume:
-        encoder_states = rundir.read_meta(out)[3]
+        encoder_states = rundir.read_encoder_states(out)
     else:
         encoder_states = fit_encoders(spec, prep, tasks, splits["train"])
         dist.on_main(lambda: rundir.write_meta(out, spec, prep, tasks, encoder_states))
@@ -223,10 +223,11 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "loss_steps": self.loss_steps,
-                **self.early_stopping.state_dict(),
             },
             "loss_sums": self.loss_sums.cpu(),
         }
+        for cb in self.callbacks:  # early stopping's best value and patience
+            state["loop"].update(cb.state_dict())
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.diagnostics is not None:
@@ -293,7 +294,8 @@ class Trainer:
             torch.cuda.set_rng_state(s["cuda_rng"], self.device)
         loop = s["loop"]
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
-        self.early_stopping.load_state_dict(loop)
+        for cb in self.callbacks:
+            cb.load_state_dict(loop)
         self.loss_sums = s["loss_sums"].to(self.device)
         if self.diagnostics is not None and "diagnostics" in s:
             # a checkpoint from a run without --diagnose has none: the epoch's means then cover
