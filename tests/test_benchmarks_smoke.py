@@ -1,5 +1,5 @@
-"""Smoke runs of the benchmarks (benchmarks/census_paper.py, synthetic_correlation.py,
-peers_census.py) and of their shared RESULTS.md writer.
+"""Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py,
+synthetic_correlation.py, peers_census.py) and of their shared RESULTS.md writer.
 
 Each script's ``main(["--smoke", ...])`` runs in-process at tiny sizes on offline data
 (a random census-shaped table, a small synthetic problem), writing into a temporary
@@ -99,6 +99,24 @@ def test_census_paper_smoke(tmp_path, real_results_untouched):
     )
     assert again["mmoe"]["income"] == summary["mmoe"]["income"]
     assert results.read_text().count("<!-- BEGIN census-paper -->") == 1
+
+
+def test_census_encoders_smoke(tmp_path, real_results_untouched):
+    import census_encoders
+
+    results = _results(tmp_path)
+    argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    records = census_encoders.main(argv)["records"]
+    # every numeric encoder trained (piecewise_linear's bins fitted from the training split)
+    assert sorted(r["encoder"] for r in records) == sorted(census_encoders.ENCODERS)
+    for r in records:
+        assert 0.0 <= r["test"]["income"] <= 1.0 and r["parameters"]["encoder"] > 0
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END census-encoders -->" in text
+    assert "| `piecewise_linear` | 1 |" in text
+    # re-running skips the (encoder, seed) pairs already in results.jsonl
+    again = census_encoders.main([*argv, "--report-only"])["records"]
+    assert again == records
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs the bench extra")

@@ -16,7 +16,7 @@ import torch
 
 from hydranet.balance import BALANCERS, Balancer
 from hydranet.errors import SpecError
-from hydranet.models.encoders.input import fit_encoder_states
+from hydranet.models.encoders.input import fit_encoder_states, groups_to_fit
 from hydranet.spec import Spec
 from hydranet.tasks import Task
 from hydranet.train.prepare import Split
@@ -67,10 +67,14 @@ def build_balancer(spec: Spec) -> Balancer:
 
 def fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
     """What data-fitted encoders (quantile or tree bins) learn from the training split; a
-    streamed split lends its first chunks (up to ~1M rows), read in the epoch-0 order."""
+    streamed split lends its first chunks in file order (up to ~1M rows), read only when
+    some encoder learns from data."""
     from hydranet.data.loader import TensorData
     from hydranet.data.stream import StreamingSplit
 
+    groups = prep.info()
+    if not groups_to_fit(spec.model, groups):
+        return {}
     if isinstance(train, StreamingSplit):
         parts, rows = [], 0
         for chunk in train.chunks(list(range(len(train.pieces)))):
@@ -86,7 +90,7 @@ def fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
     mask = data.masks[first.name]
     y = data.targets[first.name][0]
     target = (y, first.kind == "regression") if bool(mask.all()) else None
-    return fit_encoder_states(spec.model, prep.info(), data.features, target)
+    return fit_encoder_states(spec.model, groups, data.features, target)
 
 
 def device_type(name: str) -> str:

@@ -11,7 +11,7 @@ from hydranet.errors import UserError
 from hydranet.features import FEATURES
 from hydranet.models.encoders.base import ENCODERS, FUSIONS, Encoder
 
-__all__ = ["InputEncoder", "encoder_choice", "fit_encoder_states"]
+__all__ = ["InputEncoder", "encoder_choice", "fit_encoder_states", "groups_to_fit"]
 
 
 def encoder_choice(model_spec: Any, group: str, kind: str) -> tuple[str, dict[str, Any]]:
@@ -32,6 +32,15 @@ def _encoder_class(model_spec: Any, group: str, kind: str) -> tuple[type[Encoder
     return cls, params
 
 
+def groups_to_fit(model_spec: Any, groups: dict[str, dict[str, Any]]) -> list[str]:
+    """The groups whose encoder learns from the training data (``needs_fit``)."""
+    return [
+        name
+        for name, info in groups.items()
+        if _encoder_class(model_spec, name, info["kind"])[0].needs_fit
+    ]
+
+
 def fit_encoder_states(
     model_spec: Any,
     groups: dict[str, dict[str, Any]],
@@ -41,10 +50,10 @@ def fit_encoder_states(
     """What the encoders that learn from data (``needs_fit``) learn from the training
     split's ``features``; JSON-able, saved in the run as ``encoders.json``."""
     states: dict[str, Any] = {}
-    for name, info in groups.items():
+    for name in groups_to_fit(model_spec, groups):
+        info = groups[name]
         cls, params = _encoder_class(model_spec, name, info["kind"])
-        if cls.needs_fit:
-            states[name] = cls.fit_state(info, features[name], params, target)
+        states[name] = cls.fit_state(info, features[name], params, target)
     return states
 
 
