@@ -42,7 +42,7 @@ from hydranet.data.sources import _first_line, _open
 from hydranet.errors import DataError, UserError
 from hydranet.tasks import Task
 
-__all__ = ["StreamingLoader", "StreamingSplit", "concat", "fit_streaming"]
+__all__ = ["StreamingLoader", "StreamingSplit", "fit_streaming"]
 
 
 # ---------------------------------------------------------------- fitting
@@ -179,9 +179,6 @@ def open_streaming(
 
 
 # ---------------------------------------------------------------- the loader
-concat = TensorData.concat
-
-
 class StreamingLoader(ResumablePosition):
     """Shuffled batches streamed from a :class:`StreamingSplit`; the BatchLoader interface.
 
@@ -235,7 +232,7 @@ class StreamingLoader(ResumablePosition):
             rows += len(chunk)
             if rows < cap:
                 continue
-            data = concat(pending)
+            data = TensorData.concat(pending)
             perm = torch.randperm(len(data), generator=gen)
             full = len(data) // bs * bs
             for start in range(0, full, bs):
@@ -247,7 +244,7 @@ class StreamingLoader(ResumablePosition):
             rows = len(data) - full
             del data, perm
         if rows:
-            data = concat(pending)
+            data = TensorData.concat(pending)
             perm = torch.randperm(len(data), generator=gen)
             for start in range(0, len(data), bs):
                 yield data, perm[start : start + bs]
