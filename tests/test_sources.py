@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import hydranet
+import hydranet.cli
 from hydranet import rundir
 from hydranet.data.preprocess import Preprocessor
 from hydranet.data.sources import (
@@ -303,6 +304,41 @@ def test_training_writes_the_split_rows(tiny, tmp_path):
         assert source.take(rows).select(["a", "b", "color", "click"]).equals(tables[split])
     plain = hydranet.train(tiny(epochs=1), tmp_path / "plain", progress=False)
     assert not (plain.path / "splits.parquet").exists()  # every split its own file
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_reader_of_a_run_reads_csv_with_its_options(tmp_path, streaming):
+    """Training (in memory or streamed), Run.predict on a path and batch predict read the
+    files with the spec's [data.csv] options: a ';'-separated file with '?' as missing."""
+    rng = np.random.default_rng(0)
+    lines = ["x;k;y"]
+    for i in range(120):
+        k = ["?", " a ", "b"][i % 3]
+        lines.append(f"{rng.normal():.3f};{k};{int(rng.random() < 0.5)}")
+    path = _csv(tmp_path, "\n".join(lines) + "\n")
+    spec = Spec.from_dict(
+        {
+            "data": {
+                "train": path,
+                "numeric": ["x"],
+                "categorical": ["k"],
+                "streaming": streaming,
+                "csv": {"delimiter": ";", "null_values": ["?"]},
+            },
+            "tasks": [{"name": "y", "kind": "binary"}],
+            "model": {"architecture": "shared_bottom"},
+            "train": {"epochs": 1, "batch_size": 32},
+        }
+    )
+    run = hydranet.train(spec, tmp_path / "run", progress=False)
+    # '?' is missing and ' a ' is stripped: the vocabulary holds a and b only
+    assert sorted(run.preprocessor.groups["categorical"].vocabularies_["k"]) == ["a", "b"]
+    want = run.predict(read_table(path, data=spec.data))
+    assert run.predict(path).equals(want)
+    out = tmp_path / "preds.csv"
+    assert hydranet.cli.main(["predict", str(run.path), path, "--output", str(out)]) == 0
+    got = pacsv.read_csv(out)["y"].to_numpy()
+    np.testing.assert_allclose(got, want["y"].to_numpy(), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- the registry

@@ -88,7 +88,7 @@ class Run:
         if isinstance(data, (str, Path)):
             from hydranet.data.sources import read_table
 
-            return read_table(str(data), self.spec.data.format)
+            return read_table(str(data), data=self.spec.data)  # read as training read its files
         try:
             import pandas as pd
 

@@ -38,8 +38,9 @@ import torch
 
 from hydranet.data.loader import Batch, ResumablePosition, TensorData, build_tensor_data
 from hydranet.data.preprocess import Preprocessor
-from hydranet.data.sources import _first_line, _open
+from hydranet.data.sources import FileSource, _first_line
 from hydranet.errors import DataError, UserError
+from hydranet.spec_tables import SourceOptions
 from hydranet.tasks import Task
 
 __all__ = ["StreamingLoader", "StreamingSplit", "fit_streaming"]
@@ -84,6 +85,8 @@ class StreamingSplit:
     chunk_rows: int = 65_536
     pieces: list[ds.Fragment] = field(default_factory=list, repr=False)
     schema: pa.Schema | None = field(default=None, repr=False)
+    # what reads the file: its CSV options clean every batch as for an in-memory split
+    source: FileSource | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -94,9 +97,15 @@ class StreamingSplit:
         preprocessor: Preprocessor,
         tasks: list[Task],
         rows: int,
+        options: SourceOptions | None = None,
         **kwargs: int,
     ) -> StreamingSplit:
-        dataset = _open(path, format, columns)
+        options = options if options is not None else SourceOptions()
+        if format != options.format:
+            options = options.model_copy(update={"format": format})
+        source = FileSource(path, options)
+        source.check_columns(columns)
+        dataset = source.dataset
         pieces: list[ds.Fragment] = []
         try:
             for frag in dataset.get_fragments():
@@ -115,6 +124,7 @@ class StreamingSplit:
             rows,
             pieces=pieces,
             schema=dataset.schema,
+            source=source,
             **kwargs,
         )
 
@@ -141,7 +151,7 @@ class StreamingSplit:
             try:
                 for rb in scanner.to_batches():
                     if rb.num_rows:
-                        yield rb
+                        yield rb if self.source is None else self.source.clean(rb)
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"cannot read {self.path}: {_first_line(e)}") from None
 
@@ -160,8 +170,10 @@ def open_streaming(
     *,
     shuffle_buffer_rows: int,
     chunk_rows: int,
+    options: SourceOptions | None = None,
 ) -> StreamingSplit:
-    """Fit ``preprocessor`` and ``tasks`` in one streaming pass over ``path``; the split to train on."""
+    """Fit ``preprocessor`` and ``tasks`` in one streaming pass over ``path``; the split to train
+    on. ``options`` (the spec's ``[data]``) say how the files are read (CSV options)."""
     split = StreamingSplit.open(
         path,
         format,
@@ -169,6 +181,7 @@ def open_streaming(
         preprocessor,
         tasks,
         0,
+        options,
         shuffle_buffer_rows=shuffle_buffer_rows,
         chunk_rows=chunk_rows,
     )

@@ -60,7 +60,10 @@ def predict_file(
     )
     try:
         with bar:
-            for batch in iter_batches(input_path, predictor.spec.data.format, columns, chunk_rows):
+            data = predictor.spec.data  # the files are read as training read its own (CSV options)
+            for batch in iter_batches(
+                input_path, columns=columns, batch_rows=chunk_rows, data=data
+            ):
                 preds = predictor.predict_table(batch)
                 for c in reversed(keep):
                     preds = preds.add_column(0, c, pa.chunked_array([batch.column(c)]))

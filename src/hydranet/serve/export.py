@@ -232,9 +232,9 @@ def evaluation_table(spec: Spec, preprocessor, labels: bool = False) -> tuple[st
     if labels:
         columns += [c for t in spec.tasks for c in t.label_columns if c not in columns]
     if data.test:
-        return "test", read_table(data.test, data.format, columns)
+        return "test", read_table(data.test, columns=columns, data=data)
     if data.validation and not data.test_fraction:
-        return "validation", read_table(data.validation, data.format, columns)
+        return "validation", read_table(data.validation, columns=columns, data=data)
     tables = load_splits(
         data, columns
     )  # carved out of train by test_fraction / validation_fraction

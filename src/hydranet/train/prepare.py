@@ -201,10 +201,11 @@ def prepare_streaming(spec: Spec) -> tuple[list[Task], Preprocessor, dict]:
         tasks,
         shuffle_buffer_rows=data.shuffle_buffer_rows,
         chunk_rows=data.chunk_rows,
+        options=data,
     )
     splits: dict = {"train": train}
     for name in ("validation", "test"):
         path = getattr(data, name)
         if path:
-            splits[name] = encode_split(read_table(path, data.format, columns), prep, tasks)
+            splits[name] = encode_split(read_table(path, columns=columns, data=data), prep, tasks)
     return tasks, prep, {s: splits[s] for s in ("train", "validation", "test") if s in splits}

@@ -23,10 +23,7 @@ from hydranet.data.datasets import DATASETS, data_dir
 from hydranet.data.sources import frame, spark  # noqa: F401  (imported to register)
 from hydranet.data.sources.base import SOURCES, Source, open_source, source_class
 from hydranet.data.sources.base import first_line as _first_line  # noqa: F401  (stream.py)
-from hydranet.data.sources.files import (
-    FileSource,
-    _open,  # noqa: F401  (stream.py reads fragments)
-)
+from hydranet.data.sources.files import FileSource
 from hydranet.errors import DataError, UserError
 from hydranet.spec_tables import DataSpec, SourceOptions
 

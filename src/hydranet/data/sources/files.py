@@ -130,6 +130,11 @@ class FileSource(Source):
         except (pa.ArrowException, OSError) as e:
             self._read_error(e)
 
+    def clean(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A batch read straight from ``self.dataset`` (e.g. one fragment at a time) as
+        ``batches`` would give it: blank-looking cells null, text columns of numbers cast."""
+        return self._clean(batch, self.casts)
+
     def _clean(self, data, casts: dict[str, pa.DataType]):
         if not (self.csv and self.options.csv.strip_whitespace):
             return data  # pyarrow's own null_values did all there is to do
