@@ -46,9 +46,7 @@ class Run:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
         path = Path(path)
-        for name in (rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS):
-            if not (path / name).is_file():
-                raise UserError(f"{path} is not a complete hydranet run: {name} is missing")
+        spec, prep, tasks, encoder_states = rundir.read_meta(path)  # "not a complete run" first
         weights = path / rundir.WEIGHTS
         if not weights.is_file() and (path / "compress.json").is_file():
             raise UserError(
@@ -58,7 +56,6 @@ class Run:
             raise UserError(
                 f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'"
             )
-        spec, prep, tasks, encoder_states = rundir.read_meta(path)
         model = build_model(spec, prep, tasks, encoder_states)
         tensors, _ = load_tensors(weights)
         try:
@@ -79,7 +76,7 @@ class Run:
     @property
     def final_metrics(self) -> dict[str, Any]:
         p = self.path / rundir.FINAL
-        return _read_json(p) if p.exists() else {}
+        return rundir.read_json(p) if p.exists() else {}
 
     # ------------------------------------------------------------ use
     def _table(self, data: Any) -> pa.Table:
@@ -139,6 +136,3 @@ class Run:
             if not masks[t.name].any():
                 raise DataError(f"split {split!r} has no labeled rows for task {t.name!r}")
         return split_metrics(self.tasks, preds, labels, masks)
-
-
-_read_json = rundir.read_json
