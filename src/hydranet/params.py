@@ -1,6 +1,7 @@
-"""Parameter constraints: the values a trunk, balancer or bundled dataset accepts, as data.
+"""Parameter constraints: the values a trunk, balancer, feature kind, encoder or bundled
+dataset accepts, as data.
 
-Each one declares ``param_constraints``: parameter name -> a type carrying its constraint,
+Each one declares ``param_constraints`` (the classes through :class:`DeclaredParams`): parameter name -> a type carrying its constraint,
 written with pydantic's annotated types (``PositiveFloat``, ``Annotated[float, Field(ge=0,
 le=1)]``, :data:`Widths`). The Spec checks the values a user gives against them when it is
 loaded, every problem with its key path (``balance.params.temperature: must be greater than
@@ -10,7 +11,7 @@ loaded, every problem with its key path (``balance.params.temperature: must be g
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     ConfigDict,
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "DeclaredParams",
     "NonNegativeFloat",
     "NonNegativeInt",
     "PositiveFloat",
@@ -65,3 +67,20 @@ def check_values(
                 msg = err["msg"].replace("Input should be", "must be")
                 problems.append((f"{key}.{name}{where}", f"{msg} (got {err['input']!r})"))
     return problems
+
+
+class DeclaredParams:
+    """A registry entry whose Spec ``params`` are declared as data: ``param_constraints``
+    (parameter → a type carrying its constraint) and ``check_params`` (rules between
+    parameters). The Spec checks both when it loads, every problem with its key path."""
+
+    param_constraints: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems that involve more than one parameter, as (parameter, message) pairs.
+
+        ``params`` holds every constructor parameter (the Spec's values over the defaults),
+        each already valid on its own.
+        """
+        return []

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
 
@@ -40,7 +41,7 @@ class BalanceContext:
     scale: float = 1.0  # loss scale under fp16 AMP; gradients seen by the balancer are unscaled
 
 
-class Balancer(nn.Module):
+class Balancer(nn.Module, DeclaredParams):
     """The base of every balancer; its class attributes declare what the trainer may rely on.
 
     Capabilities (the trainer, ``train/graph.py`` and ``train/distributed.py`` read these and
@@ -86,8 +87,6 @@ class Balancer(nn.Module):
     aggregates_gradients: ClassVar[bool] = False
     graph_safe: ClassVar[bool] = False
     shows_weights: ClassVar[bool] = True
-    param_constraints: ClassVar[dict[str, Any]] = {}
-
     task_gradient_reducer: Callable[[torch.Tensor], torch.Tensor] | None
     task_gradient_gatherer: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None
 
@@ -103,15 +102,6 @@ class Balancer(nn.Module):
     @property
     def uses_representation(self) -> bool:
         return self.rep_grad
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
-        """Problems that involve more than one parameter, as (parameter, message) pairs.
-
-        ``params`` holds every constructor parameter (the Spec's values over the defaults),
-        each already valid on its own. None for the built-in balancers.
-        """
-        return []
 
     def backward(self, losses: dict[str, torch.Tensor], ctx: BalanceContext) -> None:
         raise NotImplementedError

@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from hydranet.errors import DataError
+from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
 __all__ = ["FEATURES", "FeatureGroup"]
@@ -36,19 +37,11 @@ __all__ = ["FEATURES", "FeatureGroup"]
 Columnar = pa.Table | pa.RecordBatch
 
 
-class FeatureGroup:
+class FeatureGroup(DeclaredParams):
     """Columns of one kind, fitted on the training rows, transformed into one tensor."""
 
     kind: ClassVar[str] = ""
     default_encoder: ClassVar[str] = ""
-    param_constraints: ClassVar[dict[str, Any]] = {}
-    """The ``[[features]] params`` this kind takes and the values each accepts (see
-    :mod:`hydranet.params`); the Spec checks them at load."""
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
-        """Problems that involve more than one parameter, as (parameter, message) pairs."""
-        return []
 
     def __init__(self, name: str, columns: Sequence[str]):
         self.name = name

@@ -26,23 +26,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
 __all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder"]
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, DeclaredParams):
     kinds: ClassVar[tuple[str, ...]] = ()
     needs_fit: ClassVar[bool] = False
-    param_constraints: ClassVar[dict[str, Any]] = {}
-    """The ``[model.encoders.<group>] params`` this encoder takes and the values each accepts
-    (see :mod:`hydranet.params`); the Spec checks them at load."""
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
-        """Problems that involve more than one parameter, as (parameter, message) pairs."""
-        return []
-
     out_dim: int
 
     def __init__(self, group: dict[str, Any], model_spec: Any = None, state: Any = None):

@@ -24,32 +24,22 @@ the per-task towers. Every trunk:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
 
-class Trunk(nn.Module):
+class Trunk(nn.Module, DeclaredParams):
+    """A multi-task architecture; its ``[model] params`` are declared as data (:class:`DeclaredParams`)."""
+
     out_dims: dict[str, int]
     head_init_scale: float = 1.0
     """What ``ModelSpec.head_init_scale = None`` means for this trunk: the towers' output layers
     start at PyTorch's initialisation times this. Trunks that mix experts through softmax gates
     set 0.1 (see ``MultiTaskModel._initialise``); a user trunk may set its own."""
-    param_constraints: ClassVar[dict[str, Any]] = {}
-    """The ``[model] params`` this trunk takes and the values each accepts (see
-    :mod:`hydranet.params`); the Spec checks them at load."""
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
-        """Problems that involve more than one parameter, as (parameter, message) pairs.
-
-        ``params`` holds every constructor parameter (the Spec's values over the defaults),
-        each already valid on its own.
-        """
-        return []
 
     def __init__(self, input_dim: int, tasks: list[str]):
         super().__init__()
