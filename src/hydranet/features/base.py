@@ -100,6 +100,10 @@ class FeatureGroup(DeclaredParams):
         """What an encoder needs of the fitted group (JSON-able)."""
         raise NotImplementedError
 
+    def summary(self) -> str:
+        """A few words on the fitted group beyond its columns, for ``hydranet plan``."""
+        return ""
+
     @property
     def names_out(self) -> list[str]:
         """A name per column of the group's tensor."""

@@ -92,6 +92,9 @@ class CategoricalGroup(FeatureGroup):
         self._require_fitted()
         return [len(self.vocabularies_[c]) + RESERVED for c in self.columns]
 
+    def summary(self) -> str:
+        return f"vocabulary sizes {sum(self.cardinalities):,} in all"
+
     def info(self) -> dict[str, Any]:
         return {"cardinalities": self.cardinalities}
 

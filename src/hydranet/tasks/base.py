@@ -49,6 +49,8 @@ class Task:
     options: ClassVar[tuple[str, ...]] = ()
     # bounds of every value ``predict`` returns (a probability: 0..1)
     prediction_range: ClassVar[tuple[float, float]] = (-float("inf"), float("inf"))
+    # the encoded label is a quantity, not a class: target-aware binning regresses on it
+    continuous_target: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ class RegressionTask(Task):
     default_loss = "mse"
     all_metrics = ("rmse", "mae", "r2")
     options = ("standardize",)
+    continuous_target = True
 
     # -- labels
     def encode(self, table):

@@ -89,7 +89,7 @@ def fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
     first = tasks[0]
     mask = data.masks[first.name]
     y = data.targets[first.name][0]
-    target = (y, first.kind == "regression") if bool(mask.all()) else None
+    target = (y, first.continuous_target) if bool(mask.all()) else None
     return fit_encoder_states(spec.model, groups, data.features, target)
 
 

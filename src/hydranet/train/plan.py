@@ -27,9 +27,7 @@ def plan(spec: Spec) -> str:
     for name, group in prep.groups.items():
         encoder = type(model.encoder.encoders[name]).__name__
         width = model.encoder.encoders[name].out_dim
-        extra = ""
-        if group.kind == "categorical":
-            extra = f", vocabulary sizes {sum(group.cardinalities):,} in all"
+        extra = f", {group.summary()}" if group.summary() else ""
         lines.append(
             f"  features {name!r}: {group.kind}, {len(group.columns)} columns → {len(group.names_out)} values{extra}; encoder {encoder} → {width}"
         )
