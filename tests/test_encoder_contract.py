@@ -39,7 +39,7 @@ def example(name: str, seed: int = 0):
     cls = ENCODERS.get(name)
     torch.manual_seed(seed)
     group, x = cls.example_group()
-    state = cls.fit_state(group, x, {}, None) if cls.needs_fit else None
+    state = cls.fit_state(group, x, cls.with_defaults({}), None) if cls.needs_fit else None
     return cls, group, x, state
 
 
@@ -207,3 +207,21 @@ def test_fusion_in_the_input_encoder(name):
     enc = InputEncoder({"cat": cat, "num": num}, spec)
     out = enc({"cat": xc, "num": xn})
     assert out.shape == (xn.shape[0], enc.out_dim) and enc.out_dim == enc.fusion.out_dim
+
+
+def test_tree_bins_on_a_sample_use_the_sampled_rows_labels(monkeypatch):
+    """Above the row cap the bins come from a sample of rows; target-aware (tree) bins must
+    see those rows' labels, not the first ones."""
+    pytest.importorskip("sklearn", reason="tree bins need scikit-learn (the bench extra)")
+    from hydranet.models.encoders import numeric
+
+    monkeypatch.setattr(numeric, "_MAX_BIN_ROWS", 300)
+    cls = ENCODERS.get("piecewise_linear")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 2, generator=gen)
+    y = (x[:, 0] > 0.3).float()  # a step the trees find only with each row's own label
+    params = cls.with_defaults({"bins": "tree", "n_bins": 2})
+    state = cls.fit_state({"kind": "numeric", "width": 2}, x, params, (y, False))
+    assert len(state["bins"]) == 2
+    (inner,) = state["bins"][0][1:-1]  # one split on the first column, at the step
+    assert abs(inner - 0.3) < 0.1, state["bins"][0]

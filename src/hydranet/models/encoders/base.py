@@ -21,6 +21,7 @@ A new encoder is one file with one such class and ``@ENCODERS.register("name")``
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,16 @@ class Encoder(nn.Module, DeclaredParams):
         self.group = dict(group)
 
     @classmethod
+    def with_defaults(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` over the constructor's defaults: what the encoder is built with."""
+        full = {
+            n: p.default
+            for n, p in inspect.signature(cls).parameters.items()
+            if p.default is not p.empty and n not in ("model_spec", "state")
+        }
+        return {**full, **params}
+
+    @classmethod
     def fit_state(
         cls,
         group: dict[str, Any],
@@ -50,7 +61,8 @@ class Encoder(nn.Module, DeclaredParams):
         target: tuple[torch.Tensor, bool] | None,
     ) -> Any:
         """The state learned from the training split's tensor ``x`` (and, for target-aware
-        encoders, ``target = (labels, is_regression)``) before the encoder is built."""
+        encoders, ``target = (labels, is_regression)``) before the encoder is built;
+        ``params`` are the encoder's parameters over its constructor's defaults."""
         return None
 
     @classmethod

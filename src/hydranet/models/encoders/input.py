@@ -53,7 +53,7 @@ def fit_encoder_states(
     for name in groups_to_fit(model_spec, groups):
         info = groups[name]
         cls, params = _encoder_class(model_spec, name, info["kind"])
-        states[name] = cls.fit_state(info, features[name], params, target)
+        states[name] = cls.fit_state(info, features[name], cls.with_defaults(params), target)
     return states
 
 

@@ -131,9 +131,12 @@ class PiecewiseLinear(_PerValue):
         n_values = int(group.get("n_values", group["width"]))
         x = x[:, :n_values].float()
         if x.shape[0] > _MAX_BIN_ROWS:
-            keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-            x = x[keep[:_MAX_BIN_ROWS]]
-        n_bins = int(params.get("n_bins", 48))
+            gen = torch.Generator().manual_seed(0)
+            keep = torch.randperm(x.shape[0], generator=gen)[:_MAX_BIN_ROWS]
+            x = x[keep]
+            if target is not None:  # the labels of the same rows, for tree bins
+                target = (target[0][keep], target[1])
+        n_bins = int(params["n_bins"])
         if n_bins < 2:
             raise UserError(f"piecewise_linear: n_bins must be at least 2; got {n_bins}")
         n_bins = min(n_bins, x.shape[0] - 1)
@@ -145,19 +148,19 @@ class PiecewiseLinear(_PerValue):
         ]
         if cols:
             kwargs: dict[str, Any] = {}
-            if params.get("bins", "quantile") == "tree":
+            if params["bins"] == "tree":
                 if target is None:
                     raise UserError("piecewise_linear with bins = 'tree' needs a task's labels")
                 y, regression = target
                 kwargs = {
-                    "tree_kwargs": params.get("tree_kwargs")
+                    "tree_kwargs": params["tree_kwargs"]
                     or {"min_samples_leaf": 64, "min_impurity_decrease": 1e-4},
                     "y": y,
                     "regression": regression,
                 }
             try:
                 found = rtdl.compute_bins(x[:, cols], n_bins, **kwargs)
-            except RuntimeError as e:  # scikit-learn missing for tree bins
+            except (RuntimeError, ValueError) as e:  # scikit-learn missing, bad tree_kwargs
                 raise UserError(f"piecewise_linear: {e}") from None
             for j, b in zip(cols, found, strict=True):
                 bins[j] = b.tolist()
