@@ -186,7 +186,7 @@ def _csv_format(csv: CsvSpec) -> ds.CsvFileFormat:
         read = pacsv.ReadOptions(column_names=csv.column_names, skip_rows=1 if csv.header else 0)
     else:
         read = pacsv.ReadOptions(autogenerate_column_names=not csv.header)
-    nulls = list(dict.fromkeys(["", *csv.null_values]))  # blank is missing whatever the list
+    nulls = _null_values(csv)
     if csv.strip_whitespace:
         nulls += [s for s in _BLANK_RUNS if s not in nulls]
     return ds.CsvFileFormat(
@@ -244,8 +244,13 @@ def _blank_to_null(col, nulls: pa.Array):
     return pc.if_else(pc.is_in(trimmed, value_set=nulls), pa.scalar(None, col.type), trimmed)
 
 
+def _null_values(csv: CsvSpec) -> list[str]:
+    """The cells that mean missing: blank whatever the list says, then ``null_values``."""
+    return list(dict.fromkeys(["", *csv.null_values]))
+
+
 def _null_set(csv: CsvSpec) -> pa.Array:
-    return pa.array(list(dict.fromkeys(["", *csv.null_values])), pa.string())
+    return pa.array(_null_values(csv), pa.string())
 
 
 def _clean(data, csv: CsvSpec, casts: dict[str, pa.DataType], path: str):
