@@ -91,7 +91,19 @@ def setup(
     if not isinstance(spec, Spec):
         spec = Spec.load(spec)
     dist = Distributed.from_env(device_type(spec.train.device))
-    out = Path(out)
+    try:
+        return _setup(spec, Path(out), dist, resume=resume, diagnose=diagnose, progress=progress)
+    except BaseException:
+        # a rank that fails here (a missing data file) leaves the process group now: left to
+        # the interpreter's exit, gloo's destructors ran with its threads still up and the
+        # rank aborted ("terminate called without an active exception") instead of exit 2
+        dist.close()
+        raise
+
+
+def _setup(
+    spec: Spec, out: Path, dist: Distributed, *, resume: bool, diagnose: bool, progress: bool | None
+) -> Trainer:
     dist.on_main(lambda: rundir.prepare_dir(out, resume=resume))
     if resume:
         spec = Spec.from_dict(json.loads((out / rundir.SPEC).read_text()))
