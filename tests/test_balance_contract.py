@@ -175,10 +175,8 @@ class _Sum(GradientAggregation):
         return G.sum(0)
 
 
-@pytest.mark.parametrize("rep_grad", [False, True])
-def test_aggregation_paths_match_plain_backward(rep_grad):
-    """Summing the rows must reproduce loss.backward() exactly, on either path."""
-    tasks = ["a", "b", "c"]
+def _plain_backward(tasks: list[str]):
+    """A seeded TinyMTL, its data, and the gradients of the plain summed loss (then zeroed)."""
     torch.manual_seed(0)
     model = TinyMTL(tasks)
     x, ys = make_data(tasks)
@@ -186,6 +184,14 @@ def test_aggregation_paths_match_plain_backward(rep_grad):
     sum((out[t] - ys[t]).pow(2).mean() for t in tasks).backward()
     want = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    return model, x, ys, want
+
+
+@pytest.mark.parametrize("rep_grad", [False, True])
+def test_aggregation_paths_match_plain_backward(rep_grad):
+    """Summing the rows must reproduce loss.backward() exactly, on either path."""
+    tasks = ["a", "b", "c"]
+    model, x, ys, want = _plain_backward(tasks)
     step(model, _Sum(tasks, rep_grad=rep_grad), x, ys)
     for w, p in zip(want, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)
@@ -495,13 +501,7 @@ def test_gathered_representation_columns_keep_this_process_slice():
     """The gatherer puts another process's columns first; the direction of this process's
     own columns is its slice of the aggregate (here a plain sum: the plain gradient)."""
     tasks = ["a", "b", "c"]
-    torch.manual_seed(0)
-    model = TinyMTL(tasks)
-    x, ys = make_data(tasks)
-    _, out = model(x)
-    sum((out[t] - ys[t]).pow(2).mean() for t in tasks).backward()
-    want = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
+    model, x, ys, want = _plain_backward(tasks)
     agg = _Sum(tasks, rep_grad=True)
     other = torch.randn(3, 40)
     agg.task_gradient_gatherer = lambda J: (torch.cat([other, J], dim=1), other.shape[1])
