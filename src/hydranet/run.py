@@ -46,6 +46,7 @@ class Run:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
         path = Path(path)
+        rundir.verify_run(path)  # changed bytes are named as such, before anything parses them
         spec, prep, tasks, encoder_states = rundir.read_meta(path)  # "not a complete run" first
         weights = path / rundir.WEIGHTS
         if not weights.is_file() and (path / "compress.json").is_file():
@@ -56,7 +57,17 @@ class Run:
             raise UserError(
                 f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'"
             )
-        model = build_model(spec, prep, tasks, encoder_states)
+        try:
+            model = build_model(spec, prep, tasks, encoder_states)
+        except UserError:
+            raise
+        except Exception as e:  # run files that parsed but do not describe a model together
+            culprit = (
+                rundir.ENCODERS if encoder_states else f"{rundir.SPEC} / {rundir.PREPROCESSOR}"
+            )
+            raise UserError(
+                f"{path}: cannot rebuild the model from {culprit}: {(str(e).splitlines() or [''])[0] or type(e).__name__}"
+            ) from None
         tensors, _ = load_tensors(weights)
         try:
             model.load_state_dict(tensors)

@@ -109,6 +109,7 @@ def compress_int8(
             shutil.copyfile(src / name, work / name)
         rundir.write_json(work / rundir.FINAL, {split: after})
         rundir.write_json(work / REPORT, report)
+        rundir.write_manifest(work)
         os.chmod(work, 0o755)  # mkdtemp makes it private
         if out.exists():
             out.rmdir()  # empty (checked above); rename cannot replace it everywhere

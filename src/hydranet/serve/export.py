@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import hydranet
+from hydranet import rundir
 from hydranet.errors import UserError
 from hydranet.serve.predictor import (
     META_PREPROCESSOR,
@@ -100,11 +101,21 @@ def export_onnx(
     from hydranet.run import Run
 
     run = Run.load(run_dir)
+    chosen = out is not None
     out = Path(out) if out else run.path / ONNX_FILE
     if not out.parent.is_dir():
         raise UserError(f"--onnx {out}: directory {out.parent} does not exist")
     tmp = out.with_name(out.name + ".tmp")
     try:
+        try:  # before the export's work, and so that nothing is left half-written
+            open(tmp, "wb").close()
+        except OSError as e:
+            where = (
+                f"--onnx {out}: directory {out.parent}" if chosen else f"run directory {run.path}"
+            )
+            raise UserError(
+                f"{where} is not writable ({e.strerror or e}); write the model elsewhere with --onnx PATH"
+            ) from None
         split, table = evaluation_table(run.spec, run.preprocessor)
         example = example_features(run.preprocessor, table, split)
         write_onnx(run.model, run.tasks, run.preprocessor, tmp, example, opset, source=run.path)
@@ -117,6 +128,8 @@ def export_onnx(
                 f"(task {worst!r}; per task: {', '.join(f'{t} {d:.2e}' for t, d in diffs.items())}); {out} was not written"
             )
         os.replace(tmp, out)
+        if out.parent.resolve() == run.path.resolve() and (run.path / rundir.MANIFEST).is_file():
+            rundir.write_manifest(run.path, names=[out.name])  # the run's files now include it
     finally:
         tmp.unlink(missing_ok=True)
     return report

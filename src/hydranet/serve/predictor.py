@@ -152,8 +152,13 @@ class Predictor:
                 TorchBackend(run.model, run.tasks),
                 path / rundir.WEIGHTS,
             )
-        spec, prep, tasks = load_meta(path)
         onnx_path = Path(onnx) if onnx else path / ONNX_FILE
+        # only what this backend reads: a run deployed without model.safetensors still serves
+        used = [rundir.SPEC, rundir.PREPROCESSOR, rundir.TASKS, rundir.ENCODERS]
+        if onnx_path.resolve() == (path / ONNX_FILE).resolve():
+            used.append(ONNX_FILE)  # checked when the manifest lists it (export adds it)
+        rundir.verify_run(path, names=used)
+        spec, prep, tasks = load_meta(path)
         if not onnx_path.is_file():
             raise UserError(
                 f"no ONNX model at {onnx_path}; write one with 'hydranet export {path}'"

@@ -554,3 +554,4 @@ class Trainer:
             if split in self.splits:
                 final[split] = self.evaluate(split)[0]
         rundir.write_json(self.out / rundir.FINAL, final)
+        rundir.write_manifest(self.out)  # last: a run with a manifest is a finished one
