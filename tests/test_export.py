@@ -90,6 +90,9 @@ def test_onnx_graph_refused_with_another_runs_preprocessor(tiny_run, tmp_path):
     numeric["fitted"]["mean_"][0] += 1.0
     (other / "preprocessor.json").write_text(json.dumps(prep))
     from hydranet.errors import UserError
+    from hydranet.rundir import write_manifest
+
+    write_manifest(other)  # another run, not a damaged copy of this one
 
     with pytest.raises(UserError, match="another preprocessor"):
         Predictor.load(other, "onnxruntime", onnx=out)
@@ -125,6 +128,7 @@ def test_compress_int8_writes_a_servable_run_and_reports_metric_change(
         "compress.json",
         "encoders.json",
         "final_metrics.json",
+        "manifest.json",
         "model.onnx",
         "preprocessor.json",
         "spec.json",

@@ -210,6 +210,7 @@ def test_loading_refuses_non_safetensors_weights(tiny, tmp_path):
     torch.save(
         run.model.state_dict(), run.path / "model.safetensors"
     )  # a pickle under the right name
+    (run.path / "manifest.json").unlink()  # which would catch it first
     with pytest.raises(UserError, match="not a valid safetensors file"):
         Run.load(run.path)
 
