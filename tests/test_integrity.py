@@ -322,13 +322,18 @@ def test_checkpoint_digest_round_trip_and_older_files(tmp_path):
 
 
 # ---------------------------------------------------------------- point 7: read-only export
-@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx and onnxruntime")
-@pytest.mark.skipif(os.geteuid() == 0, reason="root is not restricted by file modes")
-def test_export_into_a_read_only_run_is_one_line(trained, tmp_path, capsys):
+def _unexported(trained, tmp_path) -> Path:
     run = _copy(trained, tmp_path)
     (run / "model.onnx").unlink()
     (run / rundir.MANIFEST).unlink()
     rundir.write_manifest(run)
+    return run
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx and onnxruntime")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not restricted by file modes")
+def test_export_into_a_read_only_run_is_one_line(trained, tmp_path, capsys):
+    run = _unexported(trained, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     os.chmod(run, 0o555)
     try:
@@ -339,6 +344,36 @@ def test_export_into_a_read_only_run_is_one_line(trained, tmp_path, capsys):
         assert code == 0, err
     finally:
         os.chmod(run, 0o755)
+
+
+def _read_only_mount_works(src: Path, dst: Path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = f"mount --bind {src} {dst} && mount -o remount,bind,ro {dst} && ! touch {dst}/x"
+    res = subprocess.run(["unshare", "--mount", "sh", "-c", probe], capture_output=True)
+    return res.returncode == 0
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx and onnxruntime")
+def test_export_into_a_read_only_file_system_is_one_line(trained, tmp_path):
+    # as root (where the chmod test above is skipped): a read-only bind mount, in a private
+    # mount namespace, gives EROFS, which no file mode lifts
+    run, mnt = _unexported(trained, tmp_path), tmp_path / "mnt"
+    mnt.mkdir()
+    if not _read_only_mount_works(run, mnt):
+        pytest.skip("needs root and a mount namespace (unshare) for a read-only bind mount")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    script = (
+        f"mount --bind {run} {mnt} && mount -o remount,bind,ro {mnt} && "
+        f"exec {sys.executable} -m hydranet export {mnt}"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    _one_line(res.returncode, res.stderr, f"run directory {mnt} is not writable", "--onnx PATH")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_api_load_reads_a_table(trained):

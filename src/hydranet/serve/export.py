@@ -106,16 +106,14 @@ def export_onnx(
     if not out.parent.is_dir():
         raise UserError(f"--onnx {out}: directory {out.parent} does not exist")
     tmp = out.with_name(out.name + ".tmp")
+    try:  # before the export's work; outside the try below, whose cleanup would fail too
+        open(tmp, "wb").close()
+    except OSError as e:
+        where = f"--onnx {out}: directory {out.parent}" if chosen else f"run directory {run.path}"
+        raise UserError(
+            f"{where} is not writable ({e.strerror or e}); write the model elsewhere with --onnx PATH"
+        ) from None
     try:
-        try:  # before the export's work, and so that nothing is left half-written
-            open(tmp, "wb").close()
-        except OSError as e:
-            where = (
-                f"--onnx {out}: directory {out.parent}" if chosen else f"run directory {run.path}"
-            )
-            raise UserError(
-                f"{where} is not writable ({e.strerror or e}); write the model elsewhere with --onnx PATH"
-            ) from None
         split, table = evaluation_table(run.spec, run.preprocessor)
         example = example_features(run.preprocessor, table, split)
         write_onnx(run.model, run.tasks, run.preprocessor, tmp, example, opset, source=run.path)
