@@ -68,7 +68,11 @@ class MultilabelTask(Task):
         for j, column in enumerate(self.spec.label_columns):
             n, pos = int(stats["per_label"][j]), int(stats["positive"][j])
             if pos == 0 or pos == n:
-                value = "never labeled" if n == 0 else f"{0 if pos == 0 else 1} in all {n:,} labeled training rows"
+                value = (
+                    "never labeled"
+                    if n == 0
+                    else f"{0 if pos == 0 else 1} in all {n:,} labeled training rows"
+                )
                 raise DataError(
                     f"multilabel task {self.name!r}: label column {column!r} is {value}; a constant label leaves nothing to learn (drop it from 'columns')"
                 )
