@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydranet._process import passive_openmp
-from hydranet.errors import UserError
+from hydranet.errors import UserError, warnings_as_lines
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, _stop_quietly)
     try:
-        return _COMMANDS[args.command](args)
+        with warnings_as_lines():
+            return _COMMANDS[args.command](args)
     except UserError as e:
         rank = os.environ.get("RANK", "0")  # under --nproc every rank reports its own error
         who = "hydranet" if rank == "0" else f"hydranet (rank {rank})"
