@@ -391,7 +391,8 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from hydranet.serve.batch import ERROR_COLUMN, BadRows, predict_file
+    from hydranet.serve.bad_rows import ERROR_COLUMN, BadRows
+    from hydranet.serve.batch import predict_file
 
     found = BadRows()
     n = predict_file(

@@ -112,7 +112,7 @@ class Run:
         gets null predictions and its reason in column ``error`` (``bad_rows="mark"``).
         Zero rows give an empty table of the prediction columns.
         """
-        from hydranet.serve.batch import BAD_ROWS, BadRows, predict_rows
+        from hydranet.serve.bad_rows import BAD_ROWS, BadRows, predict_rows
         from hydranet.serve.validate import TableCheck
 
         if bad_rows not in BAD_ROWS:
