@@ -119,7 +119,9 @@ class Run:
             raise UserError(f"bad_rows={bad_rows!r}: choose one of {', '.join(BAD_ROWS)}")
         where = _describe(data)
         table = self._table(data, self.preprocessor.columns)
-        check = TableCheck(self.preprocessor)
+        check = getattr(self, "_check", None)
+        if check is None:  # built once per run: it holds the vocabularies' lookups
+            check = self._check = TableCheck(self.preprocessor)
         check.check_schema(table.schema, where)
         found = BadRows()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,7 +34,7 @@ import pyarrow.compute as pc
 import torch
 
 from hydranet.data.preprocess import MISSING, OOV
-from hydranet.features import FeatureGroup, NumericGroup
+from hydranet.features import CategoricalGroup, FeatureGroup, NumericGroup
 from hydranet.features.base import float_values
 from hydranet.registry import Registry
 from hydranet.serve.problems import Problems, cut, plain
@@ -215,11 +214,11 @@ class CategoricalRows(RowEncoder):
 
     kind = "categorical"
 
-    @cached_property
-    def _lookups(self) -> list[dict[str, int]]:
-        # built on first use: batch predict (encode_columns) never looks values up here
-        vocabularies = self.group.vocabularies_
-        return [{v: i + _RESERVED for i, v in enumerate(vocabularies[c])} for c in self.columns]
+    def __init__(self, group: CategoricalGroup):
+        super().__init__(group)
+        self._lookups = [
+            {v: i + _RESERVED for i, v in enumerate(group.vocabularies_[c])} for c in self.columns
+        ]
 
     def check(self, values: list[list[Any]], problems: Problems) -> list[list[str | None]]:
         names = self.columns
