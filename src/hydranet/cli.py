@@ -84,7 +84,16 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="COLUMN",
-        help="input columns to copy into the output (e.g. an id)",
+        help="input columns to copy into the output (e.g. an id); not named like an output column",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    pr.add_argument(
+        "--bad-rows",
+        choices=("refuse", "mark"),
+        default="refuse",
+        help="rows the model cannot take (a value beyond its range, text in a numeric column): "
+        "refuse the input (default; nothing written) or mark them (null predictions, the "
+        "reason in column 'error')",
     )
 
     sv = sub.add_parser(
@@ -383,10 +392,28 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
+    from hydranet.serve.bad_rows import ERROR_COLUMN, BadRows
     from hydranet.serve.batch import predict_file
 
-    n = predict_file(args.run, args.input, args.output, keep=args.keep)
+    found = BadRows()
+    n = predict_file(
+        args.run,
+        args.input,
+        args.output,
+        keep=args.keep,
+        overwrite=args.overwrite,
+        bad_rows=args.bad_rows,
+        found=found,
+    )
     print(f"wrote {n:,} rows of predictions to {args.output}")
+    if found.count:
+        print(
+            "hydranet: "
+            + found.message(
+                args.input, n, f"their predictions are null; column {ERROR_COLUMN!r} says why"
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 
