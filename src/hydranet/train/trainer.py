@@ -206,6 +206,12 @@ def _resume_spec(
     finished run has nothing more to do."""
     if not (out / rundir.SPEC).is_file():
         raise UserError(f"cannot resume: {out} is not a hydranet run directory (no {rundir.SPEC})")
+    # nothing to compare a spec with, nor to resume: whatever the spec, the answer is this
+    if not (out / rundir.CHECKPOINT).is_file() and not (out / rundir.WEIGHTS).is_file():
+        raise UserError(
+            f"cannot resume {out}: it stopped before its first checkpoint, so there is nothing to resume; "
+            f"start it afresh with `hydranet train {source or 'SPEC'} --out {out}` (without --resume)"
+        )
     cwd = Path.cwd()
     path = out / rundir.SPEC
     # paths relative to the current directory: what runs written before spec.json stored
@@ -248,11 +254,6 @@ def _resume_spec(
             raise UserError(
                 f"cannot resume {out} with train.epochs = {epochs}: it has trained {done} epochs already"
             )
-    if not (out / rundir.CHECKPOINT).is_file() and not (out / rundir.WEIGHTS).is_file():
-        raise UserError(
-            f"cannot resume {out}: it stopped before its first checkpoint, so there is nothing to resume; "
-            f"start it afresh with `hydranet train {source or 'SPEC'} --out {out}` (without --resume)"
-        )
     return spec, changed
 
 
