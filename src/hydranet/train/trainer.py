@@ -137,7 +137,9 @@ def _setup(
 ) -> Trainer:
     changed: dict[str, tuple[Any, Any]] = {}
     if resume:
-        # everything that refuses, or finds nothing to do, comes before the first write
+        # everything that refuses, or finds nothing to do, comes before the first write; every
+        # rank reads the run's files once rank 0 has written them (when it trained them just now)
+        dist.barrier()
         spec, changed = _resume_spec(spec, out, source)
     dist.on_main(lambda: rundir.prepare_dir(out, resume=resume))
     if resume:
