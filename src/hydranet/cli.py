@@ -388,7 +388,7 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def _stopped_line(spec: str, out: str) -> str:
-    from hydranet.train.trainer import checkpoint_position
+    from hydranet.train.resume import checkpoint_position
 
     command = f"hydranet train {spec} --out {out}"
     at = checkpoint_position(out)
