@@ -195,7 +195,8 @@ class Spec(_Part):
             ) from None
         if not isinstance(raw, dict):
             raise SpecError([("", "the top level must be a table of keys")], source=str(path))
-        return cls.from_dict(raw, source=str(path))
+        # relative data paths mean the spec file's directory, wherever hydranet is run from
+        return cls.from_dict(raw, source=str(path)).absolute_paths(path.absolute().parent)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> Spec:
@@ -210,6 +211,25 @@ class Spec(_Part):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def absolute_paths(self, base: str | Path) -> Spec:
+        """A copy whose relative data paths (``data.train``, ``validation``, ``test``: files,
+        directories or globs) are joined to ``base``; absolute ones, URIs and the location
+        strings of other sources (a user's source may take a table name) are left as they are."""
+        data = self.data
+        if data.source not in ("auto", "files"):
+            return self
+        update = {
+            key: str(Path(base).absolute() / value)
+            for key in ("train", "validation", "test")
+            if isinstance(value := getattr(data, key), str)
+            and value
+            and "://" not in value
+            and not Path(value).is_absolute()
+        }
+        if not update:
+            return self
+        return self.model_copy(update={"data": data.model_copy(update=update)})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
