@@ -42,12 +42,14 @@ CENSUS_EXAMPLE = ROOT / "examples" / "census.toml"
 
 
 # ------------------------------------------------------------------ command line
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, threads: int = 2) -> argparse.ArgumentParser:
     """The flags every benchmark shares: --smoke, --device, --threads, --results, --out."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes for the test suite (seconds)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    p.add_argument(
+        "--threads", type=int, default=threads, help=f"torch intra-op threads (default: {threads})"
+    )
     p.add_argument(
         "--results",
         type=Path,

@@ -1,11 +1,11 @@
 """Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py,
-synthetic_correlation.py, peers_census.py) and of their shared RESULTS.md writer.
+synthetic_correlation.py, peers_census.py, census_gbdt.py) and of their shared RESULTS.md writer.
 
 Each script's ``main(["--smoke", ...])`` runs in-process at tiny sizes on offline data
 (a random census-shaped table, a small synthetic problem), writing into a temporary
 RESULTS file: the real benchmarks/RESULTS.md must stay byte for byte. No timing is
-asserted. The peer benchmark needs the optional ``bench`` extra (deepctr-torch) and is
-skipped without it; the synthetic plot needs matplotlib (same extra).
+asserted. The peer benchmarks need the optional ``bench`` extra (deepctr-torch; lightgbm
+and xgboost) and are skipped without it; the synthetic plot needs matplotlib (same extra).
 """
 
 from __future__ import annotations
@@ -157,6 +157,32 @@ def test_peers_census_smoke(tmp_path, real_results_untouched):
     # the same sizes on both sides: parameter counts within the biases DeepCTR leaves out
     assert abs(out["deepctr"]["parameters"] - out["hydranet"]["parameters"]) <= 32
     assert "keep me" in results.read_text()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("lightgbm") is None or importlib.util.find_spec("xgboost") is None,
+    reason="lightgbm and xgboost are in the optional bench extra (pip install -e '.[bench]')",
+)
+def test_census_gbdt_smoke(tmp_path, real_results_untouched):
+    import census_gbdt
+
+    results = _results(tmp_path)
+    argv = ["--smoke", "--threads", "1", "--results", str(results), "--out", str(tmp_path / "w")]
+    out = census_gbdt.main(argv)
+    models = out["models"]
+    assert set(models) == set(census_gbdt.MODELS)  # every peer and both hydranet configs ran
+    for row in models.values():
+        for t in census_gbdt.TASKS:
+            assert 0.0 <= row["test"][t][0] <= 1.0 and row["gap"][t] is not None
+    for name in census_gbdt.PEERS:  # early stopping kept a round within the smoke's cap
+        assert all(1 <= models[name]["size"][t] <= 20 for t in census_gbdt.TASKS)
+    assert {out["reference"][t] for t in census_gbdt.TASKS} <= {"lightgbm-31", "lightgbm-63"}
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END census-gbdt -->" in text
+    assert "every model ran with 1 thread(s)" in text and "| XGBoost, hist, depth 6 | 1 |" in text
+    # re-running skips the (model, seed) pairs already in results.jsonl
+    again = census_gbdt.main([*argv, "--report-only"])
+    assert again["records"] == out["records"]
 
 
 def test_a_script_stops_on_a_hydranet_error_with_one_line_and_exit_2(capsys):

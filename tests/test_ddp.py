@@ -75,7 +75,13 @@ def _worker(rank: int, world: int, port: int, spec_path: str, out: str) -> None:
         _spec(Path(spec_path), "ew", checkpoint_every=7), out / "resumed", progress=False
     )
     trainer.fit(stop_after_steps=7)
-    trainer = setup(spec_path, out / "resumed", resume=True, progress=False)
+    # the spec it was trained with: a resume refuses another (batch_size 63 is not the file's)
+    trainer = setup(
+        _spec(Path(spec_path), "ew", checkpoint_every=7),
+        out / "resumed",
+        resume=True,
+        progress=False,
+    )
     trainer.fit()
     trainer.dist.barrier()
     trainer = setup(_spec(Path(spec_path), "ew", checkpoint_every=7), out / "whole", progress=False)

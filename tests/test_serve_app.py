@@ -403,6 +403,39 @@ def test_messages_name_row_and_field(predictor):
     assert [(p["row"], p["field"]) for p in err["problems"]] == [(3, "b"), (4, "size")]
 
 
+def test_every_problem_is_counted_and_values_are_shown_plainly(predictor):
+    # 45 bad values in two groups: the message counts all of them, the problems list holds
+    # the ten of the earliest rows, and each entry's message does not repeat row and field
+    app = create_app(predictor, Settings(max_rows=100))
+    rows = good_rows(30, seed=4, mixed=False)
+    for r in range(15):
+        rows[r]["color"] = [r]
+    for r in range(30):
+        rows[r]["c"] = "x"
+    overflow = good_rows(3, seed=5, mixed=False)
+    overflow[1]["b"] = 1e300
+    overflow[2]["a"] = -1e250
+
+    async def send(client):
+        return [
+            (await client.post("/v1/predict", json={"rows": body})).json()["error"]
+            for body in (rows, overflow)
+        ]
+
+    many, big = asyncio.run(_with_app(app, send))
+    assert many["message"].startswith("rows[0].color: expected a string, a number or null")
+    assert many["message"].endswith("(and 44 more problem(s))")
+    assert [p["row"] for p in many["problems"]] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert big["message"] == (
+        "rows[1].b: 1e+300 is too large for the model (beyond float32 once scaled) "
+        "(and 1 more problem(s))"
+    )
+    assert [(p["row"], p["field"], p["message"]) for p in big["problems"]] == [
+        (1, "b", "1e+300 is too large for the model (beyond float32 once scaled)"),
+        (2, "a", "-1e+250 is too large for the model (beyond float32 once scaled)"),
+    ]
+
+
 def test_non_finite_predictions_render_as_null(predictor):
     outputs = {
         "click": np.array([np.nan], np.float32),

@@ -78,7 +78,7 @@ def test_yaml_and_toml_load_the_same(tmp_path):
 def test_parse_error_names_the_file(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[data\n")
-    with pytest.raises(SpecError, match="bad.toml: cannot parse"):
+    with pytest.raises(SpecError, match="bad.toml line 1, column 6: cannot parse"):
         Spec.load(p)
 
 

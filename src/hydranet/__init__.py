@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydranet.train as _train_package  # noqa: F401  (bound first: ``train`` below is the function)
-from hydranet.errors import DataError, SpecError, UserError
+from hydranet.errors import DataError, HydranetWarning, SpecError, UserError
 
 if TYPE_CHECKING:
     from hydranet.balance import BALANCERS, Balancer
@@ -36,6 +36,7 @@ __all__ = [
     "TRUNKS",
     "Balancer",
     "DataError",
+    "HydranetWarning",
     "Run",
     "Spec",
     "SpecError",

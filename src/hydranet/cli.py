@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydranet._process import passive_openmp
-from hydranet.errors import UserError
+from hydranet.errors import UserError, warnings_as_lines
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +84,16 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="COLUMN",
-        help="input columns to copy into the output (e.g. an id)",
+        help="input columns to copy into the output (e.g. an id); not named like an output column",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    pr.add_argument(
+        "--bad-rows",
+        choices=("refuse", "mark"),
+        default="refuse",
+        help="rows the model cannot take (a value beyond its range, text in a numeric column): "
+        "refuse the input (default; nothing written) or mark them (null predictions, the "
+        "reason in column 'error')",
     )
 
     sv = sub.add_parser(
@@ -220,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, _stop_quietly)
     try:
-        return _COMMANDS[args.command](args)
+        with warnings_as_lines():
+            return _COMMANDS[args.command](args)
     except UserError as e:
         rank = os.environ.get("RANK", "0")  # under --nproc every rank reports its own error
         who = "hydranet" if rank == "0" else f"hydranet (rank {rank})"
@@ -238,6 +248,8 @@ def _load_spec(path: str, overrides: list[str]):
 
     if not overrides:
         return Spec.load(path)
+    # the file's relative data paths are resolved against its directory by now; a path given
+    # with --set stays relative and so means the current directory, where it was typed
     spec = Spec.load(path)
     raw = spec.to_dict()
     for item in overrides:
@@ -339,23 +351,65 @@ def _train(args) -> int:
             [] if args.progress is None else ["--progress" if args.progress else "--no-progress"]
         )
         return distributed.launch(args.nproc, argv)  # rank 0 prints the metrics
-    spec = None if args.resume else _load_spec(args.spec, args.set)
-    if args.resume and args.set:
-        raise UserError("--set cannot be combined with --resume: a resumed run keeps its spec")
-    if args.resume and not Path(args.spec).is_file():
-        raise UserError(f"spec file not found: {args.spec}")
-    run = hydranet.train(
-        spec if spec is not None else args.spec,
-        args.out,
-        resume=args.resume,
-        diagnose=args.diagnose,
-        progress=args.progress,
+    # on --resume too: the file and --set must match the run but for the keys a resume may
+    # change (train.epochs, ...), which the library checks
+    spec = _load_spec(args.spec, args.set)
+    import signal
+    import threading
+
+    # a single process only: under torchrun (WORLD_SIZE > 1) main() stops ranks quietly
+    handle = (
+        distributed.env_world_size() == 1 and threading.current_thread() is threading.main_thread()
     )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if handle else None
+    try:
+        run = hydranet.train(
+            spec,
+            args.out,
+            resume=args.resume,
+            diagnose=args.diagnose,
+            progress=args.progress,
+            source=args.spec,
+        )
+    except _Terminated:
+        print(_stopped_line(args.spec, args.out), file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if handle:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     final = run.final_metrics if distributed.is_main_process() else {}
     for split in ("validation", "test"):
         if split in final:
             _print_table(final[split], f"{split} metrics ({run.path})")
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a single-process training. A BaseException, as KeyboardInterrupt is:
+    no ``except Exception`` on the way out swallows it, and every ``with`` and ``finally``
+    closes what it opened (a file being appended to ends with its last whole line)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated
+
+
+def _stopped_line(spec: str, out: str) -> str:
+    from hydranet.train.resume import checkpoint_position
+
+    command = f"hydranet train {spec} --out {out}"
+    at = checkpoint_position(out)
+    if at is None:
+        return (
+            f"hydranet: stopped by SIGTERM; no checkpoint was written: `{command}` starts it afresh"
+        )
+    return (
+        f"hydranet: stopped by SIGTERM; the last checkpoint (epoch {at[0]}, step {at[1]}) is kept: "
+        f"resume with `{command} --resume`"
+    )
 
 
 def _evaluate(args) -> int:
@@ -382,10 +436,28 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
+    from hydranet.serve.bad_rows import ERROR_COLUMN, BadRows
     from hydranet.serve.batch import predict_file
 
-    n = predict_file(args.run, args.input, args.output, keep=args.keep)
+    found = BadRows()
+    n = predict_file(
+        args.run,
+        args.input,
+        args.output,
+        keep=args.keep,
+        overwrite=args.overwrite,
+        bad_rows=args.bad_rows,
+        found=found,
+    )
     print(f"wrote {n:,} rows of predictions to {args.output}")
+    if found.count:
+        print(
+            "hydranet: "
+            + found.message(
+                args.input, n, f"their predictions are null; column {ERROR_COLUMN!r} says why"
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,6 +7,12 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """An error caused by user input; the message names the culprit and what to do."""
@@ -39,3 +45,34 @@ def column_report(problems: list[str], names: list[str], where: str) -> str:
 
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class HydranetWarning(UserWarning):
+    """Something in the user's data that is legal but likely a mistake (an id column used
+    as a categorical feature); training goes on. The CLI prints it as one line."""
+
+
+def warn(message: str) -> None:
+    """Emit ``message`` as a :class:`HydranetWarning`, once per process group: every rank of
+    a distributed run sees the same data, so only rank 0 says it."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    warnings.warn(message, HydranetWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Within the block, a :class:`HydranetWarning` prints as one line on stderr,
+    ``hydranet: warning: ...``, once per message; other warnings keep Python's format."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", HydranetWarning)
+        plain = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, HydranetWarning):
+                print(f"hydranet: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                plain(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield

@@ -90,7 +90,7 @@ class Run:
         return rundir.read_json(p) if p.exists() else {}
 
     # ------------------------------------------------------------ use
-    def _table(self, data: Any) -> pa.Table:
+    def _table(self, data: Any, columns: list[str] | None = None) -> pa.Table:
         if isinstance(data, pa.Table):
             return data
         if isinstance(data, (str, Path)):
@@ -101,7 +101,7 @@ class Run:
             import pandas as pd
 
             if isinstance(data, pd.DataFrame):
-                return pa.Table.from_pandas(data, preserve_index=False)
+                return _from_pandas(data, columns)
         except ImportError:  # pragma: no cover - pandas is a dependency
             pass
         raise UserError(
@@ -113,15 +113,42 @@ class Run:
         preds, _ = predict_arrays(self.model, features, self.tasks, batch_size, self.device)
         return preds
 
-    def predict(self, data: Any, batch_size: int = 65536):
+    def predict(self, data: Any, batch_size: int = 65536, *, bad_rows: str = "refuse"):
         """Per-task predictions: binary → probability, multiclass → class and probabilities,
-        multilabel → probabilities, regression → value. Same type out as in (Table or DataFrame)."""
-        table = self._table(data)
-        preds = self.predict_arrays(table, batch_size)
-        cols: dict[str, pa.Array] = {}
-        for t in self.tasks:
-            cols.update(t.to_arrow(preds[t.name]))
-        out = pa.table(cols)
+        multilabel → probabilities, regression → value. Same type out as in (Table or DataFrame).
+
+        Values are checked as ``hydranet predict`` and the server check them: a row with a
+        value the model cannot take (beyond its range, text in a numeric column) or a
+        prediction that is not finite is a DataError naming it (``bad_rows="refuse"``), or
+        gets null predictions and its reason in column ``error`` (``bad_rows="mark"``).
+        Zero rows give an empty table of the prediction columns.
+        """
+        from hydranet.serve.bad_rows import BAD_ROWS, BadRows, predict_rows
+        from hydranet.serve.validate import TableCheck
+
+        if bad_rows not in BAD_ROWS:
+            raise UserError(f"bad_rows={bad_rows!r}: choose one of {', '.join(BAD_ROWS)}")
+        where = _describe(data)
+        table = self._table(data, self.preprocessor.columns)
+        check = getattr(self, "_check", None)
+        if check is None:  # built once per run: it holds the vocabularies' lookups
+            check = self._check = TableCheck(self.preprocessor)
+        check.check_schema(table.schema, where)
+        found = BadRows()
+
+        def forward(features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            return predict_arrays(self.model, features, self.tasks, batch_size, self.device)[0]
+
+        out = predict_rows(table, check, forward, self.tasks, bad_rows, found, 0, batch_size)
+        if found.count and bad_rows == "refuse":
+            raise DataError(
+                found.message(
+                    where,
+                    table.num_rows,
+                    "pass bad_rows='mark' to predict the other rows (these get null predictions "
+                    "and the reason in column 'error')",
+                )
+            )
         if not isinstance(data, (pa.Table, str, Path)):
             return out.to_pandas()
         return out
@@ -147,3 +174,53 @@ class Run:
             if not masks[t.name].any():
                 raise DataError(f"split {split!r} has no labeled rows for task {t.name!r}")
         return split_metrics(self.tasks, preds, labels, masks)
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, (str, Path)):
+        return str(data)
+    return "the Arrow table" if isinstance(data, pa.Table) else "the pandas DataFrame"
+
+
+def _from_pandas(frame: Any, columns: list[str] | None) -> pa.Table:
+    """A DataFrame as an Arrow table (only ``columns`` when it has them all); a column Arrow
+    cannot type (numbers and strings mixed) is a DataError naming it and two of its rows."""
+    if columns is not None and all(c in frame.columns for c in columns):
+        frame = frame[columns]
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        pass
+    for name in frame.columns:
+        try:
+            pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise DataError(
+                f"the pandas DataFrame: column {name!r} {_mixed(frame[name], e)}"
+            ) from None
+    raise DataError(
+        "the pandas DataFrame cannot be converted to an Arrow table"
+    )  # pragma: no cover
+
+
+def _mixed(column: Any, e: BaseException) -> str:
+    """What is wrong with a column Arrow could not convert: the first rows of two kinds."""
+    first: dict[str, tuple[int, Any]] = {}
+    for i, v in enumerate(column.tolist()):
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        kind = (
+            "string"
+            if isinstance(v, str)
+            else "number"
+            if isinstance(v, (int, float))
+            else type(v).__name__
+        )
+        first.setdefault(kind, (i, v))
+        if len(first) == 2:
+            (k1, (r1, v1)), (k2, (r2, v2)) = first.items()
+            return (
+                f"mixes types: row {r1 + 1} holds the {k1} {v1!r}, row {r2 + 1} the {k2} {v2!r}; "
+                "make the column one type"
+            )
+    return f"cannot be converted to Arrow: {str(e).splitlines()[0]}"

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,27 +43,70 @@ FORMAT_VERSION = "1"
 
 
 def prepare_dir(out: Path, *, resume: bool) -> Path:
-    """Create (or, for resume, find) the run directory; fail early if it is not writable."""
+    """Create (or, for resume, find) the run directory; fail early if it is not writable.
+
+    A directory holding only what a run writes before its first checkpoint (no checkpoint,
+    no weights) holds nothing of value: it is cleared and started afresh, saying so.
+    """
     if resume:
         if not (out / SPEC).is_file():
             raise UserError(f"cannot resume: {out} is not a hydranet run directory (no {SPEC})")
+        _check_writable(out, f"cannot resume: run directory {out} is not writable")
         return out
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory")
+    restart = False
     if out.is_dir() and any(out.iterdir()):
         if (out / SPEC).exists():
+            if not never_checkpointed(out):
+                raise UserError(
+                    f"output directory {out} already holds a run; pass --resume to continue it or choose another --out"
+                )
+            restart = True
+        else:
             raise UserError(
-                f"output directory {out} already holds a run; pass --resume to continue it or choose another --out"
+                f"output directory {out} is not empty; choose an empty or new directory"
             )
-        raise UserError(f"output directory {out} is not empty; choose an empty or new directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    _check_writable(out, f"output directory {out} is not writable")
+    if restart:
+        try:
+            for p in out.iterdir():
+                p.unlink()
+        except OSError as e:
+            raise UserError(f"cannot clear {out} to start afresh: {e.strerror or e}") from None
+        print(
+            f"hydranet: {out} holds a run that stopped before its first checkpoint; starting it afresh",
+            file=sys.stderr,
+        )
+    return out
+
+
+# what a run writes before its first checkpoint (and the temporary names of its atomic writes)
+_BEFORE_CHECKPOINT = {SPEC, PREPROCESSOR, TASKS, ENCODERS, METRICS, SPLITS, BEST, MANIFEST}
+
+
+def never_checkpointed(out: Path) -> bool:
+    """Whether ``out`` holds only a run's files from before its first checkpoint: no
+    checkpoint, no weights and nothing else (a user's file, an export) that clearing it
+    would lose."""
+    for p in out.iterdir():
+        name = p.name.removesuffix(".tmp")
+        if not p.is_file() or name not in _BEFORE_CHECKPOINT:
+            return False
+    return True
+
+
+def _check_writable(out: Path, message: str) -> None:
+    try:
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
-    return out
+        raise UserError(f"{message}: {e.strerror or e}; nothing was written") from None
 
 
 def _clean(obj: Any) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -175,8 +177,8 @@ class Spec(_Part):
         path = Path(path)
         if not path.is_file():
             raise SpecError([("", f"spec file not found: {path}")])
-        text = path.read_text()
         try:
+            text = path.read_text(encoding="utf-8")
             if path.suffix in (".yaml", ".yml"):
                 raw = yaml.safe_load(text) or {}
             elif path.suffix == ".json":
@@ -184,11 +186,17 @@ class Spec(_Part):
             else:
                 raw = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
-            msg = str(e).splitlines()[0]
-            raise SpecError([("", f"cannot parse: {msg}")], source=str(path)) from None
+            where, msg = _parse_error(e)
+            raise SpecError([("", f"cannot parse: {msg}")], source=f"{path}{where}") from None
+        except UnicodeDecodeError as e:
+            raise SpecError(
+                [("", f"not UTF-8 text (byte {e.start}); a spec is a TOML, YAML or JSON file")],
+                source=str(path),
+            ) from None
         if not isinstance(raw, dict):
             raise SpecError([("", "the top level must be a table of keys")], source=str(path))
-        return cls.from_dict(raw, source=str(path))
+        # relative data paths mean the spec file's directory, wherever hydranet is run from
+        return cls.from_dict(raw, source=str(path)).absolute_paths(path.absolute().parent)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> Spec:
@@ -196,13 +204,32 @@ class Spec(_Part):
             spec = cls.model_validate(raw)
         except ValidationError as e:
             raise SpecError(_problems(e, cls), source=source) from None
-        problems = spec._check_references()
+        problems = _check_numbers(raw) or spec._check_references()
         if problems:
             raise SpecError(problems, source=source)
         return spec
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def absolute_paths(self, base: str | Path) -> Spec:
+        """A copy whose relative data paths (``data.train``, ``validation``, ``test``: files,
+        directories or globs) are joined to ``base``; absolute ones, URIs and the location
+        strings of other sources (a user's source may take a table name) are left as they are."""
+        data = self.data
+        if data.source not in ("auto", "files"):
+            return self
+        update = {
+            key: str(Path(base).absolute() / value)
+            for key in ("train", "validation", "test")
+            if isinstance(value := getattr(data, key), str)
+            and value
+            and "://" not in value
+            and not Path(value).is_absolute()
+        }
+        if not update:
+            return self
+        return self.model_copy(update={"data": data.model_copy(update=update)})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -396,23 +423,85 @@ def _check_dataset(data: DataSpec) -> list[tuple[str, str]]:
     return problems + check_values(entry.constraints, data.params, "data.params")
 
 
+_INT64 = 2**63
+
+
+def _check_numbers(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every number in the raw spec fits what reads it: an int in int64 (torch, Arrow and
+    NumPy take no larger) and a float finite (no key means anything by inf or nan)."""
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _check_numbers(v, f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _check_numbers(v, f"{path}[{i}]")]
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return [(path, f"number out of range (got {value:.3g}); at most {_INT64 - 1:,}")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, f"must be a finite number (got {value!r})")]
+    return []
+
+
+def _parse_error(e: Exception) -> tuple[str, str]:
+    """`` line L, column C`` (1-based, empty when unknown) and the parser's problem, one line."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        msg = e.problem or "invalid YAML"
+        if e.context:
+            msg += f" ({e.context})"
+        return f" line {mark.line + 1}, column {mark.column + 1}", msg
+    if isinstance(e, json.JSONDecodeError):
+        return f" line {e.lineno}, column {e.colno}", e.msg
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    found = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)  # tomllib's suffix
+    if found:
+        return f" line {found[1]}, column {found[2]}", msg[: found.start()]
+    return "", msg
+
+
+# pydantic's prefixes of a validator's ValueError / AssertionError message
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+# a loc part naming the member of a union a value was tried against ('str', 'list[str]',
+# "literal['*']"); pydantic reports one error per member, merged here into one
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none|[a-z-]+\[.*\])$")
+
+
 def _problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:
-    out = []
+    merged: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for e in err.errors():
-        path = _loc(e["loc"])
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+        path = _loc(loc)
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(root, e["loc"][:-1])
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         else:
-            msg = e["msg"]
+            msg = _PYDANTIC_PREFIX.sub("", e["msg"])
             if (
                 "input" in e
                 and e["type"] not in ("missing",)
                 and not isinstance(e["input"], (dict, list))
             ):
-                msg += f" (got {e['input']!r})"
-        out.append((path, msg))
-    return out
+                got[path] = f" (got {e['input']!r})"
+        merged.setdefault(path, [])
+        if msg not in merged[path]:
+            merged[path].append(msg)
+    return [(path, _one_of(msgs) + got.get(path, "")) for path, msgs in merged.items()]
+
+
+def _one_of(msgs: list[str]) -> str:
+    """The messages of one key as one: a union's 'Input should be a valid string', 'Input
+    should be a valid integer' as 'Input should be a valid string or a valid integer'."""
+    lead = "Input should be "
+    if len(msgs) == 1 or not all(m.startswith(lead) for m in msgs):
+        return "; ".join(msgs)
+    # the reasons after a comma ('unable to interpret input') are the member's, not the key's
+    wants = [re.sub(r", (unable|got) .*$", "", m[len(lead) :]) for m in msgs]
+    return lead + ", ".join(wants[:-1]) + " or " + wants[-1]
 
 
 def _loc(loc: tuple) -> str:

@@ -18,11 +18,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from hydranet.errors import warn
 from hydranet.features.base import FEATURES, Columnar, FeatureGroup
 from hydranet.params import PositiveInt
 
 OOV, MISSING = 0, 1
 RESERVED = 2  # indices before the vocabulary: out-of-vocabulary, missing
+
+# A column with more distinct values than half its rows, and over a thousand of them, is
+# most likely an identifier: most values are seen once, so their embeddings barely train,
+# and the vocabulary grows with the data (1M ids: a 16 MB preprocessor.json). A real
+# high-cardinality feature (a zip code, a city) stays far below half; under a thousand
+# values the table is small whatever the column is.
+ID_LIKE_SHARE = 0.5
+ID_LIKE_MIN_DISTINCT = 1000
 
 
 def as_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -77,9 +86,20 @@ class CategoricalGroup(FeatureGroup):
                 kept, sort_keys=[("count", "descending"), ("value", "ascending")]
             )
             self.vocabularies_[name] = kept["value"].take(order).to_pylist()
+            self._warn_if_id_like(name, counts, kept)
         self._counts = {}
         self._value_sets = {}
         return self
+
+    def _warn_if_id_like(self, name: str, counts: pa.Table, kept: pa.Table) -> None:
+        distinct, rows = counts.num_rows, int(pc.sum(counts["count"]).as_py() or 0)
+        if distinct <= ID_LIKE_MIN_DISTINCT or distinct <= ID_LIKE_SHARE * rows:
+            return
+        # each entry is stored as a JSON string: its text, quotes, comma and space
+        size = (int(pc.sum(pc.binary_length(kept["value"])).as_py() or 0) + 4 * kept.num_rows) / 1e6
+        warn(
+            f"categorical column {name!r} (feature group {self.name!r}) has {distinct:,} distinct values in {rows:,} training rows ({distinct / rows:.0%}), like an identifier: its vocabulary has {kept.num_rows + RESERVED:,} entries (about {size:.1f} MB in preprocessor.json) whose embeddings barely train; drop the column from the features or raise min_count (now {self.min_count})"
+        )
 
     @property
     def is_fitted(self) -> bool:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from hydranet.serve.predictor import Predictor
-from hydranet.serve.validate import RequestError, RequestSchema, Rows
+from hydranet.serve.validate import Problems, RequestError, RequestSchema, Rows
 
 Outputs = dict[str, np.ndarray]
 
@@ -156,17 +156,16 @@ class MicroBatcher:
             parts = {g: np.concatenate([j.rows.parts[g] for j in jobs]) for g in self.groups}
         bounds = list(itertools.accumulate((j.rows.n for j in jobs), initial=0))
         results: list[Outputs | Exception | None] = [None] * len(jobs)
+        refused: dict[int, Problems] = {}
         features = {}
         for g, enc in self.schema.encoders.items():
             features[g] = x = enc.encode_batch(parts[g])
             # a value the encoding cannot represent fails only its own request
             for r, name, message in enc.overflow(parts[g], x):
                 k = bisect.bisect_right(bounds, r) - 1
-                if results[k] is None:
-                    local = r - bounds[k]
-                    results[k] = RequestError(
-                        422, f"rows[{local}].{name}: {message}", field=name, row=local
-                    )
+                refused.setdefault(k, Problems()).add(r - bounds[k], name, message)
+        for k, problems in refused.items():
+            results[k] = problems.error()
         out = self.predictor.backend.forward({g: torch.from_numpy(x) for g, x in features.items()})
         if len(jobs) == 1 and results[0] is None:
             return [out]

@@ -30,11 +30,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
 from hydranet.data.preprocess import MISSING, OOV
 from hydranet.features import CategoricalGroup, FeatureGroup, NumericGroup
+from hydranet.features.base import float_values
 from hydranet.registry import Registry
-from hydranet.serve.problems import Problems, cut
+from hydranet.serve.problems import Problems, cut, plain
 
 __all__ = ["ROW_ENCODERS", "CategoricalRows", "NumericRows", "RowEncoder", "kind_of", "cut"]
 
@@ -47,6 +50,7 @@ class RowEncoder:
     kind: ClassVar[str] = ""
 
     def __init__(self, group: FeatureGroup):
+        self.group = group
         self.name = group.name
         self.columns = list(group.columns)
 
@@ -67,8 +71,21 @@ class RowEncoder:
         """``(row, field, message)`` for each value ``encode_batch`` could not represent."""
         return iter(())
 
+    def column_problem(self, name: str, type_: pa.DataType) -> str | None:
+        """Why a typed input column (batch predict) cannot hold this group's values, or None."""
+        return self.group.column_problem(name, type_)
+
+    def encode_columns(self, table: pa.Table | pa.RecordBatch) -> tuple[torch.Tensor, list[Cell]]:
+        """Batch predict's ``check`` + ``encode_rows`` + ``encode_batch`` + ``overflow``: the
+        group's tensor from typed Arrow columns, and a ``(row, column, message)`` for each
+        value the server would refuse (its row's output is not to be trusted)."""
+        return self.group.transform(table), []
+
 
 ROW_ENCODERS: Registry[type[RowEncoder]] = Registry("JSON row encoder")
+Cell = tuple[int, str, str]  # (row, column, what is wrong with the value)
+# text a numeric column may hold (a CSV column that Arrow read as text): a decimal number
+_NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
 @ROW_ENCODERS.register("numeric")
@@ -103,10 +120,8 @@ class NumericRows(RowEncoder):
             ).reshape(n, len(names))
         inf = np.isinf(x)
         if inf.any():
-            for i, j in np.argwhere(inf)[: problems.room].tolist():
-                problems.add(
-                    i, names[j], f"{cut(repr(values[i][j]), 40)} is out of the float64 range"
-                )
+            for i, j in np.argwhere(inf).tolist():
+                problems.add(i, names[j], f"{plain(values[i][j])} is out of the float64 range")
         return x
 
     def encode_rows(self, checked: np.ndarray) -> np.ndarray:
@@ -141,8 +156,51 @@ class NumericRows(RowEncoder):
             yield (
                 r,
                 self.names_out[col],
-                f"{part[r, col]!r} is too large for the model (beyond float32 once scaled)",
+                f"{plain(part[r, col])} is too large for the model (beyond float32 once scaled)",
             )
+
+    def column_problem(self, name: str, type_: pa.DataType) -> str | None:
+        if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+            return None  # numbers as text: each value is checked (encode_columns)
+        if self.group.column_problem(name, type_) is None:
+            return None
+        return f"has type {type_}, but the run's numeric feature {name!r} takes numbers"
+
+    def encode_columns(self, table: pa.Table | pa.RecordBatch) -> tuple[torch.Tensor, list[Cell]]:
+        """As the server: a missing value is null (or NaN, pandas' missing); text that is not a
+        number, an infinite value and a value beyond float32 once scaled are refused, and
+        taken as missing here so that the other rows are predicted exactly as without them."""
+        cells: list[Cell] = []
+        part = np.empty((table.num_rows, len(self.columns)), dtype=np.float64)
+        for j, name in enumerate(self.columns):
+            col = table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                ok = pc.fill_null(pc.match_substring_regex(col, _NUMBER_TEXT), True)
+                x = float_values(
+                    pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(col), None), pa.float64())
+                )
+                bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+                texts = col.take(pa.array(bad)).to_pylist() if bad.size else []
+                cells += [
+                    (r, name, f"{plain(t)} is not a number")
+                    for r, t in zip(bad.tolist(), texts, strict=True)
+                ]
+            else:
+                x = float_values(col)
+            inf = np.isinf(x)
+            if inf.any():
+                cells += [
+                    (r, name, f"{plain(x[r])} is not a finite number")
+                    for r in np.flatnonzero(inf).tolist()
+                ]
+                x[inf] = np.nan
+            part[:, j] = x
+        out = self.encode_batch(part)
+        for r, name, message in self.overflow(part, out):
+            cells.append((r, name, message))
+        if cells:
+            out[~np.isfinite(out)] = 0.0  # refused: the row's predictions are dropped
+        return torch.from_numpy(out), cells
 
 
 @ROW_ENCODERS.register("categorical")
@@ -237,7 +295,7 @@ def _as_text(
                 texts[i][j] = str(v)
             elif t is float:
                 if v != v or v in (np.inf, -np.inf):
-                    problems.add(i, names[j], f"{cut(repr(v), 40)} is out of the float64 range")
+                    problems.add(i, names[j], f"{plain(v)} is out of the float64 range")
                 else:
                     floats.append((i, j))
     if floats:

@@ -33,13 +33,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import torch
 
 from hydranet.data.preprocess import Preprocessor
-from hydranet.errors import UserError
-from hydranet.serve.encode import ROW_ENCODERS, NonFinite, RowEncoder, kind_of
+from hydranet.errors import DataError, UserError, column_report
+from hydranet.serve.encode import ROW_ENCODERS, Cell, NonFinite, RowEncoder, kind_of
 from hydranet.serve.problems import Problems, RequestError, cut  # noqa: F401  (RequestError: re-exported)
 
-__all__ = ["Problems", "RequestError", "RequestSchema", "Rows", "check_servable", "parse_json"]
+__all__ = [
+    "Problems",
+    "RequestError",
+    "RequestSchema",
+    "Rows",
+    "TableCheck",
+    "check_servable",
+    "parse_json",
+]
 
 _DECODER = json.JSONDecoder(parse_constant=NonFinite)  # json.loads would build one per call
 
@@ -148,5 +158,53 @@ class RequestSchema:
                     problems.add(
                         i, f, f"unknown field; the features are: {cut(self._listing, 400)}"
                     )
-            if problems.full:
-                return
+
+
+class TableCheck:
+    """The server's value checks on typed Arrow input: ``hydranet predict`` and ``Run.predict``.
+
+    A file or frame is typed, so what is checked per value is what a type cannot say: a
+    number too large for the model, an infinite one, text in a numeric column that is not
+    a number. Each group is encoded by its kind's row encoder (``encode_columns``, bit for
+    bit ``Preprocessor.transform``); a kind without one by its own ``transform``, unchecked.
+    """
+
+    def __init__(self, preprocessor: Preprocessor):
+        self.preprocessor = preprocessor
+        self.encoders: dict[str, RowEncoder | None] = {
+            name: ROW_ENCODERS.get(g.kind)(g) if g.kind in ROW_ENCODERS else None
+            for name, g in preprocessor.groups.items()
+        }
+
+    def check_schema(self, schema: pa.Schema, where: str) -> None:
+        """A DataError naming every feature column missing from ``schema`` or of a type that
+        cannot hold the feature (what the input lacks, not how to edit the spec)."""
+        problems = []
+        for name, g in self.preprocessor.groups.items():
+            enc = self.encoders[name]
+            for c in g.columns:
+                if c not in schema.names:
+                    problems.append(f"{where}: no column {c!r} (a {g.kind} feature of the run)")
+                    continue
+                type_ = schema.field(c).type
+                why = enc.column_problem(c, type_) if enc else g.column_problem(c, type_)
+                if why:
+                    problems.append(f"{where}: column {c!r} {why}")
+        if problems:
+            raise DataError(column_report(problems, schema.names, where))
+
+    def features(
+        self, table: pa.Table | pa.RecordBatch
+    ) -> tuple[dict[str, torch.Tensor], list[Cell]]:
+        """The model's input for every row, and ``(row, column, message)`` for each value the
+        server would refuse (0-based rows of ``table``); call ``check_schema`` first."""
+        features: dict[str, torch.Tensor] = {}
+        cells: list[Cell] = []
+        for name, g in self.preprocessor.groups.items():
+            enc = self.encoders[name]
+            if enc is None:
+                features[name] = g.transform(table)
+            else:
+                features[name], found = enc.encode_columns(table)
+                cells += found
+        return features, cells

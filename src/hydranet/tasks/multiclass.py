@@ -1,7 +1,9 @@
 """``multiclass``: one of the classes seen in training; cross-entropy; accuracy, macro_f1, logloss.
 
 Classes are the distinct non-null training values, sorted; a class never seen in training
-counts as unlabeled. Predictions are the most probable class and ``<task>_probs``.
+counts as unlabeled. In a floating-point label column NaN is a missing label and an infinite
+value a DataError naming its row (not a class of its own). Predictions are the most probable
+class and ``<task>_probs``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class MulticlassTask(Task):
         return {**super().new_stats(), "classes": set()}
 
     def update_stats(self, stats, table):
-        col = self._column(table, self.spec.label_columns[0]).drop_null()
+        col = self._label(table).drop_null()
         stats["labeled"] += len(col)
         stats["classes"].update(pc.unique(col).to_pylist())
 
@@ -46,8 +48,23 @@ class MulticlassTask(Task):
         return self
 
     # -- labels
+    def _label(self, table: pa.Table) -> pa.ChunkedArray:
+        column = self.spec.label_columns[0]
+        col = self._column(table, column)
+        if not pa.types.is_floating(col.type):
+            return col
+        values = col.to_numpy(zero_copy_only=False)
+        bad = np.isinf(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"label column {column!r} of multiclass task {self.name!r}: row {row} is {float(values[row])!r}; a label must be finite (leave it empty for no label)"
+            )
+        nan = pc.is_nan(col)
+        return pc.if_else(nan, pa.scalar(None, col.type), col) if pc.any(nan).as_py() else col
+
     def encode(self, table):
-        col = self._column(table, self.spec.label_columns[0])
+        col = self._label(table)
         classes = self.state["classes"]
         idx = pc.index_in(col, value_set=pa.array(classes, type=col.type if len(col) else None))
         mask = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)

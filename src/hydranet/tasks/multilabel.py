@@ -1,6 +1,8 @@
 """``multilabel``: one 0/1 column per label (``columns``); BCE per label; micro_auc, macro_auc.
 
-Each label has its own mask: a row may be labeled for some labels and not others.
+Each label has its own mask: a row may be labeled for some labels and not others. A label
+column that is all 0 or all 1 (or never labeled) over the training rows is a DataError, as a
+binary task with one class is: it leaves nothing to learn and its AUC is undefined.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ class MultilabelTask(Task):
                 f"label column {self.spec.label_columns[c]!r} of multilabel task {self.name!r} must be 0/1; row {r} has {float(values[r, c])!r}"
             )
         return np.where(mask, values, 0.0), mask
+
+    # -- statistics: labeled rows and positives per label column
+    def new_stats(self):
+        k = len(self.spec.label_columns)
+        return {**super().new_stats(), "per_label": np.zeros(k), "positive": np.zeros(k)}
+
+    def update_stats(self, stats, table):
+        y, m = self.encode(table)
+        stats["labeled"] += int(m.any(axis=1).sum())
+        stats["per_label"] += m.sum(axis=0)
+        stats["positive"] += (y * m).sum(axis=0)
+
+    def finish_fit(self, stats):
+        super().finish_fit(stats)
+        for j, column in enumerate(self.spec.label_columns):
+            n, pos = int(stats["per_label"][j]), int(stats["positive"][j])
+            if pos == 0 or pos == n:
+                value = (
+                    "never labeled"
+                    if n == 0
+                    else f"{0 if pos == 0 else 1} in all {n:,} labeled training rows"
+                )
+                raise DataError(
+                    f"multilabel task {self.name!r}: label column {column!r} is {value}; a constant label leaves nothing to learn (drop it from 'columns')"
+                )
+        return self
 
     def predict(self, out):
         return torch.sigmoid(out.float())

@@ -12,8 +12,8 @@ an atomic rename, so ``--resume`` after a kill continues bit-for-bit on CPU.
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,12 @@ from hydranet.train.callbacks import (
     EpochLines,
     MetricsLog,
 )
-from hydranet.train.distributed import Distributed, ShardedLoader
+from hydranet.train.distributed import Distributed, ShardedLoader, is_main_process
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
 from hydranet.train.prepare import Split, prepare, resolve_spec, split_rows
 from hydranet.train.progress import Progress
+from hydranet.train.resume import RunFinished, position, record_changes, resume_spec
 from hydranet.train.state_io import load_state, save_state
 
 __all__ = ["Trainer", "build_balancer", "select_device", "setup", "train"]
@@ -62,15 +63,25 @@ def train(
     diagnose: bool = False,
     progress: bool | None = None,
     stop_after_steps: int | None = None,
+    source: str | None = None,
 ):
     """Train ``spec`` into the run directory ``out`` and return the :class:`~hydranet.Run`.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes the run and every
-    rank returns it once it is complete.
+    rank returns it once it is complete. With ``resume``, a finished run with nothing more
+    to train says so and is returned as it is, untouched. ``source`` names the spec file in
+    messages (a path ``spec`` names itself).
     """
     from hydranet.run import Run
 
-    trainer = setup(spec, out, resume=resume, diagnose=diagnose, progress=progress)
+    try:
+        trainer = setup(
+            spec, out, resume=resume, diagnose=diagnose, progress=progress, source=source
+        )
+    except RunFinished as e:
+        if is_main_process():
+            print(f"hydranet: {e}", file=sys.stderr)
+        return Run.load(out)
     try:
         trainer.fit(stop_after_steps=stop_after_steps)
         trainer.dist.barrier()  # rank 0's files are complete before any rank loads them
@@ -86,13 +97,27 @@ def setup(
     resume: bool = False,
     diagnose: bool = False,
     progress: bool | None = None,
+    source: str | None = None,
 ) -> Trainer:
-    """Everything before the first step: run directory, data, preprocessor, model, optimizer."""
+    """Everything before the first step: run directory, data, preprocessor, model, optimizer.
+
+    With ``resume``, ``spec`` must match the run's own spec but for
+    :data:`~hydranet.train.resume.RESUMABLE_KEYS`
+    (a finished run raises :class:`RunFinished` when it has nothing more to train)."""
     if not isinstance(spec, Spec):
+        source = source or str(spec)
         spec = Spec.load(spec)
     dist = Distributed.from_env(device_type(spec.train.device))
     try:
-        return _setup(spec, Path(out), dist, resume=resume, diagnose=diagnose, progress=progress)
+        return _setup(
+            spec,
+            Path(out),
+            dist,
+            resume=resume,
+            diagnose=diagnose,
+            progress=progress,
+            source=source,
+        )
     except BaseException:
         # a rank that fails here (a missing data file) leaves the process group now: left to
         # the interpreter's exit, gloo's destructors ran with its threads still up and the
@@ -102,13 +127,29 @@ def setup(
 
 
 def _setup(
-    spec: Spec, out: Path, dist: Distributed, *, resume: bool, diagnose: bool, progress: bool | None
+    spec: Spec,
+    out: Path,
+    dist: Distributed,
+    *,
+    resume: bool,
+    diagnose: bool,
+    progress: bool | None,
+    source: str | None = None,
 ) -> Trainer:
+    changed: dict[str, tuple[Any, Any]] = {}
+    if resume:
+        # everything that refuses, or finds nothing to do, comes before the first write; every
+        # rank reads the run's files once rank 0 has written them (when it trained them just now)
+        dist.barrier()
+        spec, changed = resume_spec(spec, out, source)
     dist.on_main(lambda: rundir.prepare_dir(out, resume=resume))
     if resume:
-        spec = Spec.from_dict(json.loads((out / rundir.SPEC).read_text()))
+        if changed:
+            dist.barrier()  # every rank has read the run's spec.json before rank 0 rewrites it
+            dist.on_main(lambda: record_changes(out, spec, changed))
     else:
-        spec = resolve_spec(spec)
+        # a Spec given in Python (no file): its relative data paths mean the current directory
+        spec = resolve_spec(spec.absolute_paths(Path.cwd()))
     dist.check_spec(spec)
     torch.manual_seed(spec.train.seed)
     if spec.train.threads:
@@ -134,8 +175,11 @@ def _setup(
         dist=dist,
         encoder_states=encoder_states,
     )
+    trainer.spec_file = source or "SPEC"
     if resume:
         trainer.restore()
+        if "train.epochs" in changed:
+            trainer.stretch_schedule(changed["train.epochs"][0])
     return trainer
 
 
@@ -203,6 +247,8 @@ class Trainer:
         # loop state (all of it goes into checkpoints)
         self.epoch = 0
         self.step = 0
+        self.last_checkpoint: tuple[int, int] | None = None  # (epoch, step), see position()
+        self.spec_file = "SPEC"  # the spec file, for the commands messages suggest
         # running loss sums stay on the device: the host reads them for the progress bar, the
         # epoch's log and checkpoints, not every step
         self.loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=self.device)
@@ -284,6 +330,9 @@ class Trainer:
         self.check_finite()  # never a checkpoint of a diverged model
         if self.dist.is_main:
             save_state(self.state(), self.out / rundir.CHECKPOINT)
+        self.last_checkpoint = position(
+            {"epoch": self.epoch, "step": self.step}, self.loader.state_dict()
+        )
 
     def restore(self) -> None:
         path = self.out / rundir.CHECKPOINT
@@ -292,6 +341,11 @@ class Trainer:
                 f"cannot resume: no checkpoint in {self.out} (train without --resume to start afresh)"
             )
         s = load_state(path)
+        loop = s["loop"]
+        if loop["epoch"] > self.cfg.epochs:
+            raise UserError(
+                f"cannot resume {self.out} with train.epochs = {self.cfg.epochs}: its checkpoint has trained {loop['epoch']} epochs already"
+            )
         self.model.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         if self.graph_step is not None:
@@ -304,7 +358,6 @@ class Trainer:
         torch.set_rng_state(s["rng"])
         if "cuda_rng" in s and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["cuda_rng"], self.device)
-        loop = s["loop"]
         self.epoch, self.step, self.loss_steps = loop["epoch"], loop["step"], loop["loss_steps"]
         for cb in self.callbacks:
             cb.load_state_dict(loop)
@@ -313,8 +366,36 @@ class Trainer:
             # a checkpoint from a run without --diagnose has none: the epoch's means then cover
             # the steps after the resume only
             self.diagnostics.load_state_dict(s["diagnostics"])
+        self.last_checkpoint = position(loop, s["loader"])
         if self.dist.is_main:
             rundir.truncate_metrics(self.out, keep_before_epoch=self.epoch)
+            epoch, step = self.last_checkpoint
+            print(f"hydranet: resuming {self.out} at epoch {epoch}, step {step}", file=sys.stderr)
+
+    def stretch_schedule(self, old_epochs: int) -> None:
+        """After :meth:`restore` with a changed ``train.epochs``: the schedule was built for
+        the new total, but the optimizer holds the rate the old one gave; a decaying schedule
+        (cosine, linear) now decays over the new total, so its rate jumps (up, when a finished
+        run is extended) and the user is told by how much."""
+        sched = self.scheduler
+        rates = [
+            float(b) * f(sched.last_epoch)
+            for b, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+        ]
+        before = float(self.optimizer.param_groups[0]["lr"])
+        for group, lr in zip(self.optimizer.param_groups, rates, strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        sched._last_lr = list(rates)
+        kind = self.cfg.schedule.kind
+        if kind != "constant" and self.dist.is_main:
+            print(
+                f"hydranet: the {kind} schedule now spans {self.cfg.epochs} epochs, not {old_epochs}: "
+                f"the learning rate goes from {before:.3g} to {rates[0]:.3g} at step {self.step}",
+                file=sys.stderr,
+            )
 
     # ------------------------------------------------------------ loop
     def fit(self, stop_after_steps: int | None = None) -> None:
@@ -456,9 +537,20 @@ class Trainer:
         values = self._bad_losses.tolist()
         k = next(i for i, v in enumerate(values) if not math.isfinite(v))
         epoch = self.epoch + 1
+        if self.last_checkpoint is None:
+            kept = (
+                f"no checkpoint was written, so there is nothing to resume: with a lower train.lr "
+                f"or a train.grad_clip, `hydranet train {self.spec_file} --out {self.out}` starts it afresh"
+            )
+        else:
+            at, at_step = self.last_checkpoint
+            kept = (
+                f"the last good checkpoint in {self.out} (epoch {at}, step {at_step}) is kept, but resuming it "
+                "repeats these steps: train with a lower train.lr or a train.grad_clip into a new --out"
+            )
         raise TrainingDiverged(
             f"loss of task {self.tasks[k].name!r} is {values[k]} at step {step} (epoch {epoch}); "
-            f"training stopped, the last good checkpoint in {self.out} is kept (try a lower train.lr or train.grad_clip)"
+            f"training stopped; {kept}"
         )
 
     def _average_gradients(self) -> None:

