@@ -6,6 +6,7 @@ Skipped (with the reason) when Java or pyspark is missing; `make test` installs 
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -113,6 +114,10 @@ def test_estimator_and_model_round_trip_through_a_pipeline(frames, tmp_path):
     loaded = PipelineModel.load(str(tmp_path / "fitted"))
     after = loaded.transform(dfs["test"]).toPandas()
     assert loaded.stages[0].getOrDefault("runDir").startswith(str(tmp_path / "fitted"))
+    # the copy is the whole finished run: it loads with its encoders and is verified
+    saved = {p.name for p in Path(loaded.stages[0].getOrDefault("runDir")).iterdir()}
+    assert {"manifest.json", "encoders.json", "model.safetensors"} <= saved
+    assert "checkpoint.safetensors" not in saved
     for col in ("prediction_click", "prediction_value", "prediction_kind"):
         assert before[col].tolist() == after[col].tolist()
 

@@ -241,6 +241,13 @@ def _manifested(out: Path) -> list[Path]:
     )
 
 
+def finished_files(out: Path) -> list[Path]:
+    """The files a copy of the finished run must hold: those the manifest lists (or would
+    list) and the manifest itself; not the checkpoint (training state, not the model)."""
+    out = Path(out)
+    return _manifested(out) + ([out / MANIFEST] if (out / MANIFEST).is_file() else [])
+
+
 def write_manifest(out: Path, names: list[str] | None = None) -> None:
     """``manifest.json``: sha256 and size of every file of the run (of ``names`` only, when
     given, keeping the others' entries: an export adding ``model.onnx``). Written atomically,

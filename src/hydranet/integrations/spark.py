@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from hydranet import rundir
 from hydranet.data.sources.spark import arrow_batches  # noqa: F401  (public here too)
 from hydranet.errors import UserError
 from hydranet.spec import Spec
@@ -74,14 +75,6 @@ __all__ = [
 ]
 
 PREFIX = "prediction_"
-_RUN_FILES = (
-    "spec.json",
-    "preprocessor.json",
-    "tasks.json",
-    "model.safetensors",
-    "final_metrics.json",
-    "metrics.jsonl",
-)
 
 
 # ---------------------------------------------------------------- DataFrame as a source
@@ -355,9 +348,10 @@ class _ModelWriter(DefaultParamsWriter):
         src = Path(self.instance.getOrDefault(self.instance.runDir))
         dst = _local(path) / "run"
         dst.mkdir(parents=True, exist_ok=True)
-        for name in _RUN_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, dst / name)
+        # every file of the finished run, the manifest included, so that the copy loads
+        # (encoders.json) and is verified like the original
+        for file in rundir.finished_files(src):
+            shutil.copy2(file, dst / file.name)
 
 
 class _ModelReader(DefaultParamsReader):
