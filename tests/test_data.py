@@ -358,3 +358,17 @@ def test_loader_on_cuda_has_the_cpu_order_and_resumes():
     restored = BatchLoader(data, 10)
     restored.load_state_dict(loader.state_dict())
     assert _ids(head) + _ids(restored) == full
+
+
+def test_numeric_values_beyond_float32_are_refused_at_fit_unless_log1p():
+    # the model computes in float32: 1e300 would become inf once scaled and its rows' predictions
+    # NaN; predict and the server refuse such a value, so training does too (log1p tames it)
+    from hydranet.features.numeric import NumericGroup
+
+    table = pa.table({"a": [1.0, 2.0, 1e300, 3.0], "b": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(
+        DataError, match=r"numeric column 'a' has 1 value\(s\) beyond float32.*1e\+300.*log1p"
+    ):
+        NumericGroup("numeric", ["a", "b"]).partial_fit(table)
+    group = NumericGroup("numeric", ["a", "b"], log1p=["a"]).partial_fit(table).finish()
+    assert np.isfinite(group.transform(table).numpy()).all()

@@ -113,6 +113,20 @@ class Run:
         preds, _ = predict_arrays(self.model, features, self.tasks, batch_size, self.device)
         return preds
 
+    def _table_check(self):
+        from hydranet.serve.validate import TableCheck
+
+        check = getattr(self, "_check", None)
+        if check is None:  # built once per run: it holds the vocabularies' lookups
+            check = self._check = TableCheck(self.preprocessor)
+        return check
+
+    def _forward(self, batch_size: int):
+        def forward(features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+            return predict_arrays(self.model, features, self.tasks, batch_size, self.device)[0]
+
+        return forward
+
     def predict(self, data: Any, batch_size: int = 65536, *, bad_rows: str = "refuse"):
         """Per-task predictions: binary → probability, multiclass → class and probabilities,
         multilabel → probabilities, regression → value. Same type out as in (Table or DataFrame).
@@ -124,21 +138,15 @@ class Run:
         Zero rows give an empty table of the prediction columns.
         """
         from hydranet.serve.bad_rows import BAD_ROWS, BadRows, predict_rows
-        from hydranet.serve.validate import TableCheck
 
         if bad_rows not in BAD_ROWS:
             raise UserError(f"bad_rows={bad_rows!r}: choose one of {', '.join(BAD_ROWS)}")
         where = _describe(data)
         table = self._table(data, self.preprocessor.columns)
-        check = getattr(self, "_check", None)
-        if check is None:  # built once per run: it holds the vocabularies' lookups
-            check = self._check = TableCheck(self.preprocessor)
+        check = self._table_check()
         check.check_schema(table.schema, where)
         found = BadRows()
-
-        def forward(features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-            return predict_arrays(self.model, features, self.tasks, batch_size, self.device)[0]
-
+        forward = self._forward(batch_size)
         out = predict_rows(table, check, forward, self.tasks, bad_rows, found, 0, batch_size)
         if found.count and bad_rows == "refuse":
             raise DataError(
@@ -167,13 +175,37 @@ class Run:
             table = tables[split]
         else:
             table = self._table(split)
-        preds = self.predict_arrays(table, batch_size)
+        preds = self._checked_predictions(table, split, batch_size)
         labels, masks = {}, {}
         for t in self.tasks:
             labels[t.name], masks[t.name] = t.encode(table)
             if not masks[t.name].any():
                 raise DataError(f"split {split!r} has no labeled rows for task {t.name!r}")
         return split_metrics(self.tasks, preds, labels, masks)
+
+    def _checked_predictions(
+        self, table: pa.Table, where: str, batch_size: int
+    ) -> dict[str, np.ndarray]:
+        """Raw outputs per task for metrics; rows that predict would refuse (a value beyond the
+        model's range, a prediction that is not finite) are refused here too: metrics over
+        them would be NaN, or silently computed on clipped inputs."""
+        from hydranet.serve.bad_rows import BadRows, checked_outputs
+
+        check = self._table_check()
+        check.check_schema(table.schema, where)
+        if table.num_rows == 0:
+            raise DataError(f"{where}: no rows to evaluate")
+        preds, reasons = checked_outputs(
+            table, check, self._forward(batch_size), self.tasks, batch_size
+        )
+        if reasons:
+            found = BadRows()
+            for r in sorted(reasons):
+                found.add(r + 1, reasons[r])
+            raise DataError(
+                found.message(where, table.num_rows, "fix or drop these rows to evaluate")
+            )
+        return preds
 
 
 def _describe(data: Any) -> str:

@@ -30,6 +30,9 @@ def _is_numeric(t: pa.DataType) -> bool:
     )
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @FEATURES.register("numeric")
 class NumericGroup(FeatureGroup):
     kind = "numeric"
@@ -67,6 +70,15 @@ class NumericGroup(FeatureGroup):
             x, miss = self._values(batch, name)
             valid = x[~miss]
             n_b = valid.size
+            big = np.abs(valid) > _FLOAT32_MAX
+            if big.any():
+                # the model computes in float32: such a value would become inf once scaled and
+                # its row's predictions NaN (predict and the server refuse it the same way)
+                raise DataError(
+                    f"numeric column {name!r} has {int(big.sum()):,} value(s) beyond float32's "
+                    f"range (e.g. {float(valid[big][0]):g}); fix them, or list the column under "
+                    "log1p"
+                )
             self._missing[j] |= bool(miss.any())
             if n_b == 0:
                 continue

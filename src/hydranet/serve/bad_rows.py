@@ -60,6 +60,33 @@ def output_columns(tasks: list[Task], bad_rows: str = "refuse") -> list[pa.Field
     return fields
 
 
+def checked_outputs(
+    table: pa.Table | pa.RecordBatch,
+    check: TableCheck,
+    forward: Forward,
+    tasks: list[Task],
+    batch_rows: int = 65_536,
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Every row's raw outputs per task, and why each bad row (0-based) is bad: a value the
+    server would refuse, or a prediction that is not finite (the first reason per row)."""
+    n = table.num_rows
+    features, cells = check.features(table)
+    parts = [
+        forward({g: x[s : s + batch_rows] for g, x in features.items()})
+        for s in range(0, n, batch_rows)
+    ]
+    outputs = {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
+    reasons: dict[int, str] = {}
+    for r, column, message in cells:
+        reasons.setdefault(r, f"column {column!r}: {message}")
+    for t in tasks:
+        values = outputs[t.name].reshape(n, -1)
+        for r in np.flatnonzero(~np.isfinite(values).all(axis=1)).tolist():
+            bad = values[r][~np.isfinite(values[r])][0]
+            reasons.setdefault(r, f"task {t.name!r} predicts {bad!s} (not a finite number)")
+    return outputs, reasons
+
+
 def predict_rows(
     table: pa.Table | pa.RecordBatch,
     check: TableCheck,
@@ -80,20 +107,7 @@ def predict_rows(
     n = table.num_rows
     if n == 0:
         return pa.schema(output_columns(tasks, bad_rows)).empty_table()
-    features, cells = check.features(table)
-    parts = [
-        forward({g: x[s : s + batch_rows] for g, x in features.items()})
-        for s in range(0, n, batch_rows)
-    ]
-    outputs = {t.name: np.concatenate([p[t.name] for p in parts]) for t in tasks}
-    reasons: dict[int, str] = {}
-    for r, column, message in cells:
-        reasons.setdefault(r, f"column {column!r}: {message}")
-    for t in tasks:
-        values = outputs[t.name].reshape(n, -1)
-        for r in np.flatnonzero(~np.isfinite(values).all(axis=1)).tolist():
-            bad = values[r][~np.isfinite(values[r])][0]
-            reasons.setdefault(r, f"task {t.name!r} predicts {bad!s} (not a finite number)")
+    outputs, reasons = checked_outputs(table, check, forward, tasks, batch_rows)
     for r in sorted(reasons):
         found.add(first_row + r + 1, reasons[r])
     cols: dict[str, pa.Array] = {}
