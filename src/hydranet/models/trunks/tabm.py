@@ -10,10 +10,12 @@ member whose logits are averaged. hydranet's towers take one ``[B, H]`` input pe
 the losses one ``[B, out]`` logit, so the heads are expressed through the towers: each
 task's input is the k members' representations side by side, ``[h_1 .. h_k] / sqrt(k)``
 (``[B, k * d_block]``), and a tower's output ``Linear(k * d_block, out)`` on it is exactly
-``mean_i(W_i h_i) + b``: k per-member heads (its weight is a ``[k, d_block, out]`` stack)
-with their logits averaged. ``1/sqrt(k)`` makes PyTorch's default initialisation of that
-layer the package's per-member head initialisation (``W_i ~ U(+-1/sqrt(d_block))``) and
-keeps the tower input's norm that of one member's representation.
+``mean_i(W_i h_i) + b``: k per-member heads with their logits averaged, ``W_i`` being
+``sqrt(k)`` times the i-th ``[d_block, out]`` block of its weight (a ``[k, d_block, out]``
+stack). ``1/sqrt(k)`` makes PyTorch's default initialisation of that layer the package's
+per-member head initialisation (``W_i ~ U(+-1/sqrt(d_block))``) and keeps the tower
+input's norm that of one member's representation; under Adam a head then moves
+``sqrt(k)`` times as fast as in the package (which steps ``W_i`` itself).
 
 Two departures from TabM, both from the contract above: (1) the members are trained on the
 loss of their mean logit, not on the mean of the k members' losses, and (2) a binary task
@@ -40,7 +42,9 @@ class TabM(Trunk):
 
     Shared parameters: the whole backbone (its per-member adapters are shared by the tasks).
     ``arch_type = "tabm-mini"`` is the package's cheaper variant: one per-member elementwise
-    scaling of the input, then plain shared layers.
+    scaling of the input, then plain shared layers. ``scaling_init``: the package uses
+    ``"normal"`` after numeric embeddings, ``"random-signs"`` otherwise. Dropout is
+    ``[model] dropout`` (the package's default: 0.1), independent per member.
     """
 
     param_constraints = {
