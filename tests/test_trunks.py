@@ -37,8 +37,13 @@ GROUPS = {
 }
 
 
+# Trunks whose defaults are too wide for a 2-core test run (tabm: 32 members of width 512)
+SMALL_PARAMS = {"tabm": {"k": 4, "d_block": 32, "n_blocks": 2}}
+
+
 def build(architecture: str, heads=HEADS, seed: int = 0, **spec) -> MultiTaskModel:
     torch.manual_seed(seed)
+    spec.setdefault("params", SMALL_PARAMS.get(architecture, {}))
     model_spec = ModelSpec(architecture=architecture, embedding_dim=3, tower=[8], **spec)
     return MultiTaskModel(GROUPS, heads, model_spec)
 

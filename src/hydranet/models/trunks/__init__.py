@@ -12,6 +12,7 @@ from hydranet.models.trunks import (  # noqa: F401  (imported to register)
     ple,
     shared_bottom,
     single_task,
+    tabm,
 )
 from hydranet.models.trunks.base import TRUNKS, Trunk
 
