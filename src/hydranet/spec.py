@@ -51,7 +51,7 @@ class EncoderSpec(_Part):
 class ModelSpec(_Part):
     architecture: str = Field(
         "mmoe",
-        description="trunk: single_task, shared_bottom, mmoe, cgc, ple, cross_stitch or 'pkg.mod:Trunk'",
+        description="trunk: single_task, shared_bottom, mmoe, omoe, cgc, ple, cross_stitch, tabm or 'pkg.mod:Trunk'",
     )
     embedding_dim: int = Field(4, ge=1)
     embedding_init_std: float = Field(

@@ -1,7 +1,7 @@
 """Trunks (multi-task architectures), registered by the name a Spec uses.
 
 Importing this package registers the built-in trunks: single_task,
-shared_bottom, mmoe, omoe, cgc, ple and cross_stitch.
+shared_bottom, mmoe, omoe, cgc, ple, cross_stitch and tabm.
 """
 
 from hydranet.models.trunks import (  # noqa: F401  (imported to register)
