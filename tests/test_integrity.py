@@ -25,6 +25,7 @@ from hydranet.cli import main
 from hydranet.errors import UserError
 from hydranet.run import Run
 from hydranet.train.state_io import atomic_save_tensors, load_state, load_tensors, save_state
+from tests_helpers import hydranet_on_read_only_mount, read_only_mount_works
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -389,32 +390,16 @@ def test_export_into_a_read_only_run_is_one_line(trained, tmp_path, capsys):
         os.chmod(run, 0o755)
 
 
-def _read_only_mount_works(src: Path, dst: Path) -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    probe = f"mount --bind {src} {dst} && mount -o remount,bind,ro {dst} && ! touch {dst}/x"
-    res = subprocess.run(["unshare", "--mount", "sh", "-c", probe], capture_output=True)
-    return res.returncode == 0
-
-
 @pytest.mark.skipif(not HAS_ONNX, reason="needs onnx and onnxruntime")
 def test_export_into_a_read_only_file_system_is_one_line(trained, tmp_path):
     # as root (where the chmod test above is skipped): a read-only bind mount, in a private
     # mount namespace, gives EROFS, which no file mode lifts
     run, mnt = _unexported(trained, tmp_path), tmp_path / "mnt"
     mnt.mkdir()
-    if not _read_only_mount_works(run, mnt):
+    if not read_only_mount_works(run, mnt):
         pytest.skip("needs root and a mount namespace (unshare) for a read-only bind mount")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    script = (
-        f"mount --bind {run} {mnt} && mount -o remount,bind,ro {mnt} && "
-        f"exec {sys.executable} -m hydranet export {mnt}"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    res = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
-        timeout=300,
-    )  # fmt: skip
+    res = hydranet_on_read_only_mount(run, mnt, ["export", str(mnt)])
     _one_line(res.returncode, res.stderr, f"run directory {mnt} is not writable", "--onnx PATH")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 

@@ -17,6 +17,7 @@ from hydranet import rundir
 from hydranet.cli import main
 from hydranet.spec import Spec
 from hydranet.train.trainer import setup
+from tests_helpers import hydranet_on_read_only_mount, read_only_mount_works
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -180,6 +181,21 @@ def test_resume_of_a_read_only_run_writes_nothing(tiny, tmp_path, capsys):
         out.chmod(0o755)
     assert code == 2
     assert f"run directory {out} is not writable" in _one_error_line(err)
+    assert _snapshot(out) == before
+
+
+def test_resume_on_a_read_only_file_system_writes_nothing(tiny, tmp_path):
+    # as root (where the chmod test above is skipped): a read-only bind mount gives EROFS
+    spec = tiny(epochs=2, checkpoint_every=4)
+    out, mnt = tmp_path / "run", tmp_path / "mnt"
+    _stopped_mid_run(spec, out, steps=6)
+    mnt.mkdir()
+    if not read_only_mount_works(out, mnt):
+        pytest.skip("needs root and a mount namespace (unshare) for a read-only bind mount")
+    before = _snapshot(out)
+    res = hydranet_on_read_only_mount(out, mnt, ["train", str(spec), "--out", str(mnt), "--resume"])
+    assert res.returncode == 2, res.stderr
+    assert f"run directory {mnt} is not writable" in _one_error_line(res.stderr)
     assert _snapshot(out) == before
 
 
