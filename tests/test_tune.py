@@ -217,3 +217,12 @@ def test_space_keys_nest_or_quote_alike(tiny):
     quoted = Spec.load(_spec(tiny, '"train.lr" = {low = 0.001, high = 0.01}\n', name="b.toml"))
     assert nested.tune == quoted.tune
     assert list(nested.tune.space) == ["train.lr"]
+
+
+def test_the_census_tune_example_is_a_valid_search():
+    from hydranet.tune import space
+    from tests_helpers import ROOT
+
+    spec = Spec.load(ROOT / "examples" / "census_tune.toml")
+    space.check(spec)
+    assert resolve_metric(spec).parts == (("income", "auc"), ("marital", "auc"))

@@ -195,7 +195,10 @@ def _run(optuna, study, spec: Spec, metric: Metric, out: Path, total: int, echo)
         study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
         if mine:
             _progress(optuna, study, mine[-1], total, metric, echo)
-            if study.best_trial.number == mine[-1]:
+            complete = [
+                t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+            ]
+            if complete and study.best_trial.number == mine[-1]:
                 _best(study, out, metric, tune.space)
 
 
@@ -206,15 +209,12 @@ def _progress(optuna, study, number: int, total: int, metric: Metric, echo) -> N
     done = [x for x in trials if x.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     running = sum(x.state == TrialState.RUNNING for x in trials)
     if t.state == TrialState.PRUNED:
-        what = (
-            t.user_attrs.get("diverged")
-            and "diverged"
-            or (
-                f"pruned after epoch {max(t.intermediate_values)}"
-                if t.intermediate_values
-                else "pruned"
-            )
-        )
+        if "diverged" in t.user_attrs:
+            what = "diverged"
+        elif t.intermediate_values:
+            what = f"pruned after epoch {max(t.intermediate_values)}"
+        else:
+            what = "pruned"
         values = list(t.intermediate_values.values())
         value = values[-1] if values else None
     else:
@@ -232,7 +232,7 @@ def _progress(optuna, study, number: int, total: int, metric: Metric, echo) -> N
             if x.datetime_complete and x.datetime_start
         ]
         if seconds:
-            eta = sum(seconds) / len(seconds) * left / max(1, running + 1)
+            eta = sum(seconds) / len(seconds) * left / max(1, running + 1)  # + this worker
             line += f", ~{_duration(eta)} left"
     echo(line)
 
