@@ -105,6 +105,24 @@ def test_a_second_invocation_adds_trials_up_to_the_total(tiny, tmp_path):
     assert "holds a study of another spec (they differ at train.epochs)" in res.stderr
 
 
+def test_two_workers_share_one_study(tiny, tmp_path):
+    spec, out = _spec(tiny), tmp_path / "study"
+    cmd = [sys.executable, "-m", "hydranet", "tune", str(spec), "--trials", "3", "--out", str(out)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(*p.communicate(), p.returncode) for p in procs]
+    assert [rc for _, _, rc in results] == [0, 0], [err for _, err, _ in results]
+    rows = _table(out)
+    # the total is the study's, not each worker's (one worker may get one trial or none on a
+    # busy machine, so which ran what is not asserted)
+    assert [r["state"] for r in rows].count("complete") == 3
+    assert all(r["worker"] for r in rows if r["state"] == "complete")
+    # both return when the study is done, with the same best
+    assert json.loads(results[0][0])["best_trial"] == json.loads(results[1][0])["best_trial"]
+
+
 def test_a_pruned_trial_stops_after_its_first_epoch_and_leaves_a_whole_run(tiny, tmp_path):
     # trial 0 learns (lr 0.02); trial 1 cannot (lr 1e-7), and the median pruner, allowed to
     # prune after one finished trial from the first epoch on, stops it there
@@ -207,6 +225,11 @@ def test_cli_tune_errors_are_one_line_without_traceback(tiny, tmp_path):
     assert res.returncode == 2
     assert res.stderr.startswith("hydranet: error:") and res.stderr.count("\n") == 1
     assert "tune.space.trian.lr" in res.stderr
+    # each value is valid alone, the two together are not: the first trial fails, in one line
+    together = '"model.architecture" = ["shared_bottom"]\n"model.params.num_experts" = [2]\n'
+    res = _cli("tune", _spec(tiny, together), "--trials", 2, "--out", tmp_path / "t", check=False)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "trial 0: model.params.num_experts: unknown parameter of 'shared_bottom'" in res.stderr
     res = _cli("tune", tiny(), "--trials", 2, "--out", tmp_path / "s", check=False)
     assert res.returncode == 2 and "has no [tune] section" in res.stderr
     assert "Traceback" not in res.stderr

@@ -16,6 +16,9 @@ HISTORY_PLOT = "optimization_history.png"
 IMPORTANCE_PLOT = "param_importances.png"
 
 
+_NOTES = ("diverged", "undefined", "surplus")
+
+
 def rows(study, search: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs, seconds, note, then the parameters."""
     out = []
@@ -29,7 +32,7 @@ def rows(study, search: dict[str, Any]) -> list[dict[str, Any]]:
         value = t.value
         if value is None and steps:  # a pruned trial: its last reported value
             value = t.intermediate_values[steps[-1]]
-        note = t.user_attrs.get("diverged") or t.user_attrs.get("undefined") or ""
+        note = next((t.user_attrs[k] for k in _NOTES if k in t.user_attrs), "")
         if "failed_trial" in t.system_attrs:
             note = f"retry of trial {t.system_attrs['failed_trial']}"
         row = {
@@ -39,6 +42,7 @@ def rows(study, search: dict[str, Any]) -> list[dict[str, Any]]:
             "epochs": steps[-1] if steps else "",
             "seconds": "" if seconds is None else f"{seconds:.1f}",
             "note": note,
+            "worker": t.user_attrs.get("worker", ""),
         }
         params = space.decode(search, t.params)
         row.update({key: _cell(params.get(key)) for key in search})
@@ -53,7 +57,7 @@ def _cell(v: Any) -> str:
 def write(study, out: Path, search: dict[str, Any], echo: Callable[[str], None]) -> None:
     table = rows(study, search)
     buf = io.StringIO()
-    fields = ["number", "state", "value", "epochs", "seconds", "note", *search]
+    fields = ["number", "state", "value", "epochs", "seconds", "note", "worker", *search]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)

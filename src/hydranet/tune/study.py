@@ -18,6 +18,7 @@ trial's run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -82,9 +83,11 @@ def tune(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
         verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial instead
+        # our one line per trial instead; and a failed trial is our error line, not its traceback
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
-            study = _open_study(optuna, spec, metric, out, storage)
+            with _exclusive(out / ".open.lock"):
+                study = _open_study(optuna, spec, metric, out, storage)
             _run(optuna, study, spec, metric, out, trials, echo)
             best = _best(study, out, metric, spec.tune.space)
             report.write(study, out, spec.tune.space, echo)
@@ -94,6 +97,24 @@ def tune(
         f"study done: best trial {best.number}, validation {metric.name} {best.value:.4f} -> {best.path}"
     )
     return best
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """One worker at a time opens the study: two that start together otherwise both create
+    its tables (one then fails) and both queue ``tune.enqueue``. The kernel releases the lock
+    of a killed process."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; starting workers one by one works
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _optuna():
@@ -173,6 +194,14 @@ def _run(optuna, study, spec: Spec, metric: Metric, out: Path, total: int, echo)
     mine: list[int] = []
 
     def objective(trial) -> float:
+        # two workers may both have seen room for one more trial; the later one steps back
+        # (a failed trial, not counted) so the study never runs past the total
+        ahead = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        if sum(t.number < trial.number for t in ahead) >= total:
+            trial.set_user_attr("surplus", f"the study had {total} trials finished or running")
+            raise _Surplus
         mine.append(trial.number)
         trial.set_user_attr("worker", worker)
         params = space.suggest(trial, tune.space)
@@ -192,14 +221,19 @@ def _run(optuna, study, spec: Spec, metric: Metric, out: Path, total: int, echo)
             continue
         # a seed per trial: workers sharing the study do not draw the same values
         study.sampler = _sampler(optuna, tune, tune.seed + len(all_trials))
-        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
-        if mine:
+        before = len(mine)
+        study.optimize(objective, n_trials=1, catch=(_Surplus,), gc_after_trial=False)
+        if len(mine) > before:
             _progress(optuna, study, mine[-1], total, metric, echo)
             complete = [
                 t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
             ]
             if complete and study.best_trial.number == mine[-1]:
                 _best(study, out, metric, tune.space)
+
+
+class _Surplus(Exception):
+    """A trial started when the study already had its total finished or running."""
 
 
 def _progress(optuna, study, number: int, total: int, metric: Metric, echo) -> None:
