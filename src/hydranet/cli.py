@@ -194,6 +194,36 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help="new run directory")
     cp.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    tn = sub.add_parser(
+        "tune",
+        help="search the spec's [tune.space] with Optuna; the best trial becomes DIR/best",
+        description="Trains trials of the spec's [tune.space] into DIR/trials/<n>, pruned on their "
+        "per-epoch validation metric. The study lives in DIR/study.db: run the same command again to "
+        "resume it, or in several processes at once to share it. Needs the tune extra: "
+        "pip install 'hydranet[tune]'.",
+    )
+    tn.add_argument("spec")
+    tn.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        metavar="N",
+        help="finished (complete or pruned) trials of the whole study, over every process",
+    )
+    tn.add_argument("--out", required=True, help="the study's directory")
+    tn.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an Optuna RDB URL for workers on several machines (default: sqlite in --out)",
+    )
+    tn.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. train.epochs=2",
+    )
+
     demo = sub.add_parser(
         "demo", help="train the bundled census MMoE example and print test metrics"
     )
@@ -268,37 +298,10 @@ def _load_spec(path: str, overrides: list[str]):
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` in the spec's dict: dotted names, list items by index (``tasks.0.weight``
-    or ``tasks[0].weight``); missing tables on the way are created, list items are not."""
-    parts = key.replace("[", ".").replace("]", "").split(".")
-    if not all(parts):
-        raise UserError(f"--set {key}: malformed key; e.g. train.epochs or tasks[0].weight")
-    node: Any = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            where = ".".join(parts[:depth])
-            if not part.isdigit():
-                raise UserError(
-                    f"--set {key}: {where} is a list; address an item by its index, e.g. {where}.0"
-                )
-            index = int(part)
-            if index >= len(node):
-                raise UserError(
-                    f"--set {key}: index {index} is out of range; {where} has {len(node)} item(s)"
-                )
-            if last:
-                node[index] = value
-            else:
-                if not isinstance(node[index], (dict, list)):
-                    node[index] = {}
-                node = node[index]
-        elif last:
-            node[part] = value
-        else:
-            if not isinstance(node.get(part), (dict, list)):
-                node[part] = {}
-            node = node[part]
+    # the machinery of --set lives beside the Spec: the search space of 'hydranet tune' uses it too
+    from hydranet.spec_keys import assign
+
+    assign(raw, key, value)
 
 
 def _print_table(results: dict[str, dict[str, float]], title: str) -> None:
@@ -480,6 +483,25 @@ def _demo(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from hydranet.tune import tune
+
+    best = tune(_load_spec(args.spec, args.set), args.out, args.trials, storage=args.storage)
+    print(
+        json.dumps(
+            {
+                "best_trial": best.number,
+                "value": best.value,
+                "metric": best.metric,
+                "params": best.params,
+                "run": str(best.path),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def _serve(args) -> int:
     import os
 
@@ -542,6 +564,7 @@ _COMMANDS = {
     "serve": _serve,
     "export": _export,
     "compress": _compress,
+    "tune": _tune,
 }
 
 

@@ -28,6 +28,7 @@ from hydranet.spec_tables import (  # noqa: F401  (the tables are re-exported fr
     FeatureGroupSpec,
     SourceOptions,
     TaskSpec,
+    TuneSpec,
     _Part,
 )
 
@@ -134,6 +135,9 @@ class Spec(_Part):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     balance: BalanceSpec = Field(default_factory=BalanceSpec)
+    tune: TuneSpec | None = Field(
+        None, description="what 'hydranet tune' searches; training ignores it"
+    )
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> Spec:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Part(BaseModel):
@@ -156,3 +156,118 @@ class TaskSpec(_Part):
         if self.columns:
             return list(self.columns)
         return [self.column or self.name]
+
+
+class TuneRange(_Part):
+    """A numeric range of a ``[tune.space]`` key: ints when ``low`` and ``high`` are both ints."""
+
+    low: int | float
+    high: int | float
+    log: bool = Field(False, description="sample on a log scale (low > 0)")
+    step: int | float | None = Field(None, gt=0, description="a grid step (not with log)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("give either log or step, not both")
+        if self.is_int and self.step is not None and not isinstance(self.step, int):
+            raise ValueError(f"an integer range needs an integer step (got {self.step})")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+
+
+_RANGE_KEYS = frozenset(TuneRange.model_fields)
+
+
+class TuneSpec(_Part):
+    """``[tune]``: what ``hydranet tune`` searches (``[tune.space]``) and how."""
+
+    space: dict[str, TuneRange | list[Any]] = Field(
+        description="spec key (as for --set: 'train.lr', 'model.params.num_experts') -> {low, high, log, step} or a list of choices",
+    )
+    metric: str = Field(
+        "mean",
+        description="'mean' (the mean over tasks of each one's validation auc, accuracy, macro_auc or r2), 'task.metric' or 'loss'",
+    )
+    direction: Literal["auto", "maximize", "minimize"] = Field(
+        "auto", description="auto: from the metric (maximize 'mean' and AUCs, minimize losses)"
+    )
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, description="the sampler's seed (trial k samples with seed + k)")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stops trials whose per-epoch validation metric lags the others"
+    )
+    pruner_startup_trials: int = Field(
+        5, ge=0, description="median: finished trials before any trial is pruned"
+    )
+    pruner_warmup_epochs: int = Field(
+        1, ge=0, description="median: epochs a trial trains before it may be pruned"
+    )
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="trials to run first, each a table of space keys and values (a known-good configuration)",
+    )
+    heartbeat_s: int = Field(
+        30,
+        ge=1,
+        description="a running trial's heartbeat; one silent for 2 heartbeats (its worker was killed) is failed and run again",
+    )
+    retries: int = Field(1, ge=0, description="times a trial whose worker died is run again")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _parse_space(cls, value: Any) -> Any:
+        # each entry is checked here, one message per key: pydantic's own errors for a union
+        # (range or list) would name both members for every mistake
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: dict[str, Any]) -> None:
+            # [tune.space] with unquoted dotted keys (train.lr = {...}) arrives as nested tables
+            for key, sub in node.items():
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if isinstance(sub, dict) and sub and not set(sub) & _RANGE_KEYS:
+                    walk(path, sub)
+                else:
+                    flat[path] = sub
+
+        walk("", value)
+        if not flat:
+            raise ValueError(
+                'give at least one key to search, e.g. "train.lr" = {low = 1e-4, high = 1e-2, log = true}'
+            )
+        problems = []
+        for key, dist in flat.items():
+            if isinstance(dist, list):
+                if not dist:
+                    problems.append(f"{key}: an empty list of choices")
+            elif isinstance(dist, dict):
+                try:
+                    flat[key] = TuneRange.model_validate(dist)
+                except ValidationError as e:
+                    problems += [_range_problem(key, err) for err in e.errors()]
+            else:
+                problems.append(
+                    f"{key}: expected {{low, high}} (and log or step) or a list of choices; got {dist!r}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return flat
+
+
+def _range_problem(key: str, err: dict[str, Any]) -> str:
+    where = ".".join([key, *(str(p) for p in err["loc"])])
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key; allowed: {', '.join(sorted(_RANGE_KEYS))}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] != "missing" and not isinstance(err.get("input"), dict):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
