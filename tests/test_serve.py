@@ -312,3 +312,94 @@ def _refuses_connections(url: str) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+# ------------------------------------------------------------------ SIGTERM under keep-alive load
+class _Incomplete(Exception):
+    pass
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bool, bytes]:
+    """(status, whether the server says ``connection: close``, body) of one HTTP/1.1 response."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _Incomplete(data)
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _Incomplete(data)
+        body += chunk
+    return int(lines[0].split()[1]), headers.get("connection") == "close", body
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_keep_alive_load_loses_no_request(tiny_run, tmp_path, workers):
+    """Keep-alive clients send without pause; SIGTERM goes after a count of answers, not a delay.
+    Every request written on an open connection gets a whole response (a client whose new
+    connection is refused is not a lost request), and the server exits 0."""
+    server = Server(tiny_run, tmp_path, "--workers", str(workers))
+    host, port = server.url.removeprefix("http://").split(":")
+    request = _post("/v1/predict", json.dumps({"rows": good_rows(2, seed=5)}).encode())
+    clients, sigterm_after = 8, 300
+    lock = threading.Lock()
+    counts = {"ok": 0, "lost": 0, "refused": 0, "told_to_close": 0, "bad_status": 0}
+    signalled = threading.Event()
+
+    def add(what: str) -> None:
+        with lock:
+            counts[what] += 1
+            # one SIGTERM, as a process manager sends it (a second one after the shutdown
+            # is done would find the default handler back and kill the server)
+            if counts["ok"] >= sigterm_after and not signalled.is_set():
+                signalled.set()
+                server.proc.send_signal(signal.SIGTERM)
+
+    def client() -> None:
+        sock = None
+        while True:
+            if sock is None:
+                try:
+                    sock = socket.create_connection((host, int(port)), timeout=120)
+                except (ConnectionRefusedError, ConnectionResetError):
+                    add("refused")  # the listening socket is closed: the server is gone
+                    return
+            try:
+                sock.sendall(request)
+                status, close, _ = _read_response(sock)
+            except (OSError, _Incomplete):  # written on an open connection, no whole answer
+                add("lost")
+                sock.close()
+                sock = None
+                continue
+            add("ok" if status == 200 else "bad_status")
+            if close:
+                add("told_to_close")
+                sock.close()
+                sock = None
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads), counts
+    code = server.proc.wait(timeout=300)
+    server.stop()
+    log = server.log.read_text()
+    assert counts["lost"] == 0 and counts["bad_status"] == 0, (counts, log[-3000:])
+    assert counts["ok"] >= sigterm_after and counts["refused"] == clients, counts
+    assert code == 0 and "Traceback" not in log, log[-3000:]
