@@ -403,3 +403,80 @@ def test_sigterm_under_keep_alive_load_loses_no_request(tiny_run, tmp_path, work
     assert counts["lost"] == 0 and counts["bad_status"] == 0, (counts, log[-3000:])
     assert counts["ok"] >= sigterm_after and counts["refused"] == clients, counts
     assert code == 0 and "Traceback" not in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ ports, limits, aborts, HEAD
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_port_out_of_range_is_a_one_line_error(tiny_run, port):
+    # 99999 listened on 34463 (the port modulo 65536), 65536 on a random port, -1 a socket error
+    proc = subprocess.run(
+        [sys.executable, "-m", "hydranet", "serve", str(tiny_run), "--port", port],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"hydranet: error: --port must be between 0 and 65535 (0: any free port); got {port}"
+    ], proc.stderr
+    assert "ready" not in proc.stdout
+
+
+def test_default_body_limit_fits_the_default_row_limit_of_census_rows():
+    from hydranet.data.datasets import census
+    from hydranet.serve.app import Settings, _limits_warning
+
+    features = census.NUMERIC + census.CATEGORICAL
+    assert len(features) == 38
+    # 10,000 null rows of census's 38 features are 11.3 MB of JSON (real ones about 15 MB,
+    # 1.5 KB a row): the old 1 MiB default could never take 10,000 of them
+    assert _limits_warning(Settings(), features) is None
+    old = _limits_warning(Settings(max_body_bytes=1 << 20), features)
+    assert old.startswith("--max-rows 10,000 cannot be reached") and "1,048,576" in old, old
+
+
+def test_aborted_and_slow_bodies_head_and_metadata(tiny_run, tmp_path):
+    """A client gone mid-body: 499 in /metrics and one log line, no traceback; a body that
+    stops coming: 408 after --body-timeout-s and the connection closed; HEAD on /healthz and
+    /v1/metadata; the metadata names the run, not its path; limits that cannot both hold: a
+    warning at start."""
+    server = Server(
+        tiny_run, tmp_path, "--body-timeout-s", "2", "--max-rows", "1000",
+        "--max-body-bytes", "20000",
+    )  # fmt: skip
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"rows": good_rows(3, seed=2)}).encode()
+    aborts = 12
+    for _ in range(aborts):
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(_post("/v1/predict", body)[: -len(body) // 2])
+            _wait_until(lambda s=sock: _read_by_peer(s), "the server to read the headers")
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+
+        def counted() -> str:
+            return client.get("/metrics").text
+
+        line = f'hydranet_requests_total{{endpoint="/v1/predict",code="499"}} {aborts}'
+        _wait_until(lambda: line in counted(), "the aborts to be counted")
+        assert 'code="500"' not in counted()
+
+        for path in ("/healthz", "/v1/metadata"):
+            r = client.head(path)
+            assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+
+        meta = client.get("/v1/metadata")
+        assert meta.json()["run"] == {"name": "run", "version": meta.json()["model"]["version"]}
+        assert str(Path(tiny_run).resolve().parent) not in meta.text
+        assert meta.json()["limits"]["body_timeout_s"] == 2
+
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(_post("/v1/predict", body)[:-5])
+        status, close, answer = _read_response(sock)
+        assert status == 408 and close, (status, answer)
+        assert json.loads(answer)["error"]["field"] == "body"
+        assert sock.recv(100) == b""  # closed: the rest of the body is not read as a request
+
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("the client closed the connection before sending the whole body") == aborts
+    warning = [x for x in log.splitlines() if "warning" in x]
+    assert len(warning) == 1 and "--max-rows 1,000 cannot be reached" in warning[0], log
