@@ -103,7 +103,8 @@ def _close(a, b, tol=1e-6) -> bool:
 
 
 def test_server_endpoints_parity_and_graceful_sigterm(tiny_run, tmp_path):
-    server = Server(tiny_run, tmp_path)
+    # the in-flight request below waits for the shutdown with half its body sent: no body timeout
+    server = Server(tiny_run, tmp_path, "--body-timeout-s", "3600")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
 
