@@ -135,6 +135,7 @@ def serve(
 def _check_uvicorn() -> None:
     try:
         import fastapi  # noqa: F401
+        import httptools  # noqa: F401 - the drain subclasses uvicorn's httptools protocol
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError(
@@ -210,7 +211,7 @@ def _draining_protocol() -> type:
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            if self.draining:
+            if self.draining and self.cycle is not None:  # None: an upgrade request
                 self.cycle.keep_alive = False
 
         def shutdown(self) -> None:
