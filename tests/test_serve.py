@@ -103,7 +103,8 @@ def _close(a, b, tol=1e-6) -> bool:
 
 
 def test_server_endpoints_parity_and_graceful_sigterm(tiny_run, tmp_path):
-    server = Server(tiny_run, tmp_path)
+    # the in-flight request below waits for the shutdown with half its body sent: no body timeout
+    server = Server(tiny_run, tmp_path, "--body-timeout-s", "3600")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
 
@@ -312,3 +313,171 @@ def _refuses_connections(url: str) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+# ------------------------------------------------------------------ SIGTERM under keep-alive load
+class _Incomplete(Exception):
+    pass
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bool, bytes]:
+    """(status, whether the server says ``connection: close``, body) of one HTTP/1.1 response."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _Incomplete(data)
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _Incomplete(data)
+        body += chunk
+    return int(lines[0].split()[1]), headers.get("connection") == "close", body
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_keep_alive_load_loses_no_request(tiny_run, tmp_path, workers):
+    """Keep-alive clients send without pause; SIGTERM goes after a count of answers, not a delay.
+    Every request written on an open connection gets a whole response (a client whose new
+    connection is refused is not a lost request), and the server exits 0."""
+    server = Server(tiny_run, tmp_path, "--workers", str(workers))
+    host, port = server.url.removeprefix("http://").split(":")
+    request = _post("/v1/predict", json.dumps({"rows": good_rows(2, seed=5)}).encode())
+    clients, sigterm_after = 8, 300
+    lock = threading.Lock()
+    counts = {"ok": 0, "lost": 0, "refused": 0, "told_to_close": 0, "bad_status": 0}
+    signalled = threading.Event()
+
+    def add(what: str) -> None:
+        with lock:
+            counts[what] += 1
+            # one SIGTERM, as a process manager sends it (a second one after the shutdown
+            # is done would find the default handler back and kill the server)
+            if counts["ok"] >= sigterm_after and not signalled.is_set():
+                signalled.set()
+                server.proc.send_signal(signal.SIGTERM)
+
+    def client() -> None:
+        sock = None
+        while True:
+            if sock is None:
+                try:
+                    sock = socket.create_connection((host, int(port)), timeout=120)
+                except (ConnectionRefusedError, ConnectionResetError):
+                    add("refused")  # the listening socket is closed: the server is gone
+                    return
+            try:
+                sock.sendall(request)
+                status, close, _ = _read_response(sock)
+            except (OSError, _Incomplete):  # written on an open connection, no whole answer
+                add("lost")
+                sock.close()
+                sock = None
+                continue
+            add("ok" if status == 200 else "bad_status")
+            if close:
+                add("told_to_close")
+                sock.close()
+                sock = None
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads), counts
+    code = server.proc.wait(timeout=300)
+    server.stop()
+    log = server.log.read_text()
+    assert counts["lost"] == 0 and counts["bad_status"] == 0, (counts, log[-3000:])
+    assert counts["ok"] >= sigterm_after and counts["refused"] == clients, counts
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ ports, limits, aborts, HEAD
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_port_out_of_range_is_a_one_line_error(tiny_run, port):
+    # 99999 listened on 34463 (the port modulo 65536), 65536 on a random port, -1 a socket error
+    proc = subprocess.run(
+        [sys.executable, "-m", "hydranet", "serve", str(tiny_run), "--port", port],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"hydranet: error: --port must be between 0 and 65535 (0: any free port); got {port}"
+    ], proc.stderr
+    assert "ready" not in proc.stdout
+
+
+def test_default_body_limit_fits_the_default_row_limit_of_census_rows():
+    from hydranet.data.datasets import census
+    from hydranet.serve.app import Settings, _limits_warning
+
+    features = census.NUMERIC + census.CATEGORICAL
+    assert len(features) == 38
+    # 10,000 null rows of census's 38 features are 11.3 MB of JSON (real ones about 15 MB,
+    # 1.5 KB a row): the old 1 MiB default could never take 10,000 of them
+    assert _limits_warning(Settings(), features) is None
+    old = _limits_warning(Settings(max_body_bytes=1 << 20), features)
+    assert old.startswith("--max-rows 10,000 cannot be reached") and "1,048,576" in old, old
+
+
+def test_aborted_and_slow_bodies_head_and_metadata(tiny_run, tmp_path):
+    """A client gone mid-body: 499 in /metrics and one log line, no traceback; a body that
+    stops coming: 408 after --body-timeout-s and the connection closed; HEAD on /healthz and
+    /v1/metadata; the metadata names the run, not its path; limits that cannot both hold: a
+    warning at start."""
+    server = Server(
+        tiny_run, tmp_path, "--body-timeout-s", "2", "--max-rows", "1000",
+        "--max-body-bytes", "20000",
+    )  # fmt: skip
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"rows": good_rows(3, seed=2)}).encode()
+    aborts = 12
+    for _ in range(aborts):
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(_post("/v1/predict", body)[: -len(body) // 2])
+            _wait_until(lambda s=sock: _read_by_peer(s), "the server to read the headers")
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+
+        def counted() -> str:
+            return client.get("/metrics").text
+
+        line = f'hydranet_requests_total{{endpoint="/v1/predict",code="499"}} {aborts}'
+        _wait_until(lambda: line in counted(), "the aborts to be counted")
+        assert 'code="500"' not in counted()
+
+        for path in ("/healthz", "/v1/metadata"):
+            r = client.head(path)
+            assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+
+        meta = client.get("/v1/metadata")
+        assert meta.json()["run"] == {"name": "run", "version": meta.json()["model"]["version"]}
+        assert str(Path(tiny_run).resolve().parent) not in meta.text
+        assert meta.json()["limits"]["body_timeout_s"] == 2
+
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(_post("/v1/predict", body)[:-5])
+        status, close, answer = _read_response(sock)
+        assert status == 408 and close, (status, answer)
+        assert json.loads(answer)["error"]["field"] == "body"
+        assert sock.recv(100) == b""  # closed: the rest of the body is not read as a request
+
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("the client closed the connection before sending the whole body") == aborts
+    warning = [x for x in log.splitlines() if "warning" in x]
+    assert len(warning) == 1 and "--max-rows 1,000 cannot be reached" in warning[0], log

@@ -111,7 +111,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
     sv.add_argument(
-        "--port", type=int, default=8000, help="port (0: any free port; the ready line names it)"
+        "--port",
+        type=int,
+        default=8000,
+        help="port, 0 to 65535 (0: any free port; the ready line names it)",
     )
     sv.add_argument(
         "--backend",
@@ -130,10 +133,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="require this key (file contents) as 'Authorization: Bearer KEY' or 'X-API-Key'; default: $HYDRANET_API_KEY if set, else no key",
     )
     sv.add_argument(
-        "--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)"
+        "--max-body-bytes",
+        type=int,
+        default=32 << 20,
+        help="largest request body (default 32 MiB: 10,000 rows of a census-like model, about 1.5 KB "
+        "of JSON each, fit; the server warns at start if --max-rows rows cannot fit)",
     )
     sv.add_argument(
-        "--max-rows", type=int, default=10_000, help="most rows per request (default 10,000)"
+        "--max-rows",
+        type=int,
+        default=10_000,
+        help="most rows per request (default 10,000; see --max-body-bytes)",
+    )
+    sv.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=10.0,
+        help="a request body not received within this many seconds gets 408 and its connection "
+        "is closed (default 10)",
     )
     sv.add_argument(
         "--batch-wait-ms",
@@ -510,7 +527,12 @@ def _serve(args) -> int:
 
     key = api_key(args.api_key_file, os.environ)
     settings = Settings(
-        args.max_body_bytes, args.max_rows, args.batch_wait_ms, args.max_batch_rows, key
+        args.max_body_bytes,
+        args.max_rows,
+        args.batch_wait_ms,
+        args.max_batch_rows,
+        key,
+        body_timeout_s=args.body_timeout_s,
     ).check()
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1; got {args.threads}")

@@ -9,12 +9,23 @@
   architecture, model and data versions (sha256 of the weights and of
   ``preprocessor.json``), limits.
 * ``GET /healthz``: 200 while the model is running (no key needed, for probes).
+  ``HEAD`` works on it and on ``/v1/metadata`` (the status and headers, no body).
 * ``GET /metrics``: Prometheus text format (see :mod:`hydranet.serve.metrics`).
 
 Every refusal is a JSON body ``{"error": {"status", "message", "field",
 "row", "problems"}}`` with a 4xx status; the checks run cheapest first:
 API key (401), content type (415), body size (413, counted while reading, so
 a chunked body cannot get past it), JSON (400), rows and values (413 / 422).
+A body not received within ``body_timeout_s`` gets 408 and the connection is
+closed; a client that goes away before its whole body arrived is counted as 499
+(nginx's "client closed request") and logged in one line.
+
+Limits: ``max_body_bytes`` (32 MiB) is sized for ``max_rows`` (10,000) rows of a
+census-like model: a Census-Income row of the census example's 38 features is
+about 1,500 bytes of JSON (1,131 with every value null), so 10,000 rows are
+about 15 MB. A server whose ``max_rows`` rows cannot fit in ``max_body_bytes``
+even with every value null says so in a warning when it starts (the smaller
+limit wins; both still work, so it is not refused).
 
 The metadata, health and metrics endpoints (and the JSON 404/405 answers) are a
 FastAPI app. ``POST /v1/predict`` is answered by :class:`HydranetApp` itself, a
@@ -57,16 +68,18 @@ _PATHS = frozenset(e.split()[1] for e in ENDPOINTS)
 _OFFLOAD_BYTES = 64 * 1024
 _DRAIN_FACTOR = 4  # see _read_body
 _JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 log = logging.getLogger("hydranet.serve")
 
 
 @dataclass
 class Settings:
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 32 << 20  # 10,000 census-like rows (about 15 MB) fit: see above
     max_rows: int = 10_000
     batch_wait_ms: float = 0.0
     max_batch_rows: int = 8192
     api_key: str | None = None
+    body_timeout_s: float = 10.0
 
     def check(self) -> Settings:
         from hydranet.errors import UserError
@@ -78,6 +91,10 @@ class Settings:
                 )
         if not 0 <= self.batch_wait_ms <= 1000:
             raise UserError(f"--batch-wait-ms must be between 0 and 1000; got {self.batch_wait_ms}")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise UserError(
+                f"--body-timeout-s must be above 0 and at most 3600; got {self.body_timeout_s}"
+            )
         if self.api_key is not None and not self.api_key:
             raise UserError("the API key is empty; put the key in the file or in HYDRANET_API_KEY")
         return self
@@ -102,6 +119,7 @@ class HydranetApp:
         self._key = self.settings.api_key.encode() if self.settings.api_key else None
         self._version = predictor.model_version.encode()
         self.fastapi = self._build_fastapi()
+        self.limits_warning = _limits_warning(self.settings, self._feature_names)
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None):
@@ -131,6 +149,11 @@ class HydranetApp:
                 await self.fastapi(scope, receive, send_and_note)
         except _ClientGone:
             status = 499  # nginx's "client closed request": nobody to answer
+            log.warning(
+                "%s %s: the client closed the connection before sending the whole body",
+                scope["method"],
+                path[:200],
+            )
         finally:
             self.metrics.observe_request(
                 path if path in _PATHS else "other", status, time.perf_counter() - start
@@ -149,9 +172,19 @@ class HydranetApp:
                     f"content-type: expected application/json; got {media or 'none'!r}",
                     field="content-type",
                 )
-            body = await _read_body(
-                receive, headers.get("content-length", ""), self.settings.max_body_bytes
-            )
+            try:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    body = await _read_body(
+                        receive, headers.get("content-length", ""), self.settings.max_body_bytes
+                    )
+            except TimeoutError:
+                # the rest of the body may still come: close rather than read it as a request
+                extra.append(_CLOSE)
+                raise RequestError(
+                    408,
+                    f"body: not received within {self.settings.body_timeout_s:g} s (--body-timeout-s)",
+                    field="body",
+                ) from None
             rows = (
                 await asyncio.to_thread(self._parse, body)
                 if len(body) > _OFFLOAD_BYTES
@@ -164,6 +197,8 @@ class HydranetApp:
             status, payload = e.status, json.dumps(e.to_dict()).encode()
             if e.status == 401:
                 extra.append((b"www-authenticate", b'Bearer realm="hydranet"'))
+        except _ClientGone:  # not a bug: counted as 499 by the caller, no answer to send
+            raise
         except Exception:  # a bug: answer 500 (never a validation problem), keep the traceback
             log.exception("POST /v1/predict failed")
             status, payload = (
@@ -203,12 +238,15 @@ class HydranetApp:
     # ------------------------------------------------------------ everything else
     def _build_fastapi(self) -> FastAPI:
         batcher, metrics = self.batcher, self.metrics
+        described = self.predictor.metadata()
+        self._feature_names = [f["name"] for f in described["features"]]
         metadata = {
             "hydranet_version": hydranet.__version__,
-            **self.predictor.metadata(),
+            **described,
             "limits": {
                 "max_rows": self.settings.max_rows,
                 "max_body_bytes": self.settings.max_body_bytes,
+                "body_timeout_s": self.settings.body_timeout_s,
             },
             "auth": self._key is not None,
         }
@@ -221,7 +259,9 @@ class HydranetApp:
             openapi_url=None,
         )
 
-        @app.get("/healthz")
+        # HEAD as well as GET, for probes and load balancers that check with HEAD
+        # (FastAPI, unlike Starlette, does not add it to a GET route)
+        @app.api_route("/healthz", methods=["GET", "HEAD"])
         async def healthz() -> Response:
             ok = batcher.running
             return JSONResponse(
@@ -233,7 +273,7 @@ class HydranetApp:
             self.authorize(request.headers.get)
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-        @app.get("/v1/metadata")
+        @app.api_route("/v1/metadata", methods=["GET", "HEAD"])
         async def meta(request: Request) -> Response:
             self.authorize(request.headers.get)
             return JSONResponse(metadata)
@@ -277,6 +317,23 @@ def create_app(
 
 class _ClientGone(Exception):
     pass
+
+
+def _limits_warning(settings: Settings, features: list[str]) -> str | None:
+    """Why ``max_rows`` can never be reached under ``max_body_bytes``, or None.
+
+    The smallest body of ``max_rows`` rows has every value null and no spaces.
+    """
+    row = 2 + sum(len(json.dumps(f)) + 5 for f in features) + max(len(features) - 1, 0)
+    smallest = len('{"rows":[]}') + settings.max_rows * (row + 1) - 1
+    if smallest <= settings.max_body_bytes:
+        return None
+    return (
+        f"--max-rows {settings.max_rows:,} cannot be reached: {settings.max_rows:,} rows of this "
+        f"model's {len(features)} features take at least {smallest:,} bytes of JSON (every "
+        f"value null), over --max-body-bytes {settings.max_body_bytes:,}; raise --max-body-bytes "
+        f"or lower --max-rows"
+    )
 
 
 async def _read_body(receive, declared: str, limit: int) -> bytes:

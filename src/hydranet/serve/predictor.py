@@ -224,7 +224,8 @@ class Predictor:
         if isinstance(self.backend, TorchBackend):
             model["parameters"] = sum(p.numel() for p in self.backend.model.parameters())
         return {
-            "run": {"name": self.spec.name, "path": str(self.path)},
+            # the directory's name, not its path: a client need not learn the server's file layout
+            "run": {"name": Path(self.path).resolve().name, "version": self.model_version},
             "model": model,
             "data": {"version": self.data_version, "rows_seen": prep.n_rows_seen_},
             "tasks": [task_output(t) for t in self.tasks],

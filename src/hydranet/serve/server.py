@@ -18,22 +18,43 @@ supervises: on SIGTERM or Ctrl+C it passes SIGTERM on and waits for every
 worker to finish its requests; if a worker dies, the others are stopped and
 ``hydranet serve`` exits 1 naming it (a process manager restarts the server).
 
-Shutdown: on SIGTERM (or Ctrl+C) uvicorn stops accepting connections, lets the
-requests in flight finish (their micro-batches included: the batcher stops
-only in the lifespan shutdown that follows), then returns. uvicorn re-raises
-the signal it caught once it is done; a no-op SIGTERM handler installed here
-receives it, so ``hydranet serve`` exits 0 after a SIGTERM instead of dying by
-the signal.
+Shutdown (SIGTERM or Ctrl+C) loses no request that reached the server:
+
+1. No new connection completes: on Linux a socket filter that drops every
+   packet is attached to the listening socket, so the kernel stops completing
+   handshakes (a client's new connection waits, then is refused once the socket
+   closes). Without it, connections the kernel completed but nobody accepted
+   yet were reset when the socket closed: their clients had seen the
+   connection open and had written a request.
+2. The kernel's accept queue is emptied (the event loop accepts what is in it;
+   the filter keeps it from refilling), then the listening socket is closed.
+   With ``--workers N`` the workers share one socket; the parent closes its
+   copy once they have started, so the last worker to stop closes it.
+3. Every request already read is answered (micro-batches included: the
+   batcher stops only in the lifespan shutdown that follows), with
+   ``Connection: close``; so is every request that arrives on an open
+   keep-alive connection during the drain. A connection idle at the signal (or
+   accepted during the drain) is closed after ``_DRAIN_IDLE_S`` without a
+   request: uvicorn closed idle connections at once, racing a request the
+   client was writing at that moment. A half-sent body ends with a 408 after
+   ``--body-timeout-s``.
+
+uvicorn re-raises the signal it caught once it is done; a no-op SIGTERM handler
+installed here receives it, so ``hydranet serve`` exits 0 after a SIGTERM
+instead of dying by the signal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
 import signal
 import socket
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -48,6 +69,12 @@ from hydranet.serve.predictor import Predictor
 from hydranet.serve.validate import check_servable
 
 _STOP_TIMEOUT_S = 40  # uvicorn's graceful shutdown gets 30
+# a connection idle when the drain starts gets this long to send a request (answered with
+# Connection: close) before it is closed: a client that has just read its previous answer
+# is usually writing the next request, which an immediate close would reset
+_DRAIN_IDLE_S = 1.0
+_ACCEPT_QUEUE_WAIT_S = 5.0  # the event loop empties the accept queue in microseconds; a bound
+_SO_ATTACH_FILTER = 26  # Linux, <asm-generic/socket.h>; Python's socket module lacks the name
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,9 @@ def serve(
     loaded raises UserError (with several workers, once the first worker reports it).
     """
     _check_uvicorn()
+    # checked before the model loads; bind() would take a port modulo 65536, -1 fails in C
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535 (0: any free port); got {port}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1; got {workers}")
     # one worker loads here (a broken run fails before binding); with several, each worker
@@ -105,6 +135,7 @@ def serve(
 def _check_uvicorn() -> None:
     try:
         import fastapi  # noqa: F401
+        import httptools  # noqa: F401 - the drain subclasses uvicorn's httptools protocol
         import uvicorn  # noqa: F401
     except ImportError:
         raise UserError(
@@ -120,11 +151,17 @@ def _run_uvicorn(
     access_log: bool,
     on_ready: Callable[[str], None] | None,
     url: str,
+    say_limits: bool = True,
 ) -> None:
     import uvicorn
 
+    app = create_app(predictor, settings, metrics)
+    if say_limits and app.limits_warning:
+        print(f"hydranet serve: warning: {app.limits_warning}", file=sys.stderr, flush=True)
+    protocol = _draining_protocol()
     config = uvicorn.Config(
-        create_app(predictor, settings, metrics),
+        app,
+        http=protocol,
         log_level="warning",
         access_log=access_log,
         lifespan="on",
@@ -141,11 +178,95 @@ def _run_uvicorn(
                 if on_ready is not None:
                     on_ready(url)
 
+        async def shutdown(self, sockets=None):
+            protocol.draining = True
+            if _refuse_handshakes(sock):
+                await _empty_accept_queue(sock)
+            await super().shutdown(sockets)
+
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         _Server(config).run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _draining_protocol() -> type:
+    """uvicorn's httptools protocol, changed for the drain (see the module docstring).
+
+    uvicorn's own shutdown closes a connection that is between requests at once; here it
+    gets ``_DRAIN_IDLE_S`` to send one more request, answered with ``Connection: close``.
+    ``draining`` is set on the class (one per server) so that connections accepted from
+    the queue during the drain get the same treatment.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class DrainingProtocol(HttpToolsProtocol):
+        draining = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if self.draining:
+                self._close_if_idle_for(_DRAIN_IDLE_S)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self.draining and self.cycle is not None:  # None: an upgrade request
+                self.cycle.keep_alive = False
+
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self._close_if_idle_for(_DRAIN_IDLE_S)
+            else:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle_for(self, seconds: float) -> None:
+            # the keep-alive timer: a request arriving cancels it (data_received), and its
+            # answer then closes the connection (keep_alive is off while draining)
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                min(seconds, self.timeout_keep_alive), self.timeout_keep_alive_handler
+            )
+
+    return DrainingProtocol
+
+
+def _refuse_handshakes(sock: socket.socket) -> bool:
+    """Stop the kernel completing new connections on ``sock``; False where that cannot be done.
+
+    A classic BPF filter of one instruction, "return 0" (keep no byte of the packet), drops
+    every SYN and handshake ACK to the listening socket (Linux applies a listener's filter
+    before its TCP processing). Connections already in the accept queue, and accepted ones,
+    are not affected. The filter belongs to the socket, so it holds for every worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    program = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
+    fprog = struct.pack("HL", 1, ctypes.addressof(program))  # struct sock_fprog, native layout
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
+
+
+async def _empty_accept_queue(sock: socket.socket) -> None:
+    """Let the event loop accept every connection the kernel has completed on ``sock``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _ACCEPT_QUEUE_WAIT_S
+    while _accept_queue_length(sock) and loop.time() < deadline:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0)  # the protocols of the last accepted connections are made
+
+
+def _accept_queue_length(sock: socket.socket) -> int:
+    # Linux's tcp_info of a listening socket: tcpi_unacked (offset 24) is the accept queue
+    # length, as `ss -l` shows it in Recv-Q
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return 0
+    return struct.unpack_from("I", info, 24)[0]
 
 
 def freeze_startup_heap() -> None:
@@ -195,6 +316,7 @@ def _worker(
         access_log,
         lambda url: ready.send(("ready", slot, "")),
         url="",
+        say_limits=slot == 0,
     )
 
 
@@ -231,6 +353,9 @@ def _supervise(
             )
             p.start()
             procs.append(p)
+        # the workers hold the listening socket now; without the parent's copy it closes
+        # when the last worker stops, so no connection waits in it for nobody
+        sock.close()
         waiting = set(range(workers))
         while not stopping:
             ended = wait([*(p.sentinel for p in procs), ready], timeout=0.5)
