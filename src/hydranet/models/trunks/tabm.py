@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import tabm
 import torch
 
 from hydranet.models.blocks import activation as activation_module
@@ -68,6 +67,11 @@ class TabM(Trunk):
         arch_type: str = "tabm",
         scaling_init: str = "random-signs",
     ):
+        # imported here, not with the module: tabm imports rtdl_num_embeddings and so
+        # scikit-learn, which sets KMP_* environment variables at import, and importing
+        # hydranet's modules changes nothing about the process (tests/test_side_effects.py)
+        import tabm
+
         super().__init__(input_dim, tasks)
         self.k, self.d_block = k, d_block
         self.ensemble_view = tabm.EnsembleView(k=k)  # [B, in] -> [B, k, in], a view
