@@ -372,3 +372,15 @@ def test_numeric_values_beyond_float32_are_refused_at_fit_unless_log1p():
         NumericGroup("numeric", ["a", "b"]).partial_fit(table)
     group = NumericGroup("numeric", ["a", "b"], log1p=["a"]).partial_fit(table).finish()
     assert np.isfinite(group.transform(table).numpy()).all()
+
+
+def test_numeric_transform_refuses_values_beyond_float32_once_scaled():
+    # a validation or test split holding 1e300 (training's fit did not see it): an error naming
+    # the column and the row, not inf features and NaN metrics
+    from hydranet.features.numeric import NumericGroup
+
+    group = NumericGroup("numeric", ["a"]).partial_fit(pa.table({"a": [1.0, 2.0, 3.0]})).finish()
+    with pytest.raises(
+        DataError, match=r"numeric column 'a' has 1 value\(s\) too large.*row 2: 1e\+300"
+    ):
+        group.transform(pa.table({"a": [1.0, 1e300, 2.0]}))

@@ -129,6 +129,15 @@ class NumericGroup(FeatureGroup):
             x -= self.mean_[j]
             x /= self.scale_[j]
             x[miss] = 0.0
+            big = np.abs(x) > _FLOAT32_MAX
+            if big.any():
+                # would be inf in float32 and its row's predictions NaN: the row encoders that
+                # predict and the server use refuse it too
+                r = int(np.flatnonzero(big)[0])
+                raise DataError(
+                    f"numeric column {name!r} has {int(big.sum()):,} value(s) too large for the "
+                    f"model once scaled (row {r + 1}: {float(x[r] * self.scale_[j] + self.mean_[j]):g})"
+                )
             out[j] = x
             if self.missing_indicator_[j]:
                 out[flag] = miss
