@@ -24,7 +24,7 @@ def _with(**patch):
 def test_defaults_are_filled():
     spec = Spec.from_dict(BASE)
     assert spec.model.architecture == "mmoe"
-    assert spec.train.batch_size == 1024
+    assert spec.train.batch_size == "auto" and spec.train.epochs == "auto"
     assert spec.balance.method == "ew"
     assert spec.tasks[0].label_columns == ["y"]
 

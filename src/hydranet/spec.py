@@ -15,7 +15,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -89,8 +89,14 @@ class ScheduleSpec(_Part):
 
 
 class TrainSpec(_Part):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(1024, ge=1)
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="passes over the training data; auto: from the training row count (hydranet plan says what)",
+    )
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="rows per step (the global batch under --nproc); auto: from the training row count",
+    )
     eval_batch_size: int = Field(65536, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
@@ -470,8 +476,9 @@ def _parse_error(e: Exception) -> tuple[str, str]:
 # pydantic's prefixes of a validator's ValueError / AssertionError message
 _PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 # a loc part naming the member of a union a value was tried against ('str', 'list[str]',
-# "literal['*']"); pydantic reports one error per member, merged here into one
-_UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none|[a-z-]+\[.*\])$")
+# "literal['*']", 'constrained-int' for an int with bounds); pydantic reports one error per
+# member, merged here into one
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|bytes|none|constrained-[a-z]+|[a-z-]+\[.*\])$")
 
 
 def _problems(err: ValidationError, root: type[BaseModel]) -> list[tuple[str, str]]:

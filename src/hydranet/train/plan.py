@@ -10,14 +10,18 @@ from hydranet.spec import Spec
 def plan(spec: Spec) -> str:
     from hydranet.models.build import build_model
     from hydranet.train.builders import build_balancer, fit_encoders
-    from hydranet.train.prepare import prepare, resolve_spec
+    from hydranet.train.prepare import prepare, resolve_auto_sizes, resolve_spec
 
     spec = resolve_spec(spec)
     torch_seed(spec.train.seed)
     tasks, prep, splits = prepare(spec)
+    spec, chosen = resolve_auto_sizes(spec, len(splits["train"]))
     model = build_model(spec, prep, tasks, fit_encoders(spec, prep, tasks, splits["train"]))
     build_balancer(spec)  # fails here, not mid-training, on bad balance params
-    lines = ["# resolved spec", json.dumps(spec.to_dict(), indent=2), "", "# model"]
+    lines = ["# resolved spec", json.dumps(spec.to_dict(), indent=2), ""]
+    if chosen:
+        lines += ["# chosen", *(f"  {c}" for c in chosen), ""]
+    lines.append("# model")
     summary = model.parameter_summary()
     width = max(len(k) for k in summary)
     for part, n in summary.items():

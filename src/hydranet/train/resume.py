@@ -66,7 +66,7 @@ def resume_spec(
     # paths relative to the current directory: what runs written before spec.json stored
     # absolute paths meant
     ours = Spec.from_dict(rundir.read_json(path), source=str(path)).absolute_paths(cwd)
-    given = given.absolute_paths(cwd)
+    given = _recorded_sizes(given.absolute_paths(cwd), ours)
     diffs = _differences(ours.to_dict(), given.to_dict())
     if any(key not in RESUMABLE_KEYS for key, _, _ in diffs):
         # the run's spec is resolved (a bundled dataset's paths, '*' expanded): so must this be
@@ -104,6 +104,16 @@ def resume_spec(
                 f"cannot resume {out} with train.epochs = {epochs}: it has trained {done} epochs already"
             )
     return spec, changed
+
+
+def _recorded_sizes(given: Spec, ours: Spec) -> Spec:
+    """``given`` with an ``"auto"`` train.batch_size / train.epochs as the run chose it at its
+    start (recorded in its spec.json): a resume never decides them again."""
+    keep = {k: getattr(ours.train, k) for k in ("batch_size", "epochs")}
+    update = {k: v for k, v in keep.items() if getattr(given.train, k) == "auto"}
+    if not update:
+        return given
+    return given.model_copy(update={"train": given.train.model_copy(update=update)})
 
 
 def record_changes(out: Path, spec: Spec, changed: dict[str, tuple[Any, Any]]) -> None:

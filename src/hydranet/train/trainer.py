@@ -47,7 +47,7 @@ from hydranet.train.callbacks import (
 from hydranet.train.distributed import Distributed, ShardedLoader, is_main_process
 from hydranet.train.graph import GraphedStep, blockers
 from hydranet.train.optim import build_optimizer, build_scheduler, device_lr_
-from hydranet.train.prepare import Split, prepare, resolve_spec, split_rows
+from hydranet.train.prepare import Split, prepare, resolve_auto_sizes, resolve_spec, split_rows
 from hydranet.train.progress import Progress
 from hydranet.train.resume import RunFinished, position, record_changes, resume_spec
 from hydranet.train.state_io import load_state, save_state
@@ -157,6 +157,10 @@ def _setup(
     if spec.train.deterministic:
         torch.use_deterministic_algorithms(True)
     tasks, prep, splits = prepare(spec)
+    # a resumed run's spec holds the numbers its first start chose: nothing is auto any more
+    spec, chosen = resolve_auto_sizes(spec, len(splits["train"]))
+    if chosen:
+        dist.on_main(lambda: print("\n".join(f"hydranet: {c}" for c in chosen), file=sys.stderr))
     check_early_stopping(spec, tasks, splits)
     if resume:
         encoder_states = rundir.read_encoder_states(out)
