@@ -119,6 +119,22 @@ def test_census_encoders_smoke(tmp_path, real_results_untouched):
     assert again == records
 
 
+def test_census_tuned_smoke(tmp_path, real_results_untouched):
+    import census_tuned
+
+    results = _results(tmp_path)
+    argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    records = census_tuned.main(argv)["records"]
+    # both shipped specs train (piecewise-linear bins, embedding 16) and pair up for Δm%
+    assert sorted(r["model"] for r in records) == ["mmoe", "single_task"]
+    for r in records:
+        assert 0.0 <= r["test"]["income"] <= 1.0 and r["parameters"] > 0
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END census-tuned -->" in text
+    assert "Δm% of the MMoE against the single-task models, paired by seed" in text
+    assert census_tuned.main([*argv, "--report-only"])["records"] == records
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs the bench extra")
 def test_synthetic_correlation_smoke(tmp_path, real_results_untouched):
     import synthetic_correlation
