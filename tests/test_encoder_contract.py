@@ -225,3 +225,18 @@ def test_tree_bins_on_a_sample_use_the_sampled_rows_labels(monkeypatch):
     assert len(state["bins"]) == 2
     (inner,) = state["bins"][0][1:-1]  # one split on the first column, at the step
     assert abs(inner - 0.3) < 0.1, state["bins"][0]
+
+
+def test_piecewise_linear_says_nothing_of_a_column_with_one_bin():
+    # capital gains: 0 in most rows, so its quantiles collapse into one bin; rtdl's multi-line
+    # UserWarning (naming a position, asking nothing of the user) is not passed on
+    import warnings
+
+    cls = ENCODERS.get("piecewise_linear")
+    x = torch.zeros(1000, 2)
+    x[:3, 0] = torch.tensor([5.0, 7.0, 9.0])
+    x[:, 1] = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = cls.fit_state({"kind": "numeric", "width": 2}, x, cls.with_defaults({}), None)
+    assert len(state["bins"][0]) == 2 and len(state["bins"][1]) > 2
