@@ -10,6 +10,10 @@ there. The table gives mean ± std and best test AUC per task and, per seed, the
 from the identity encoder of the same seed.
 
     .venv/bin/python benchmarks/census_encoders.py --seeds 3
+    .venv/bin/python benchmarks/census_encoders.py --seeds 1 --trunks single_task shared_bottom cgc ple cross_stitch
+
+``--trunks`` measures the encoders under other trunks (census_paper.py's parameters for
+each); the MMoE rows are the example's own trunk.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+from census_paper import SMOKE_PARAMS, TRUNK_PARAMS  # noqa: E402
 
 SECTION = "census-encoders"
 TASKS = ("income", "marital")
@@ -33,33 +38,42 @@ ENCODERS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_one(data: dict, encoder: str, args, seed: int, work: Path) -> dict[str, Any]:
+def _trunk(record: dict[str, Any]) -> str:
+    return record.get("trunk", "mmoe")  # records written before --trunks existed are MMoE's
+
+
+def run_one(
+    data: dict, encoder: str, args, seed: int, work: Path, trunk: str = "mmoe"
+) -> dict[str, Any]:
     import hydranet
     from hydranet.spec import Spec
 
     spec = C.census_spec(
         data,
-        "mmoe",
-        {"num_experts": 2, "expert_hidden": [4]}
-        if args.smoke
-        else {"num_experts": 8, "expert_hidden": [16]},
+        trunk,
+        (SMOKE_PARAMS if args.smoke else TRUNK_PARAMS)[trunk],
         epochs=args.epochs,
         seed=seed,
         device=args.device,
         threads=args.threads,
     )
     raw = spec.to_dict()
-    raw["name"] = f"census_{encoder}_s{seed}"
+    raw["name"] = f"census_{trunk}_{encoder}_s{seed}"
     raw["model"]["encoders"] = {"numeric": {"name": encoder, "params": ENCODERS[encoder]}}
     spec = Spec.from_dict(raw, source="census_encoders")
-    out = work / "runs" / f"{encoder}_s{seed}"
+    out = (
+        work / "runs" / (f"{encoder}_s{seed}" if trunk == "mmoe" else f"{trunk}_{encoder}_s{seed}")
+    )
     if out.exists():  # an interrupted attempt (finished pairs are skipped)
         shutil.rmtree(out)
     t0 = time.perf_counter()
     run = hydranet.train(spec, out, progress=False)
     final = run.final_metrics
     summary = run.model.parameter_summary()
+    speeds = [r["rows_per_s"] for r in run.metrics_log if r.get("rows_per_s")]
     return {
+        "trunk": trunk,
+        "rows_per_s": sum(speeds) / len(speeds) if speeds else None,
         "encoder": encoder,
         "seed": seed,
         "test": {t: final["test"][t]["auc"] for t in TASKS},
@@ -71,13 +85,17 @@ def run_one(data: dict, encoder: str, args, seed: int, work: Path) -> dict[str, 
 
 
 def render(records: list[dict[str, Any]], encoders: list[str], args, command: str) -> str:
-    base = {r["seed"]: r for r in records if r["encoder"] == "identity"}
+    trunks = list(dict.fromkeys(["mmoe", *sorted({_trunk(r) for r in records})]))
     rows = []
-    for enc in encoders:
-        rs = sorted((r for r in records if r["encoder"] == enc), key=lambda r: r["seed"])
+    for trunk, enc in ((t, e) for t in trunks for e in encoders):
+        base = {r["seed"]: r for r in records if r["encoder"] == "identity" and _trunk(r) == trunk}
+        rs = sorted(
+            (r for r in records if r["encoder"] == enc and _trunk(r) == trunk),
+            key=lambda r: r["seed"],
+        )
         if not rs:
             continue
-        row: list[Any] = [f"`{enc}`", len(rs), f"{rs[0]['parameters']['encoder']:,}"]
+        row: list[Any] = [f"`{trunk}`", f"`{enc}`", len(rs), f"{rs[0]['parameters']['encoder']:,}"]
         for t in TASKS:
             vals = [r["test"][t] for r in rs]
             mean, std = C.mean_std(vals)
@@ -86,24 +104,29 @@ def render(records: list[dict[str, Any]], encoders: list[str], args, command: st
             r["test"]["income"] - base[r["seed"]]["test"]["income"] for r in rs if r["seed"] in base
         ]
         row.append("—" if enc == "identity" or not diffs else f"{C.mean_std(diffs)[0]:+.4f}")
+        speeds = [r["rows_per_s"] for r in rs if r.get("rows_per_s")]
+        row.append(f"{C.mean_std(speeds)[0]:,.0f}" if speeds else "")
         row.append(f"{C.mean_std([r['seconds'] / 60 for r in rs])[0]:.1f}")
         rows.append(row)
     table = C.markdown_table(
         [
+            "trunk",
             "numeric encoder",
             "seeds",
             "encoder params",
             "test income AUC",
             "test marital AUC",
             "income AUC − identity (paired by seed)",
+            "training rows/s",
             "minutes per run",
         ],
         rows,
     )
     per_seed = C.markdown_table(
-        ["encoder", "seed", "test income AUC", "test marital AUC", "epochs"],
+        ["trunk", "encoder", "seed", "test income AUC", "test marital AUC", "epochs"],
         [
             [
+                _trunk(r),
                 r["encoder"],
                 r["seed"],
                 f"{r['test']['income']:.4f}",
@@ -113,6 +136,7 @@ def render(records: list[dict[str, Any]], encoders: list[str], args, command: st
             for r in sorted(
                 records,
                 key=lambda r: (
+                    trunks.index(_trunk(r)),
                     encoders.index(r["encoder"]) if r["encoder"] in encoders else 99,
                     r["seed"],
                 ),
@@ -126,7 +150,8 @@ def render(records: list[dict[str, Any]], encoders: list[str], args, command: st
             C.provenance(command, device=args.device, threads=args.threads),
             "",
             "examples/census.toml (MMoE 8 x 16, early stopping on validation income AUC, up to "
-            f"{args.epochs} epochs) with only `[model.encoders.numeric]` and the seed changed; "
+            f"{args.epochs} epochs) with only `[model.encoders.numeric]` and the seed changed "
+            "(other trunks: census_paper.py's parameters for them); "
             "`piecewise_linear` and `periodic` are `rtdl_num_embeddings` with its defaults "
             "(48 quantile bins, d = 8; 48 frequencies, d = 24, PLR).",
             "",
@@ -146,6 +171,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    p.add_argument(
+        "--trunks",
+        nargs="+",
+        default=["mmoe"],
+        choices=list(TRUNK_PARAMS),
+        help="trunks to measure (census_paper.py's parameters; default mmoe)",
+    )
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -156,17 +188,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = C.census_data(args.smoke, work)
     records = C.read_jsonl(log) if log.exists() else []
     if not args.report_only:
-        for seed in range(args.seeds):
-            for enc in args.encoders:
-                if any(r["encoder"] == enc and r["seed"] == seed for r in records):
-                    continue
-                rec = run_one(data, enc, args, seed, work)
-                print(
-                    f"{enc} seed {seed}: " + ", ".join(f"{t} {rec['test'][t]:.4f}" for t in TASKS),
-                    flush=True,
-                )
-                C.append_jsonl(log, rec)
-                records.append(rec)
+        for seed, trunk, enc in (
+            (s, t, e) for s in range(args.seeds) for t in args.trunks for e in args.encoders
+        ):
+            if any(
+                r["encoder"] == enc and r["seed"] == seed and _trunk(r) == trunk for r in records
+            ):
+                continue
+            rec = run_one(data, enc, args, seed, work, trunk)
+            print(
+                f"{trunk} {enc} seed {seed}: "
+                + ", ".join(f"{t} {rec['test'][t]:.4f}" for t in TASKS),
+                flush=True,
+            )
+            C.append_jsonl(log, rec)
+            records.append(rec)
     command = C.report_command(argv, args.report_only, "re-rendered")
     body = render(records, args.encoders, args, command)
     print(C.write_section(C.results_path(args), SECTION, body))

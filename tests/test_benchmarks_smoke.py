@@ -117,6 +117,10 @@ def test_census_encoders_smoke(tmp_path, real_results_untouched):
     # re-running skips the (encoder, seed) pairs already in results.jsonl
     again = census_encoders.main([*argv, "--report-only"])["records"]
     assert again == records
+    # another trunk: its rows beside MMoE's, paired with its own identity run
+    more = census_encoders.main([*argv, "--trunks", "single_task", "--encoders", "identity"])
+    assert sorted(r.get("trunk", "mmoe") for r in more["records"]).count("single_task") == 1
+    assert "| `single_task` | `identity` | 1 |" in results.read_text()
 
 
 def test_census_tuned_smoke(tmp_path, real_results_untouched):
