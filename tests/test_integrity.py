@@ -409,3 +409,18 @@ def test_api_load_reads_a_table(trained):
     run = Run.load(trained["run"])
     preds = run.predict(pq.read_table(trained["test"]))
     assert isinstance(preds, pa.Table) and preds.num_rows == 200
+
+
+def test_weights_are_as_readable_as_the_runs_other_files(trained):
+    # safetensors creates its files 0600: a server running as another user could read the
+    # run's JSON but not its weights
+    run = Path(trained["run"])
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["spec.json"] == 0o666 & ~_current_umask(), modes
+    assert modes.get("checkpoint.safetensors", modes["spec.json"]) == modes["spec.json"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

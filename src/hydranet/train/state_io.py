@@ -14,6 +14,7 @@ one rename, so the digest cannot go out of step with what it covers. Files witho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,14 @@ def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
     return h.hexdigest()
 
 
+@functools.cache
+def _umask() -> int:
+    # the only way to read it is to set it; set back at once (read once per process)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save_tensors(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
@@ -83,6 +92,9 @@ def atomic_save_tensors(
     metadata = dict(metadata or {})
     metadata[_DIGEST_KEY] = tensors_digest(tensors, metadata)
     save_file(tensors, str(tmp), metadata=metadata)
+    # safetensors creates its file 0600; the run's other files get the usual umask mode, and
+    # weights only their owner can read stopped a server running as another user
+    os.chmod(tmp, 0o666 & ~_umask())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
