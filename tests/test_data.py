@@ -384,3 +384,16 @@ def test_numeric_transform_refuses_values_beyond_float32_once_scaled():
         DataError, match=r"numeric column 'a' has 1 value\(s\) too large.*row 2: 1e\+300"
     ):
         group.transform(pa.table({"a": [1.0, 1e300, 2.0]}))
+
+
+def test_infinite_numeric_values_are_refused_in_training_as_in_predict():
+    # predict and the server refuse inf; a model trained with inf read as missing would be
+    # asked, once served, about rows it refuses
+    from hydranet.features.numeric import NumericGroup
+
+    table = pa.table({"a": [1.0, float("inf"), 2.0, float("-inf")], "b": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(DataError, match=r"numeric column 'a' has 2 infinite value\(s\)"):
+        NumericGroup("numeric", ["a", "b"]).partial_fit(table)
+    group = NumericGroup("numeric", ["a"]).partial_fit(pa.table({"a": [1.0, None, 2.0]})).finish()
+    with pytest.raises(DataError, match=r"numeric column 'a' has 1 infinite value"):
+        group.transform(pa.table({"a": [1.0, float("inf")]}))

@@ -145,12 +145,21 @@ class NumericGroup(FeatureGroup):
         return torch.from_numpy(out).T.contiguous()
 
     def _values(self, table: Columnar, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """float64 values after log1p, and the missing mask (null or not finite)."""
+        """float64 values after log1p, and the missing mask (null or NaN); an infinite value is
+        a DataError."""
         col = table.column(name)
         why = self.column_problem(name, col.type)
         if why:
             raise DataError(f"numeric column {name!r} {why}")
         x = float_values(col)
+        n_inf = int(np.isinf(x).sum())
+        if n_inf:
+            # predict and the server refuse an infinite value; training taking it as missing
+            # would learn from rows the served model can never be asked about
+            raise DataError(
+                f"numeric column {name!r} has {n_inf:,} infinite value(s); replace them with "
+                "null (missing) or a finite value"
+            )
         if name in self.log1p:
             x = np.sign(x) * np.log1p(np.abs(x))
         return x, ~np.isfinite(x)
