@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydranet.data.datasets import census, synthetic
+from hydranet.data.datasets import census, emoji, synthetic
 from hydranet.errors import UserError
 from hydranet.registry import Registry
 
@@ -72,6 +72,16 @@ DATASETS.add(
         build=census.prepare,
         numeric=list(census.NUMERIC),
         categorical=list(census.CATEGORICAL),
+    ),
+)
+DATASETS.add(
+    "emoji",
+    BundledDataset(
+        name="emoji",
+        description="Twemoji 64px images with names (npm emoji-datasource-twitter); tasks category, subcategory, skin_tones",
+        build=emoji.prepare,
+        numeric=list(emoji.NUMERIC),
+        categorical=[],
     ),
 )
 DATASETS.add(
