@@ -5,8 +5,8 @@ once with ``npm pack`` (the registry tarball as published; no install, no
 scripts). Its ``package/emoji.json`` has one row per base emoji (1,911) and
 ``package/img/twitter/64/`` one 64×64 RGBA PNG per emoji and skin-tone variant.
 Both are read straight out of the tarball (no extraction to disk, so a hostile
-archive cannot write anywhere), split about 80/10/10 at random within each subcategory
-(seeded; every class is in train) and cached as Parquet.
+archive cannot write anywhere), split about 80/10/10 at random within each
+subcategory (seeded; every class is in train) and cached as Parquet.
 
 One row per base emoji that has a 64px Twitter image; skin-tone variants are
 not rows of their own. Columns:
