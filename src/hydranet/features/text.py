@@ -89,7 +89,9 @@ def load_tokenizer(path: str, group: str) -> Any:
         return Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception for every kind of bad file
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{where} is not a tokenizer.json that tokenizers can read: {first}") from None
+        raise UserError(
+            f"{where} is not a tokenizer.json that tokenizers can read: {first}"
+        ) from None
 
 
 @FEATURES.register("text")
@@ -160,8 +162,12 @@ class TextGroup(FeatureGroup):
         else:
             counts = self._counts
             if counts is None:
-                counts = pa.table({"word": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
-            order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("word", "ascending")])
+                counts = pa.table(
+                    {"word": pa.array([], pa.string()), "count": pa.array([], pa.int64())}
+                )
+            order = pc.sort_indices(
+                counts, sort_keys=[("count", "descending"), ("word", "ascending")]
+            )
             words = counts["word"].take(order[: self.vocab_size - 2]).to_pylist()
             state = {"tokenizer_": _word_level(words).to_str(), "pad_id_": 0}
         self._counts = None
@@ -237,7 +243,9 @@ class TextGroup(FeatureGroup):
         words = np.array(["red", "Green", "blue", "cat", "dog", "a", "the", "big", "small", "!"])
 
         def text(k: int) -> list[str | None]:
-            return [" ".join(words[rng.integers(0, len(words), rng.integers(0, k))]) for _ in range(n)]
+            return [
+                " ".join(words[rng.integers(0, len(words), rng.integers(0, k))]) for _ in range(n)
+            ]
 
         title, body = text(5), text(12)
         title[0] = None
