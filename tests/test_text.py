@@ -242,8 +242,8 @@ def test_training_learns_a_label_that_hangs_on_one_word(text_run):
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_serve_refuses_a_text_run_in_one_line(text_run):
-    run, _ = text_run
+def test_serve_refuses_a_text_run_in_one_line_and_predict_takes_it(text_run, tmp_path):
+    run, paths = text_run
     proc = subprocess.run(
         [sys.executable, "-m", "hydranet", "serve", str(run.path), "--port", "0"],
         capture_output=True, text=True, timeout=300,
@@ -253,3 +253,39 @@ def test_serve_refuses_a_text_run_in_one_line(text_run):
     assert len(lines) == 1, proc.stderr
     assert "'words'" in lines[0] and "'text'" in lines[0] and "hydranet predict" in lines[0]
     assert "ready" not in proc.stdout
+    # what the line promises: batch predict takes the run
+    from hydranet.cli import main
+
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(run.path), paths["test"], "--output", str(out)]) == 0
+    got = pq.read_table(out)
+    want = run.predict_arrays(pq.read_table(paths["test"]))
+    assert got.num_rows == 200
+    np.testing.assert_allclose(got["liked"].to_numpy(), want["liked"].reshape(-1), rtol=1e-6)
+
+
+def test_cli_train_with_a_missing_tokenizer_is_one_line_naming_it(tmp_path, capsys):
+    from hydranet.cli import main
+
+    pq.write_table(review_table(50, seed=0), tmp_path / "train.parquet")
+    missing = tmp_path / "tok" / "tokenizer.json"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f"""
+name = "reviews"
+[data]
+train = "{tmp_path / "train.parquet"}"
+[[features]]
+name = "words"
+kind = "text"
+columns = ["review"]
+params = {{ tokenizer = "{missing}" }}
+[[tasks]]
+name = "liked"
+kind = "binary"
+"""
+    )
+    assert main(["train", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and "'words'" in err, err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
