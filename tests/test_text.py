@@ -289,3 +289,20 @@ kind = "binary"
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing) in err and "'words'" in err, err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_vocab_size_with_a_given_tokenizer_is_a_spec_error():
+    import hydranet
+    from hydranet.errors import SpecError
+
+    base = {
+        "name": "t",
+        "data": {"train": "x.parquet"},
+        "tasks": [{"name": "y", "kind": "binary"}],
+    }
+    group = {"name": "words", "kind": "text", "columns": ["t"]}
+    params = {"tokenizer": "tokenizer.json", "vocab_size": 100}
+    with pytest.raises(SpecError, match="vocab_size") as e:
+        hydranet.Spec.from_dict({**base, "features": [{**group, "params": params}]})
+    assert "features" in str(e.value) and "leave it out" in str(e.value)
+    hydranet.Spec.from_dict({**base, "features": [{**group, "params": {"vocab_size": 100}}]})

@@ -1,7 +1,7 @@
 """Text feature group: string columns to token ids with a Hugging Face ``tokenizers`` tokenizer.
 
 The tokenizer is a local ``tokenizer.json`` (``params.tokenizer``; nothing is ever downloaded)
-or, with none given, a word-level one fitted on the training rows: NFKC, lower case, split on
+or, with none given, a word-level one fitted on the training rows (``vocab_size``, default 8192): NFKC, lower case, split on
 white space with each run of punctuation a word of its own; the ``vocab_size - 2`` most
 frequent words (ties by word, so the fit is deterministic) after ``[PAD]`` = 0 and
 ``[UNK]`` = 1. Words are counted with Arrow kernels per record batch and the counts merged
@@ -39,6 +39,8 @@ _PUNCT = r"[^\p{L}\p{M}\p{N}_\s]+"
 _PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>", "<|pad|>", "<|padding|>")
 # rows per encode_batch call: bounds the memory of the Encoding objects of a large table
 _ENCODE_ROWS = 16384
+# ids of the tokenizer fitted when none is given (with [PAD] and [UNK])
+DEFAULT_VOCAB_SIZE = 8192
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -101,8 +103,20 @@ class TextGroup(FeatureGroup):
     param_constraints = {
         "tokenizer": str | None,
         "max_tokens": PositiveInt,
-        "vocab_size": Annotated[int, Field(ge=3)],
+        "vocab_size": Annotated[int, Field(ge=3)] | None,
     }
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        if params.get("tokenizer") is not None and params.get("vocab_size") is not None:
+            # a given tokenizer's vocabulary is its own: the value would be silently ignored
+            return [
+                (
+                    "vocab_size",
+                    "sizes the tokenizer hydranet fits; with 'tokenizer' given, leave it out",
+                )
+            ]
+        return []
 
     def __init__(
         self,
@@ -110,16 +124,16 @@ class TextGroup(FeatureGroup):
         columns: Sequence[str],
         tokenizer: str | None = None,
         max_tokens: int = 64,
-        vocab_size: int = 8192,
+        vocab_size: int | None = None,
     ):
         super().__init__(name, columns)
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be at least 1; got {max_tokens}")
-        if int(vocab_size) < 3:
+        if vocab_size is not None and int(vocab_size) < 3:
             raise ValueError(f"vocab_size must be at least 3; got {vocab_size}")
         self.tokenizer = None if tokenizer is None else str(tokenizer)
         self.max_tokens = int(max_tokens)
-        self.vocab_size = int(vocab_size)
+        self.vocab_size = None if vocab_size is None else int(vocab_size)
         self._counts: pa.Table | None = None
         self._given: Any = None  # the tokenizer loaded from params.tokenizer, once per fit
         self._tok: Any = None  # the fitted tokenizer, set up to pad and truncate
@@ -168,7 +182,8 @@ class TextGroup(FeatureGroup):
             order = pc.sort_indices(
                 counts, sort_keys=[("count", "descending"), ("word", "ascending")]
             )
-            words = counts["word"].take(order[: self.vocab_size - 2]).to_pylist()
+            size = DEFAULT_VOCAB_SIZE if self.vocab_size is None else self.vocab_size
+            words = counts["word"].take(order[: size - 2]).to_pylist()
             state = {"tokenizer_": _word_level(words).to_str(), "pad_id_": 0}
         self._counts = None
         self._given = None
