@@ -1,12 +1,13 @@
 """Feature groups: named columns of one kind, fitted and turned into one tensor each.
 
-Importing this package registers the built-in kinds, ``numeric`` and ``categorical``;
+Importing this package registers the built-in kinds, ``numeric``, ``categorical`` and ``text``;
 ``FEATURES.get("pkg.mod:MyGroup")`` brings a user's kind by import path.
 """
 
-from hydranet.features import categorical, numeric  # noqa: F401  (imported to register)
+from hydranet.features import categorical, numeric, text  # noqa: F401  (imported to register)
 from hydranet.features.base import FEATURES, FeatureGroup
 from hydranet.features.categorical import CategoricalGroup
 from hydranet.features.numeric import NumericGroup
+from hydranet.features.text import TextGroup
 
-__all__ = ["FEATURES", "CategoricalGroup", "FeatureGroup", "NumericGroup"]
+__all__ = ["FEATURES", "CategoricalGroup", "FeatureGroup", "NumericGroup", "TextGroup"]
