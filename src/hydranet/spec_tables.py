@@ -57,7 +57,7 @@ class SourceOptions(_Part):
 class DataSpec(SourceOptions):
     dataset: str | None = Field(
         None,
-        description="a bundled dataset ('census', 'synthetic'); fills paths and columns not given",
+        description="a bundled dataset ('census', 'emoji', 'synthetic'); fills paths and columns not given",
     )
     train: str | None = Field(
         None, description="training rows: a Parquet/CSV file, a directory or a glob"
