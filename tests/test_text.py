@@ -306,3 +306,32 @@ def test_vocab_size_with_a_given_tokenizer_is_a_spec_error():
         hydranet.Spec.from_dict({**base, "features": [{**group, "params": params}]})
     assert "features" in str(e.value) and "leave it out" in str(e.value)
     hydranet.Spec.from_dict({**base, "features": [{**group, "params": {"vocab_size": 100}}]})
+
+
+def test_a_relative_tokenizer_path_means_the_spec_files_directory(tmp_path, monkeypatch):
+    # like data paths: a spec in A naming "tok/tokenizer.json" reads A/tok/tokenizer.json
+    # whatever the working directory, and the run stores the absolute path
+    from hydranet.spec import Spec
+
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    spec = tmp_path / "A" / "spec.toml"
+    spec.write_text(
+        """
+name = "reviews"
+[data]
+train = "train.parquet"
+[[features]]
+name = "words"
+kind = "text"
+columns = ["review"]
+params = { tokenizer = "tok/tokenizer.json" }
+[[tasks]]
+name = "liked"
+kind = "binary"
+"""
+    )
+    monkeypatch.chdir(tmp_path / "B")
+    loaded = Spec.load(spec)
+    assert loaded.features[0].params["tokenizer"] == str(tmp_path / "A" / "tok" / "tokenizer.json")
+    assert loaded.data.train == str(tmp_path / "A" / "train.parquet")

@@ -130,6 +130,19 @@ class BalanceSpec(_Part):
     )
 
 
+def _relative(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and "://" not in value
+        and not Path(value).is_absolute()
+    )
+
+
+def _joined(base: str | Path, value: str) -> str:
+    return str(Path(base).absolute() / value)
+
+
 class Spec(_Part):
     name: str = "experiment"
     data: DataSpec
@@ -226,20 +239,35 @@ class Spec(_Part):
         """A copy whose relative data paths (``data.train``, ``validation``, ``test``: files,
         directories or globs) are joined to ``base``; absolute ones, URIs and the location
         strings of other sources (a user's source may take a table name) are left as they are."""
-        data = self.data
+        spec = self._absolute_feature_paths(base)
+        data = spec.data
         if data.source not in ("auto", "files"):
-            return self
+            return spec
         update = {
-            key: str(Path(base).absolute() / value)
+            key: _joined(base, value)
             for key in ("train", "validation", "test")
-            if isinstance(value := getattr(data, key), str)
-            and value
-            and "://" not in value
-            and not Path(value).is_absolute()
+            if _relative(value := getattr(data, key))
         }
         if not update:
+            return spec
+        return spec.model_copy(update={"data": data.model_copy(update=update)})
+
+    def _absolute_feature_paths(self, base: str | Path) -> Spec:
+        # feature params that a kind declares to be file paths (``path_params``: the text
+        # kind's tokenizer.json) mean the spec file's directory too
+        from hydranet.features import FEATURES
+
+        groups = []
+        for g in self.features:
+            try:
+                keys = getattr(FEATURES.get(g.kind), "path_params", ())
+            except UserError:  # an unknown kind: the spec's own checks name it
+                keys = ()
+            update = {k: _joined(base, g.params[k]) for k in keys if _relative(g.params.get(k))}
+            groups.append(g.model_copy(update={"params": {**g.params, **update}}) if update else g)
+        if all(a is b for a, b in zip(groups, self.features, strict=True)):
             return self
-        return self.model_copy(update={"data": data.model_copy(update=update)})
+        return self.model_copy(update={"features": groups})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -100,6 +100,7 @@ def load_tokenizer(path: str, group: str) -> Any:
 class TextGroup(FeatureGroup):
     kind = "text"
     default_encoder = "bag"
+    path_params = ("tokenizer",)  # relative to the spec file's directory (Spec.absolute_paths)
     param_constraints = {
         "tokenizer": str | None,
         "max_tokens": PositiveInt,
