@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         rank = os.environ.get("RANK", "0")  # under --nproc every rank reports its own error
         who = "hydranet" if rank == "0" else f"hydranet (rank {rank})"
-        print(f"{who}: error: {e}", file=sys.stderr)
+        # one write of the whole line (a pipe takes up to 4 KiB atomically): print() writes the
+        # text and its newline apart, and under --nproc two ranks' lines came out interleaved
+        sys.stderr.write(f"{who}: error: {e}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("hydranet: interrupted", file=sys.stderr)
