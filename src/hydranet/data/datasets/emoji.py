@@ -29,9 +29,7 @@ the files but is not a default feature. The default features are
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -39,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from hydranet.data.datasets._cache import cached_splits, local_copy
 from hydranet.errors import DataError
 
 PACKAGE = "emoji-datasource-twitter@16.0.0"
@@ -65,28 +63,18 @@ def prepare(data_dir: Path, params: dict[str, Any], *, tgz: Path | None = None) 
     ``tgz`` (or ``$HYDRANET_EMOJI_TGZ``) names a local copy of the npm tarball;
     without one it is fetched with ``npm pack``.
     """
-    out_dir = Path(data_dir) / "emoji"
-    paths = {s: out_dir / f"{s}.parquet" for s in ("train", "validation", "test")}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tgz = tgz or (Path(os.environ[TGZ_ENV]) if os.environ.get(TGZ_ENV) else None)
-    if tgz is None:
-        _say(
-            f"fetching the emoji data set: npm package {PACKAGE} (with npm pack; set {TGZ_ENV} to use a local copy), cached in {out_dir} ..."
-        )
-    else:
-        _say(f"preparing the emoji data set from {tgz}, cached in {out_dir} ...")
-    with tempfile.TemporaryDirectory(prefix="hydranet-emoji-") as tmp:
-        table = read_package(tgz or fetch_package(Path(tmp)))
-    for name, part in split(table).items():
-        _write_atomic(part, paths[name])
-    return paths
+    tgz = local_copy(tgz, TGZ_ENV)
 
+    def build() -> dict[str, pa.Table]:
+        with tempfile.TemporaryDirectory(prefix="hydranet-emoji-") as tmp:
+            return split(read_package(tgz or fetch_package(Path(tmp))))
 
-def _say(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":  # once, not once per rank of a distributed run
-        print(f"hydranet: {message}", file=sys.stderr, flush=True)
+    def announce(out_dir: Path) -> str:
+        if tgz is None:
+            return f"fetching the emoji data set: npm package {PACKAGE} (with npm pack; set {TGZ_ENV} to use a local copy), cached in {out_dir} ..."
+        return f"preparing the emoji data set from {tgz}, cached in {out_dir} ..."
+
+    return cached_splits(data_dir, "emoji", build, announce)
 
 
 def fetch_package(dest: Path) -> Path:
@@ -221,10 +209,3 @@ def split(table: pa.Table) -> dict[str, pa.Table]:
             counter += 1
     # sorted indices keep the sort_order inside each split and make `take` sequential
     return {name: table.take(np.sort(np.asarray(p, dtype=np.int64))) for name, p in parts.items()}
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    # a kill mid-write leaves only the temporary file; the cache check never sees it
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
