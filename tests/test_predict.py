@@ -18,27 +18,7 @@ import torch
 from hydranet.cli import main
 from hydranet.errors import DataError
 from hydranet.run import Run
-
-
-def train_tiny_run(base: Path) -> Path:
-    """The 2-epoch MMoE of test_serve_app (same directory: trained once per session)."""
-    import hydranet
-    from conftest import SPEC_TEMPLATE, make_table
-
-    run = base / "run"
-    if (run / "model.safetensors").exists():
-        return run
-    base.mkdir(exist_ok=True)
-    paths = {}
-    for i, (split, n) in enumerate([("train", 600), ("validation", 200), ("test", 200)]):
-        paths[split] = base / f"{split}.parquet"
-        pq.write_table(make_table(n, seed=i), paths[split])
-    text = SPEC_TEMPLATE.format(
-        arch="mmoe", epochs=2, checkpoint_every=0, **{k: str(v) for k, v in paths.items()}
-    )
-    (base / "spec.toml").write_text(text)
-    hydranet.train(hydranet.Spec.load(str(base / "spec.toml")), run, progress=False)
-    return run
+from test_serve_app import train_tiny_run
 
 
 @pytest.fixture(scope="module")
