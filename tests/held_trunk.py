@@ -17,6 +17,7 @@ not leave it behind for ever.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,3 +82,9 @@ def wait_until_held(hold_dir: Path, proc, timeout_s: float = 300) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"the training process was not held within {timeout_s} s")
         time.sleep(0.05)
+
+
+def train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
+    """``python -m hydranet train SPEC --out OUT --no-progress EXTRA...``: the process a test
+    holds (with :func:`hold_env`), then kills, signals or resumes."""
+    return [sys.executable, "-m", "hydranet", "train", str(spec), "--out", str(out), "--no-progress", *extra]  # fmt: skip

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -294,31 +293,17 @@ def test_relative_data_paths_of_a_python_spec_mean_the_current_directory(
 
 
 # ---------------------------------------------------------------- lines: resuming, SIGTERM
-def _train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "hydranet",
-        "train",
-        str(spec),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize("checkpoint_every", [4, 0])
 def test_sigterm_says_what_is_kept_and_exits_143(tiny, tmp_path, checkpoint_every):
     from conftest import make_table
-    from held_trunk import ARCHITECTURE, hold_env, wait_until_held
+    from held_trunk import ARCHITECTURE, hold_env, train_cmd, wait_until_held
 
     pq.write_table(make_table(600, seed=0), tiny.paths["train"])
     spec = tiny(arch=ARCHITECTURE, epochs=2, checkpoint_every=checkpoint_every)
     out = tmp_path / "run"
     # held in step 7: with checkpoint_every = 4 the checkpoint of step 4 is on disk
     proc = subprocess.Popen(
-        _train_cmd(spec, out),
+        train_cmd(spec, out),
         env=hold_env(tmp_path, after_steps=6),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -342,7 +327,7 @@ def test_sigterm_says_what_is_kept_and_exits_143(tiny, tmp_path, checkpoint_ever
             f"resume with `{command} --resume`"
         )
         res = subprocess.run(
-            _train_cmd(spec, out, "--resume"),
+            train_cmd(spec, out, "--resume"),
             env=hold_env(tmp_path),
             capture_output=True,
             text=True,

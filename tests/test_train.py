@@ -3,8 +3,6 @@
 import json
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -145,37 +143,23 @@ def test_missing_labels_train_and_are_ignored(tiny, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def _train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "hydranet",
-        "train",
-        str(spec),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
 def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
     """SIGKILL mid-way through the second epoch (held there, see held_trunk: a kill after a
     fixed delay raced the run on a busy machine), then --resume: the uninterrupted run's
     metrics exactly."""
     from conftest import make_table
-    from held_trunk import ARCHITECTURE, hold_env, wait_until_held
+    from held_trunk import ARCHITECTURE, hold_env, train_cmd, wait_until_held
 
     pq.write_table(make_table(2000, seed=0), tiny.paths["train"])  # 32 steps per epoch
     spec = tiny(arch=ARCHITECTURE, epochs=3, checkpoint_every=7, extra="threads = 1\n")
     env = hold_env(tmp_path)
 
-    subprocess.run(_train_cmd(spec, tmp_path / "whole"), check=True, env=env, capture_output=True)
+    subprocess.run(train_cmd(spec, tmp_path / "whole"), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
     # held before step 46: steps 43-45 are lost, the checkpoint of step 42 is resumed
     proc = subprocess.Popen(
-        _train_cmd(spec, killed),
+        train_cmd(spec, killed),
         env=hold_env(tmp_path, after_steps=45),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -190,7 +174,7 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
     assert len(hydranet.rundir.read_metrics(killed)) == 1  # the first epoch's line
 
     res = subprocess.run(
-        _train_cmd(spec, killed, "--resume"), env=env, capture_output=True, text=True
+        train_cmd(spec, killed, "--resume"), env=env, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
     whole = json.loads((tmp_path / "whole" / "final_metrics.json").read_text())
