@@ -20,9 +20,11 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -407,3 +409,21 @@ def census_spec(
     else:
         raw["train"]["early_stopping"]["patience"] = patience
     return Spec.from_dict(raw, source=f"{CENSUS_EXAMPLE} (benchmark overrides)")
+
+
+def train_fresh(spec: Any, out: Path) -> tuple[Any, float]:
+    """``hydranet.train(spec, out)`` and its seconds; a directory left at ``out`` is an
+    interrupted attempt (finished ones are in results.jsonl and skipped), so it goes first."""
+    import hydranet
+
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    run = hydranet.train(spec, out, progress=False)
+    return run, time.perf_counter() - t0
+
+
+def mean_rows_per_s(run: Any) -> float | None:
+    """The mean training rows/s over a run's epochs (metrics.jsonl), None if none recorded."""
+    speeds = [r["rows_per_s"] for r in run.metrics_log if r.get("rows_per_s")]
+    return sum(speeds) / len(speeds) if speeds else None

@@ -22,9 +22,7 @@ the table from what is there.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +65,10 @@ def build_spec(method: str, args, seed: int, data: dict[str, Any]):
 
 
 def run_one(method: str, args, seed: int, data: dict[str, Any], work: Path) -> dict[str, Any]:
-    import hydranet
 
     spec = build_spec(method, args, seed, data)
     out = work / "runs" / f"{method}_s{seed}"
-    if out.exists():  # a run cut short (killed); not in results.jsonl, so start it afresh
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, out, progress=False)
-    seconds = time.perf_counter() - t0
+    run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
     return {
         "method": method,

@@ -18,9 +18,7 @@ each); the MMoE rows are the example's own trunk.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,6 @@ def _trunk(record: dict[str, Any]) -> str:
 def run_one(
     data: dict, encoder: str, args, seed: int, work: Path, trunk: str = "mmoe"
 ) -> dict[str, Any]:
-    import hydranet
     from hydranet.spec import Spec
 
     spec = C.census_spec(
@@ -64,22 +61,18 @@ def run_one(
     out = (
         work / "runs" / (f"{encoder}_s{seed}" if trunk == "mmoe" else f"{trunk}_{encoder}_s{seed}")
     )
-    if out.exists():  # an interrupted attempt (finished pairs are skipped)
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, out, progress=False)
+    run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
     summary = run.model.parameter_summary()
-    speeds = [r["rows_per_s"] for r in run.metrics_log if r.get("rows_per_s")]
     return {
         "trunk": trunk,
-        "rows_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "rows_per_s": C.mean_rows_per_s(run),
         "encoder": encoder,
         "seed": seed,
         "test": {t: final["test"][t]["auc"] for t in TASKS},
         "parameters": {**summary, "total": sum(summary.values())},
         "epochs_run": final["epochs"],
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "git": C.git_commit(),
     }
 

@@ -37,7 +37,6 @@ skipped when the same command runs again; ``--report-only`` writes the table fro
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -250,15 +249,10 @@ def hydranet_spec(name: str, data: dict, seed: int, args):
 
 
 def run_hydranet(name: str, data: dict, seed: int, args, work: Path) -> dict[str, Any]:
-    import hydranet
 
     spec = hydranet_spec(name, data, seed, args)
     out = work / "runs" / f"{name}_s{seed}"
-    if out.exists():  # an interrupted attempt (finished pairs are skipped)
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, out, progress=False)
-    seconds = time.perf_counter() - t0
+    run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
     return {
         "model": name,

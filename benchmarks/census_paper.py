@@ -19,9 +19,7 @@ from what is there.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +63,6 @@ TASKS = ("income", "marital")
 
 
 def run_one(data: dict, arch: str, params: dict, args, seed: int, work: Path) -> dict[str, Any]:
-    import hydranet
 
     spec = C.census_spec(
         data,
@@ -78,11 +75,7 @@ def run_one(data: dict, arch: str, params: dict, args, seed: int, work: Path) ->
         patience=args.patience,
     )
     out = work / "runs" / f"{arch}_s{seed}"
-    if out.exists():  # an interrupted earlier attempt at this pair (done pairs are skipped)
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, out, progress=False)
-    seconds = time.perf_counter() - t0
+    run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
     summary = run.model.parameter_summary()
     log = run.metrics_log

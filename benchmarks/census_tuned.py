@@ -14,9 +14,7 @@ relative AUC change over tasks) compares the MMoE with the single-task model of 
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,6 @@ MODELS = {
 
 
 def run_one(data: dict, model: str, args, seed: int, work: Path) -> dict[str, Any]:
-    import hydranet
     from hydranet.spec import Spec
 
     raw = Spec.load(MODELS[model]).to_dict()
@@ -44,12 +41,8 @@ def run_one(data: dict, model: str, args, seed: int, work: Path) -> dict[str, An
         raw["train"]["epochs"] = 1
     spec = Spec.from_dict(raw, source=f"{MODELS[model]} (benchmark overrides)")
     out = work / "runs" / f"{model}_s{seed}"
-    if out.exists():  # an interrupted attempt (finished pairs are skipped)
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    run = hydranet.train(spec, out, progress=False)
+    run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
-    speeds = [r["rows_per_s"] for r in run.metrics_log if r.get("rows_per_s")]
     return {
         "model": model,
         "seed": seed,
@@ -57,8 +50,8 @@ def run_one(data: dict, model: str, args, seed: int, work: Path) -> dict[str, An
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "epochs_run": final["epochs"],
         "best_epoch": final["best_epoch"],
-        "rows_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "seconds": time.perf_counter() - t0,
+        "rows_per_s": C.mean_rows_per_s(run),
+        "seconds": seconds,
         "git": C.git_commit(),
     }
 
