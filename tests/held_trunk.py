@@ -17,6 +17,8 @@ not leave it behind for ever.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,3 +90,19 @@ def train_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
     """``python -m hydranet train SPEC --out OUT --no-progress EXTRA...``: the process a test
     holds (with :func:`hold_env`), then kills, signals or resumes."""
     return [sys.executable, "-m", "hydranet", "train", str(spec), "--out", str(out), "--no-progress", *extra]  # fmt: skip
+
+
+def kill_when_held(cmd: list[str], hold_dir: Path, after_steps: int) -> None:
+    """Run ``cmd`` held after ``after_steps`` training steps (its output dropped), and kill -9
+    it once it is held: a process killed at a known step, whatever the machine's load."""
+    proc = subprocess.Popen(
+        cmd,
+        env=hold_env(hold_dir, after_steps=after_steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_held(hold_dir, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

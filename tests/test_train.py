@@ -1,7 +1,6 @@
 """End to end: train, evaluate, predict, resume after SIGKILL, missing labels, divergence."""
 
 import json
-import signal
 import subprocess
 
 import numpy as np
@@ -148,7 +147,7 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
     fixed delay raced the run on a busy machine), then --resume: the uninterrupted run's
     metrics exactly."""
     from conftest import make_table
-    from held_trunk import ARCHITECTURE, hold_env, train_cmd, wait_until_held
+    from held_trunk import ARCHITECTURE, hold_env, kill_when_held, train_cmd
 
     pq.write_table(make_table(2000, seed=0), tiny.paths["train"])  # 32 steps per epoch
     spec = tiny(arch=ARCHITECTURE, epochs=3, checkpoint_every=7, extra="threads = 1\n")
@@ -158,17 +157,7 @@ def test_sigkill_then_resume_gives_the_same_final_metrics(tiny, tmp_path):
 
     killed = tmp_path / "killed"
     # held before step 46: steps 43-45 are lost, the checkpoint of step 42 is resumed
-    proc = subprocess.Popen(
-        train_cmd(spec, killed),
-        env=hold_env(tmp_path, after_steps=45),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_held(tmp_path, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when_held(train_cmd(spec, killed), tmp_path, after_steps=45)
     assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
     assert (killed / "checkpoint.safetensors").exists()
     assert len(hydranet.rundir.read_metrics(killed)) == 1  # the first epoch's line

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
 
@@ -154,21 +153,12 @@ def test_a_study_whose_worker_was_killed_resumes_and_finishes(tiny, tmp_path):
     """kill -9 of a worker held in its first trial's training (see held_trunk); the next
     invocation fails the trial once its heartbeat is stale, runs its parameters again, and
     finishes the study."""
-    from held_trunk import ARCHITECTURE, hold_env, wait_until_held
+    from held_trunk import ARCHITECTURE, kill_when_held
 
     spec = _spec(tiny, arch=ARCHITECTURE)
     out = tmp_path / "study"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hydranet", "tune", str(spec), "--trials", "2", "--out", str(out)],
-        env=hold_env(tmp_path, after_steps=3),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_held(tmp_path, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    cmd = [sys.executable, "-m", "hydranet", "tune", str(spec), "--trials", "2", "--out", str(out)]
+    kill_when_held(cmd, tmp_path, after_steps=3)
     assert not (out / "trials" / "0" / "model.safetensors").exists()
 
     lines: list[str] = []
