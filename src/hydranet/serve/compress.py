@@ -40,7 +40,7 @@ from hydranet.serve.export import (
     parity,
     write_onnx,
 )
-from hydranet.serve.predictor import ONNX_FILE, file_sha256
+from hydranet.serve.predictor import ONNX_FILE
 
 REPORT = "compress.json"
 METHOD = "onnxruntime dynamic quantization, int8 weights of MatMul and Gather (embedding) ops"
@@ -92,8 +92,8 @@ def compress_int8(
                 "onnx_int8": int8.stat().st_size,
             },
             "model_sha256": {
-                "source_safetensors": file_sha256(src / rundir.WEIGHTS),
-                "onnx_int8": file_sha256(int8),
+                "source_safetensors": rundir.file_digest(src / rundir.WEIGHTS),
+                "onnx_int8": rundir.file_digest(int8),
             },
             "metrics": {"fp32": before, "int8": after, "change": _change(before, after)},
         }

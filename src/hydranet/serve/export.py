@@ -42,7 +42,6 @@ from hydranet.serve.predictor import (
     META_TASKS,
     ONNX_FILE,
     OnnxBackend,
-    file_sha256,
 )
 from hydranet.spec import Spec
 from hydranet.tasks import Task
@@ -203,8 +202,8 @@ def write_onnx(
         + " (one input per feature group, from hydranet's Preprocessor.transform; preprocessing is not in this graph)",
     }
     if source is not None:
-        meta[META_PREPROCESSOR] = file_sha256(source / "preprocessor.json")
-        meta["hydranet.source_weights_sha256"] = file_sha256(source / "model.safetensors")
+        meta[META_PREPROCESSOR] = rundir.file_digest(source / "preprocessor.json")
+        meta["hydranet.source_weights_sha256"] = rundir.file_digest(source / "model.safetensors")
     for k, v in meta.items():
         graph.metadata_props.add(key=k, value=v)
     graph.producer_name = "hydranet"

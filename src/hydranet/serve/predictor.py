@@ -18,7 +18,6 @@ activation (probabilities, values):
 
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -165,7 +164,7 @@ class Predictor:
             )
         ort_backend = OnnxBackend(onnx_path, tasks, list(prep.groups), threads)
         recorded = ort_backend.metadata.get(META_PREPROCESSOR)
-        if recorded is not None and recorded != file_sha256(path / rundir.PREPROCESSOR):
+        if recorded is not None and recorded != rundir.file_digest(path / rundir.PREPROCESSOR):
             raise UserError(
                 f"{onnx_path} was exported from a run with another preprocessor than {path / rundir.PREPROCESSOR}; "
                 "serve it with the run it was exported from"
@@ -195,12 +194,12 @@ class Predictor:
     @cached_property
     def model_version(self) -> str:
         """sha256 of the weights file (safetensors or ONNX) that computes the outputs."""
-        return file_sha256(self.weights)
+        return rundir.file_digest(self.weights)
 
     @cached_property
     def data_version(self) -> str:
         """sha256 of ``preprocessor.json``: the fitted vocabularies and scalings."""
-        return file_sha256(self.path / rundir.PREPROCESSOR)
+        return rundir.file_digest(self.path / rundir.PREPROCESSOR)
 
     def metadata(self) -> dict[str, Any]:
         prep, m = self.preprocessor, self.spec.model
@@ -242,11 +241,3 @@ def load_meta(path: Path) -> tuple[Spec, Preprocessor, list[Task]]:
     """Spec, preprocessor and fitted tasks of a run directory (JSON only; no weights needed)."""
     spec, prep, tasks, _ = rundir.read_meta(Path(path))
     return spec, prep, tasks
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
