@@ -2,10 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Without a GPU, a CPU build of torch (the version pinned here is one pip finds as
-# a CPU wheel on our machines); with a GPU, `pip install -e .` picks the CUDA build.
-CPU_TORCH ?= torch==2.13.0
-HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# torch is installed first, pinned to the release torchvision 0.29 is built against. PyPI has
+# no CPU-only wheel of it, so the standard build comes with its CUDA libraries (about 5.6 GB,
+# 54 s from the local mirror here); a machine with a CPU wheelhouse can pass CPU_TORCH=...
+CPU_TORCH ?= torch==2.14.1
 PYTEST_ARGS ?=
 # With Java on the machine, the spark extra (pyspark 4.x) is installed and the Spark tests run.
 HAS_JAVA := $(shell java -version >/dev/null 2>&1 && echo yes)
@@ -18,9 +18,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-ifneq ($(HAS_GPU),yes)
 	$(BIN)/pip install -q "$(CPU_TORCH)"
-endif
 	$(BIN)/pip install -q -e ".[test$(if $(HAS_JAVA),$(comma)spark)]"
 	touch $@
 
