@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydranet.data.datasets import census, emoji, synthetic
+from hydranet.data.datasets import census, emoji, multifashion, stamps, synthetic
 from hydranet.errors import UserError
 from hydranet.registry import Registry
 
@@ -81,6 +81,26 @@ DATASETS.add(
         description="Twemoji 64px images with names (npm emoji-datasource-twitter); tasks category, subcategory, skin_tones",
         build=emoji.prepare,
         numeric=list(emoji.NUMERIC),
+        categorical=[],
+    ),
+)
+DATASETS.add(
+    "multifashion",
+    BundledDataset(
+        name="multifashion",
+        description="MultiMNIST protocol on Fashion-MNIST (Debian dataset-fashion-mnist): two items overlaid; tasks left, right",
+        build=multifashion.prepare,
+        numeric=[],
+        categorical=[],
+    ),
+)
+DATASETS.add(
+    "stamps",
+    BundledDataset(
+        name="stamps",
+        description="Tux Paint stamps with captions (Debian tuxpaint-stamps-default); tasks category, subcategory, photo",
+        build=stamps.prepare,
+        numeric=list(stamps.NUMERIC),
         categorical=[],
     ),
 )
