@@ -184,7 +184,7 @@ def test_each_task_learns_to_weigh_its_own_group(seed):
     groups = {"A": {"kind": "numeric", "width": width}, "B": {"kind": "numeric", "width": width}}
     model = MultiTaskModel(groups, {"t1": 3, "t2": 3}, spec)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(600):
+    for _ in range(300):
         i = torch.randint(0, n, (128,), generator=g)
         out = model({"A": a[i], "B": b[i]})
         loss = F.cross_entropy(out["t1"], y1[i]) + F.cross_entropy(out["t2"], y2[i])
