@@ -54,21 +54,27 @@ class GatedFusion(Fusion):
         self.task_dim = dim
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return self.fuse(parts)[0]
+        """The trunk input alone (the gates are not run)."""
+        return _cat(self._project(parts))
 
     def fuse(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        projected = [proj(v) for proj, v in zip(self.projections, parts, strict=True)]
-        x = projected[0] if len(projected) == 1 else torch.cat(projected, dim=1)
+        projected = self._project(parts)
         mix = mix_experts(torch.stack(projected), self.gate_weights(parts))  # [T, B, d]
-        return x, mix
+        return _cat(projected), mix
+
+    def _project(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [proj(v) for proj, v in zip(self.projections, parts, strict=True)]
 
     def gate_weights(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Each task's weights over the groups, ``[T, B, G]`` (rows sum to 1)."""
-        v = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return gate_softmax(self.gates(v))
+        return gate_softmax(self.gates(_cat(parts)))
 
     def task_parameters(self) -> Iterator[nn.Parameter]:
         return self.gates.parameters()
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _activation(name: str) -> nn.Module:
