@@ -181,22 +181,29 @@ def test_onnx_export_matches_torch(name):
 # ---------------------------------------------------------------- fusions
 FUSION_NAMES = FUSIONS.names()
 DIMS = {"a": 3, "b": 5}
+TASKS = ["t1", "t2"]
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_fusion_shape_backward_and_round_trip(name):
     torch.manual_seed(0)
-    fusion = FUSIONS.get(name)(dict(DIMS))
+    fusion = FUSIONS.get(name)(dict(DIMS), TASKS)
     assert isinstance(fusion.out_dim, int) and fusion.out_dim > 0
     parts = [torch.randn(7, d, requires_grad=True) for d in DIMS.values()]
-    out = fusion(parts)
+    out, per_task = fusion.fuse(parts)
     assert out.shape == (7, fusion.out_dim) and torch.isfinite(out).all()
+    torch.testing.assert_close(fusion(parts), out, rtol=0, atol=0)
+    if fusion.task_dim:  # one vector per task for its tower, in task order
+        assert per_task.shape == (len(TASKS), 7, fusion.task_dim)
+        out = torch.cat([out, per_task.sum(0)], 1)
+    else:
+        assert per_task is None
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parts)
     torch.manual_seed(1)
-    other = FUSIONS.get(name)(dict(DIMS))
+    other = FUSIONS.get(name)(dict(DIMS), TASKS)
     other.load_state_dict(fusion.state_dict())
-    torch.testing.assert_close(other(parts), fusion(parts), rtol=0, atol=0)
+    torch.testing.assert_close(other.fuse(parts), fusion.fuse(parts), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)

@@ -80,6 +80,9 @@ class ModelSpec(_Part):
     fusion: str = Field(
         "concat", description="how the groups' vectors become the trunk input (FUSIONS registry)"
     )
+    fusion_params: dict[str, Any] = Field(
+        default_factory=dict, description="the fusion's parameters, e.g. gated: { dim = 32 }"
+    )
 
 
 class ScheduleSpec(_Part):
@@ -331,7 +334,7 @@ class Spec(_Part):
     def _check_features(self) -> list[tuple[str, str]]:
         """Feature kinds, their parameters, group names, encoders and the fusion."""
         from hydranet.features import FEATURES, FeatureGroup
-        from hydranet.models.encoders import ENCODERS, FUSIONS, Encoder
+        from hydranet.models.encoders import ENCODERS, FUSIONS, Encoder, Fusion
 
         problems: list[tuple[str, str]] = []
         for i, g in enumerate(self.features):
@@ -376,10 +379,15 @@ class Spec(_Part):
                 f"model.encoders.{key}.params",
                 skip=_ENCODER_BUILT_ARGS,
             )
-        try:
-            FUSIONS.get(self.model.fusion)
-        except UserError as e:
-            problems.append(("model.fusion", str(e)))
+        problems += _check_named(
+            FUSIONS,
+            Fusion,
+            self.model.fusion,
+            self.model.fusion_params,
+            "model.fusion",
+            "model.fusion_params",
+            skip={"self", "dims", "tasks"},
+        )
         return problems
 
 

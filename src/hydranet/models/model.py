@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hydranet.errors import UserError
 from hydranet.models.blocks import MLP, BatchedLinear, BatchedMLP
 from hydranet.models.encoders import InputEncoder
 from hydranet.models.trunks import TRUNKS
@@ -117,7 +118,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.tasks = list(heads)
         self.heads = dict(heads)
-        self.encoder = InputEncoder(groups, spec, encoder_states)
+        self.encoder = InputEncoder(groups, spec, encoder_states, self.tasks)
         trunk_cls = TRUNKS.get(spec.architecture)
         self.trunk = trunk_cls(
             self.encoder.out_dim,
@@ -126,9 +127,9 @@ class MultiTaskModel(nn.Module):
             dropout=spec.dropout,
             **spec.params,
         )
-        self.towers = Towers(
-            self.trunk.out_dims, self.heads, spec.tower, spec.activation, spec.dropout
-        )
+        # a fusion's per-task vector (gated: each task's mix of the groups) joins its tower's input
+        tower_in = {t: d + self.encoder.task_dim for t, d in self.trunk.out_dims.items()}
+        self.towers = Towers(tower_in, self.heads, spec.tower, spec.activation, spec.dropout)
         self._initialise(spec)
 
     @torch.no_grad()
@@ -195,9 +196,12 @@ class MultiTaskModel(nn.Module):
         except where a task-specific part reads the trunk input ``x`` directly: the
         MMoE/CGC gates (and single-level PLE's) read the encoder output, and that
         path's share of the encoder gradient is left out under rep gradients, as in
-        LibMTL. Everything downstream of ``rep`` gets the ordinary sum.
+        LibMTL. Everything downstream of ``rep`` gets the ordinary sum. A gated fusion's
+        per-task mixes bypass ``rep`` in the same way (gates and mixes read the encoders'
+        vectors and go straight to the towers), so their share of the encoder gradient is
+        left out under rep gradients too.
         """
-        x = self.encoder(features)
+        x, per_task = self.encoder.fused(features)
         rep = self.trunk.shared(x)
         if not rep.requires_grad and torch.is_grad_enabled():
             # Nothing shared before rep (e.g. numeric-only input into single_task):
@@ -208,14 +212,22 @@ class MultiTaskModel(nn.Module):
         own = type(self.trunk).task_outputs is not Trunk.task_outputs
         stacked = None if own else self.trunk.stacked_task_outputs(x, rep)
         if stacked is None:
-            return self.towers(self.trunk.task_outputs(x, rep)), rep
+            outs = self.trunk.task_outputs(x, rep)
+            if per_task is not None:
+                outs = {
+                    t: torch.cat([outs[t], m], -1)
+                    for t, m in zip(self.tasks, per_task, strict=True)
+                }
+            return self.towers(outs), rep
+        if per_task is not None:
+            stacked = torch.cat([stacked, per_task], dim=-1)  # [T, B, H + d]
         if self.towers.batched:
             return self.towers.forward_stacked(stacked), rep
         return self.towers(dict(zip(self.tasks, stacked.unbind(0), strict=True))), rep
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Encoder parameters and the trunk's shared ones: all computed before ``rep``."""
-        yield from self.encoder.parameters()
+        yield from self.encoder.shared_parameters()
         seen = {id(p) for p in self.encoder.parameters()}
         for p in self.trunk.shared_parameters():
             if id(p) not in seen:
@@ -226,6 +238,25 @@ class MultiTaskModel(nn.Module):
         """Every parameter not in :meth:`shared_parameters` (gates, task columns, towers)."""
         shared = {id(p) for p in self.shared_parameters()}
         return (p for p in self.parameters() if id(p) not in shared)
+
+    @torch.no_grad()
+    def modality_weights(self, features: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        """``{task: {group: mean gate weight over the rows}}`` of a gated fusion, in eval mode."""
+        fusion = self.encoder.fusion
+        if not hasattr(fusion, "gate_weights"):
+            raise UserError(
+                f"model.fusion: {type(fusion).__name__} has no per-task gates; modality weights need fusion = 'gated'"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            mean = fusion.gate_weights(self.encoder.parts(features)).mean(dim=1)  # [T, G]
+        finally:
+            self.train(was_training)
+        return {
+            t: dict(zip(self.encoder.names, map(float, row), strict=True))
+            for t, row in zip(self.tasks, mean, strict=True)
+        }
 
     def parameter_summary(self) -> dict[str, int]:
         """Number of parameters per part: ``encoder``, ``trunk``, ``towers``."""

@@ -2,11 +2,11 @@
 
 Importing this package registers the built-in encoders: ``embedding`` (categorical),
 ``identity``, ``linear``, ``piecewise_linear`` and ``periodic`` (numeric), ``bag`` (text), and the
-``concat`` fusion. ``ENCODERS.get("pkg.mod:MyEncoder")`` brings a user's encoder.
+``concat`` and ``gated`` fusions. ``ENCODERS.get("pkg.mod:MyEncoder")`` brings a user's encoder.
 """
 
-from hydranet.models.encoders import embedding, numeric, text  # noqa: F401  (imported to register)
-from hydranet.models.encoders.base import ENCODERS, FUSIONS, Concat, Encoder
+from hydranet.models.encoders import embedding, fusion, numeric, text  # noqa: F401  (imported to register)
+from hydranet.models.encoders.base import ENCODERS, FUSIONS, Concat, Encoder, Fusion
 from hydranet.models.encoders.input import InputEncoder
 
-__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder", "InputEncoder"]
+__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder", "Fusion", "InputEncoder"]

@@ -2,7 +2,7 @@
 
 An encoder turns one feature group's tensor (``Batch.features[group]``) into a
 ``[B, out_dim]`` vector; the fusion step turns the groups' vectors into the trunk's
-input. Every encoder:
+input (:class:`Fusion`, registered in ``FUSIONS``). Every encoder:
 
 * is built as ``Encoder(group, model_spec, state=..., **params)``: ``group`` is the
   fitted group's :meth:`~hydranet.features.FeatureGroup.info` plus its ``kind`` (a
@@ -22,6 +22,7 @@ A new encoder is one file with one such class and ``@ENCODERS.register("name")``
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
-__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder"]
+__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder", "Fusion"]
 
 
 class Encoder(nn.Module, DeclaredParams):
@@ -74,10 +75,33 @@ class Encoder(nn.Module, DeclaredParams):
 ENCODERS: Registry[type[Encoder]] = Registry("encoder")
 
 
-class Concat(nn.Module):
-    """The groups' vectors side by side, in group order: ``[B, sum(dims)]``."""
+class Fusion(nn.Module, DeclaredParams):
+    """The groups' vectors → the trunk input, and optionally one extra vector per task.
 
-    def __init__(self, dims: dict[str, int]):
+    Built as ``Fusion(dims, tasks, **params)``: ``dims`` maps each group (in group order) to
+    its encoder's width, ``tasks`` are the model's tasks, ``params`` the Spec's
+    ``model.fusion_params`` (checked against the signature and ``param_constraints``). Sets
+    ``out_dim`` (the trunk's input width) and ``task_dim`` (the width of each task's extra
+    vector, concatenated onto the trunk's output for that task before its tower; 0: none).
+    ``fuse(parts)`` returns ``(x [B, out_dim], per_task [T, B, task_dim] or None)``.
+    ``task_parameters()`` are the parameters only the per-task vectors depend on: they are
+    not shared (the model leaves them out of ``shared_parameters``).
+    """
+
+    out_dim: int
+    task_dim: int = 0
+
+    def fuse(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self(parts), None
+
+    def task_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(())
+
+
+class Concat(Fusion):
+    """The groups' vectors side by side, in group order: ``[B, sum(dims)]``; no per-task vector."""
+
+    def __init__(self, dims: dict[str, int], tasks: Sequence[str] = ()):
         super().__init__()
         self.out_dim = sum(dims.values())
 
@@ -85,5 +109,5 @@ class Concat(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-FUSIONS: Registry[type[nn.Module]] = Registry("fusion")
+FUSIONS: Registry[type[Fusion]] = Registry("fusion")
 FUSIONS.add("concat", Concat)

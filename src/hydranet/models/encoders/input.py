@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -58,13 +59,18 @@ def fit_encoder_states(
 
 
 class InputEncoder(nn.Module):
-    """``{group: tensor} → [B, out_dim]``: each group's encoder, then the fusion, in group order."""
+    """``{group: tensor} → [B, out_dim]``: each group's encoder, then the fusion, in group order.
+
+    :meth:`fused` also returns the fusion's per-task vectors (``[T, B, task_dim]`` in
+    ``tasks`` order, or None), which the model adds to the towers' input.
+    """
 
     def __init__(
         self,
         groups: dict[str, dict[str, Any]],
         model_spec: Any,
         states: dict[str, Any] | None = None,
+        tasks: Sequence[str] = (),
     ):
         super().__init__()
         if not groups:
@@ -80,13 +86,29 @@ class InputEncoder(nn.Module):
                 )
             self.encoders[name] = cls(info, model_spec, state=states.get(name), **params)
         fusion = FUSIONS.get(getattr(model_spec, "fusion", "concat"))
-        self.fusion = fusion({n: self.encoders[n].out_dim for n in self.names})
+        fusion_params = getattr(model_spec, "fusion_params", {})
+        dims = {n: self.encoders[n].out_dim for n in self.names}
+        self.fusion = fusion(dims, list(tasks), **fusion_params)
         self.out_dim = int(self.fusion.out_dim)
+        self.task_dim = int(self.fusion.task_dim)
 
     def reset_parameters(self) -> None:
         for enc in self.encoders.values():
             if hasattr(enc, "reset_parameters"):
                 enc.reset_parameters()
 
+    def parts(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each group's encoded vector ``[B, d_g]``, in group order (the fusion's input)."""
+        return [self.encoders[n](features[n]) for n in self.names]
+
+    def fused(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The trunk input and the fusion's per-task vectors (None where it has none)."""
+        return self.fusion.fuse(self.parts(features))
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.fusion([self.encoders[n](features[n]) for n in self.names])
+        return self.fused(features)[0]
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter but the fusion's per-task ones (the gates of a gated fusion)."""
+        task = {id(p) for p in self.fusion.task_parameters()}
+        return (p for p in self.parameters() if id(p) not in task)

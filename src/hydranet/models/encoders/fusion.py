@@ -1,0 +1,82 @@
+"""Gated fusion: each task weighs the modality vectors with its own softmax gate.
+
+``p_g = act(P_g v_g)`` projects group ``g``'s vector to a common width ``d`` (the modality
+vectors); the trunk gets ``[p_1 .. p_G]`` (``[B, G*d]``, so every trunk takes it as it takes
+concatenated features), and task ``t`` also gets ``m_t = sum_g softmax(W_t [v_1 .. v_G])_g p_g``,
+concatenated onto the trunk's output for ``t`` before its tower. The gates are MMoE's
+(Ma et al., KDD 2018) with the modalities as the experts: one softmax gate per task, all
+``T`` gates as one GEMM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from hydranet.models.blocks import BatchedLinear, activation, gate_softmax, mix_experts
+from hydranet.models.encoders.base import FUSIONS, Fusion
+from hydranet.params import PositiveInt
+
+__all__ = ["GatedFusion"]
+
+
+@FUSIONS.register("gated")
+class GatedFusion(Fusion):
+    """Per-group projections to ``dim`` (shared: the trunk input) and one gate per task.
+
+    The gates read the groups' vectors before projection, as MMoE's gates read the trunk
+    input. With a single group the gate is constant 1 and each task's extra vector is that
+    group's projection (allowed, and harmless: the gate's gradient is then zero).
+    """
+
+    param_constraints = {"dim": PositiveInt, "activation": Literal["relu", "gelu", "silu", "tanh"]}
+
+    def __init__(
+        self,
+        dims: dict[str, int],
+        tasks: Sequence[str] = (),
+        *,
+        dim: int = 32,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.groups = list(dims)
+        self.tasks = list(tasks)
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Linear(dims[g], dim), _activation(activation)) for g in self.groups
+        )
+        # one GEMM for all tasks' gate logits: [B, sum(dims)] -> [T, B, G]
+        self.gates = BatchedLinear(len(self.tasks), sum(dims.values()), len(self.groups))
+        self.out_dim = dim * len(self.groups)
+        self.task_dim = dim
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The trunk input alone (the gates are not run)."""
+        return _cat(self._project(parts))
+
+    def fuse(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = self._project(parts)
+        mix = mix_experts(torch.stack(projected), self.gate_weights(parts))  # [T, B, d]
+        return _cat(projected), mix
+
+    def _project(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [proj(v) for proj, v in zip(self.projections, parts, strict=True)]
+
+    def gate_weights(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Each task's weights over the groups, ``[T, B, G]`` (rows sum to 1)."""
+        return gate_softmax(self.gates(_cat(parts)))
+
+    def task_parameters(self) -> Iterator[nn.Parameter]:
+        return self.gates.parameters()
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _activation(name: str) -> nn.Module:
+    # the constructor's ``activation`` argument shadows blocks.activation
+    return activation(name)
