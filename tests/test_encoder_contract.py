@@ -190,20 +190,16 @@ def test_fusion_shape_backward_and_round_trip(name):
     fusion = FUSIONS.get(name)(dict(DIMS), TASKS)
     assert isinstance(fusion.out_dim, int) and fusion.out_dim > 0
     parts = [torch.randn(7, d, requires_grad=True) for d in DIMS.values()]
-    out, per_task = fusion.fuse(parts)
-    assert out.shape == (7, fusion.out_dim) and torch.isfinite(out).all()
-    torch.testing.assert_close(fusion(parts), out, rtol=0, atol=0)
-    if fusion.task_dim:  # one vector per task for its tower, in task order
-        assert per_task.shape == (len(TASKS), 7, fusion.task_dim)
-        out = torch.cat([out, per_task.sum(0)], 1)
-    else:
-        assert per_task is None
+    out = fusion(parts)
+    # one trunk input, or one per task in task order
+    shape = (len(TASKS), 7, fusion.out_dim) if fusion.per_task else (7, fusion.out_dim)
+    assert out.shape == shape and torch.isfinite(out).all()
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parts)
     torch.manual_seed(1)
     other = FUSIONS.get(name)(dict(DIMS), TASKS)
     other.load_state_dict(fusion.state_dict())
-    torch.testing.assert_close(other.fuse(parts), fusion.fuse(parts), rtol=0, atol=0)
+    torch.testing.assert_close(other(parts), fusion(parts), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
@@ -211,9 +207,11 @@ def test_fusion_in_the_input_encoder(name):
     _, num, xn, _ = example("identity")
     _, cat, xc, _ = example("embedding")
     spec = ModelSpec(fusion=name, embedding_dim=2)
-    enc = InputEncoder({"cat": cat, "num": num}, spec)
+    enc = InputEncoder({"cat": cat, "num": num}, spec, tasks=TASKS)
     out = enc({"cat": xc, "num": xn})
-    assert out.shape == (xn.shape[0], enc.out_dim) and enc.out_dim == enc.fusion.out_dim
+    shape = (xn.shape[0], enc.out_dim)
+    assert out.shape == ((len(TASKS), *shape) if enc.per_task else shape)
+    assert enc.out_dim == enc.fusion.out_dim
 
 
 def test_tree_bins_on_a_sample_use_the_sampled_rows_labels(monkeypatch):

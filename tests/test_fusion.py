@@ -58,7 +58,7 @@ def losses(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_every_trunk_takes_the_gated_fusion(arch):
     model = build(arch)
     fusion = model.encoder.fusion
-    assert isinstance(fusion, GatedFusion) and model.trunk.input_dim == 2 * DIM
+    assert isinstance(fusion, GatedFusion) and model.trunk.input_dim == DIM
     feats = batch(16)
     outputs = model(feats)
     assert {t: tuple(y.shape) for t, y in outputs.items()} == {
@@ -66,15 +66,22 @@ def test_every_trunk_takes_the_gated_fusion(arch):
         "value": (16, 1),
         "kind": (16, 3),
     }
-    # each tower reads its trunk output and its task's mix
-    tower_in = {t: d + DIM for t, d in model.trunk.out_dims.items()}
-    if model.towers.batched:
-        assert model.towers.hidden.in_dim == tower_in["click"]
+    # each task's trunk output is computed from its own mix alone: changing another task's
+    # gate leaves it as it was
+    with torch.no_grad():
+        before = model(feats)
+        fusion.gates.weight[0, :, 0].add_(1.0)  # task 0 leans to group 0
+        after = model(feats)
+        fusion.gates.weight[0, :, 0].sub_(1.0)
+    assert not torch.equal(before["click"], after["click"])
+    for t in ("value", "kind"):
+        torch.testing.assert_close(before[t], after[t], rtol=0, atol=0)
     sum(losses(outputs).values()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
-    # the gates are task parameters, the projections shared; rep reaches the shared ones only
+    # the gates are task parameters, the projections shared; rep reaches the shared ones and
+    # the gates (each task's gate makes its trunk input)
     model.zero_grad(set_to_none=True)
     shared = {id(p) for p in model.shared_parameters()}
     task = {id(p) for p in model.task_parameters()}
@@ -85,7 +92,7 @@ def test_every_trunk_takes_the_gated_fusion(arch):
     _, rep = model.forward_with_rep(batch(64))
     rep.backward(torch.randn_like(rep))
     reached = {id(p) for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert reached == shared
+    assert reached == shared | gates
 
     # a balancer on rep gradients and one on parameter gradients each run a step
     for name, rep_grad in (("pcgrad", True), ("mgda", False)):
@@ -111,8 +118,8 @@ def test_gate_weights_and_modality_weights():
     w = model.encoder.fusion.gate_weights(parts)
     assert w.shape == (3, 10, 2)  # [T, B, G]
     torch.testing.assert_close(w.sum(-1), torch.ones(3, 10))
-    # the model's per-task mixes are these weights over the projected groups
-    _, mix = model.encoder.fused(feats)
+    # the trunk inputs are these weights over the projected groups, one mix per task
+    mix = model.encoder(feats)
     proj = [p(v) for p, v in zip(model.encoder.fusion.projections, parts, strict=True)]
     torch.testing.assert_close(mix, w[..., :1] * proj[0] + w[..., 1:] * proj[1])
 
@@ -137,11 +144,10 @@ def test_a_single_group_has_a_constant_gate():
     assert model(feats)["kind"].shape == (8, 3)
 
 
-def test_concat_ignores_the_tasks_and_adds_nothing_to_the_towers():
+def test_concat_ignores_the_tasks_and_gives_one_trunk_input():
     concat = FUSIONS.get("concat")({"a": 3, "b": 4}, ["t"])
     parts = [torch.randn(2, 3), torch.randn(2, 4)]
-    x, per_task = concat.fuse(parts)
-    assert concat.task_dim == 0 and per_task is None and torch.equal(x, torch.cat(parts, 1))
+    assert not concat.per_task and torch.equal(concat(parts), torch.cat(parts, 1))
     model = MultiTaskModel(GROUPS, HEADS, ModelSpec(embedding_dim=3))
     assert model.towers.hidden.in_dim == model.trunk.out_dims["click"]
 
@@ -165,22 +171,16 @@ def test_fusion_params_are_checked_with_their_key():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_task_learns_to_weigh_its_own_group(seed):
-    """Task 1's classes come from group A alone, task 2's from B alone. A one-unit shared
-    bottom cannot carry either task, and a mix of width 2 read by a linear head (tower = [])
-    carries a task only where its gate leaves the other group out."""
+    """Task 1's classes come from group A alone, task 2's from B alone, with the default MMoE
+    and towers. A task's trunk input is its own mix, so its gate has to let its group through
+    (measured over seeds 0-4 after 300 steps: 0.70-0.93 on the right group)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(100 + seed)
     n, width = 1024, 4
     a, b = torch.randn(n, width, generator=g), torch.randn(n, width, generator=g)
     y1 = (a @ torch.randn(width, 3, generator=g)).argmax(1)
     y2 = (b @ torch.randn(width, 3, generator=g)).argmax(1)
-    spec = ModelSpec(
-        architecture="shared_bottom",
-        params={"hidden": [1]},
-        tower=[],
-        fusion="gated",
-        fusion_params={"dim": 3, "activation": "tanh"},
-    )
+    spec = ModelSpec(fusion="gated", fusion_params={"dim": 8})
     groups = {"A": {"kind": "numeric", "width": width}, "B": {"kind": "numeric", "width": width}}
     model = MultiTaskModel(groups, {"t1": 3, "t2": 3}, spec)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -127,9 +127,9 @@ class MultiTaskModel(nn.Module):
             dropout=spec.dropout,
             **spec.params,
         )
-        # a fusion's per-task vector (gated: each task's mix of the groups) joins its tower's input
-        tower_in = {t: d + self.encoder.task_dim for t, d in self.trunk.out_dims.items()}
-        self.towers = Towers(tower_in, self.heads, spec.tower, spec.activation, spec.dropout)
+        self.towers = Towers(
+            self.trunk.out_dims, self.heads, spec.tower, spec.activation, spec.dropout
+        )
         self._initialise(spec)
 
     @torch.no_grad()
@@ -196,12 +196,17 @@ class MultiTaskModel(nn.Module):
         except where a task-specific part reads the trunk input ``x`` directly: the
         MMoE/CGC gates (and single-level PLE's) read the encoder output, and that
         path's share of the encoder gradient is left out under rep gradients, as in
-        LibMTL. Everything downstream of ``rep`` gets the ordinary sum. A gated fusion's
-        per-task mixes bypass ``rep`` in the same way (gates and mixes read the encoders'
-        vectors and go straight to the towers), so their share of the encoder gradient is
-        left out under rep gradients too.
+        LibMTL. Everything downstream of ``rep`` gets the ordinary sum.
+
+        With a per-task fusion (gated) the encoder gives ``[T, B, D]``, one trunk input per
+        task: the trunk runs once on the ``T*B`` rows (``rep`` covers them all) and each
+        task keeps its output on its own ``B`` rows.
         """
-        x, per_task = self.encoder.fused(features)
+        x = self.encoder(features)
+        per_task = self.encoder.per_task
+        if per_task:  # [T, B, D]: task t's inputs become rows [t*B, (t+1)*B)
+            n_tasks, b = x.shape[0], x.shape[1]
+            x = x.reshape(n_tasks * b, x.shape[2])
         rep = self.trunk.shared(x)
         if not rep.requires_grad and torch.is_grad_enabled():
             # Nothing shared before rep (e.g. numeric-only input into single_task):
@@ -213,17 +218,20 @@ class MultiTaskModel(nn.Module):
         stacked = None if own else self.trunk.stacked_task_outputs(x, rep)
         if stacked is None:
             outs = self.trunk.task_outputs(x, rep)
-            if per_task is not None:
-                outs = {
-                    t: torch.cat([outs[t], m], -1)
-                    for t, m in zip(self.tasks, per_task, strict=True)
-                }
+            if per_task:
+                outs = {t: outs[t][i * b : (i + 1) * b] for i, t in enumerate(self.tasks)}
             return self.towers(outs), rep
-        if per_task is not None:
-            stacked = torch.cat([stacked, per_task], dim=-1)  # [T, B, H + d]
+        if per_task:
+            # [T, T*B, H] → each task's output on its own rows: the diagonal blocks, one gather
+            blocks = stacked.reshape(n_tasks, n_tasks, b, stacked.shape[-1])
+            diagonal = torch.arange(n_tasks, device=stacked.device)
+            stacked = blocks[diagonal, diagonal]
+        return self._towers_stacked(stacked), rep
+
+    def _towers_stacked(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.towers.batched:
-            return self.towers.forward_stacked(stacked), rep
-        return self.towers(dict(zip(self.tasks, stacked.unbind(0), strict=True))), rep
+            return self.towers.forward_stacked(stacked)
+        return self.towers(dict(zip(self.tasks, stacked.unbind(0), strict=True)))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Encoder parameters and the trunk's shared ones: all computed before ``rep``."""

@@ -76,23 +76,20 @@ ENCODERS: Registry[type[Encoder]] = Registry("encoder")
 
 
 class Fusion(nn.Module, DeclaredParams):
-    """The groups' vectors → the trunk input, and optionally one extra vector per task.
+    """The groups' vectors → the trunk input: one for all tasks, or one per task.
 
     Built as ``Fusion(dims, tasks, **params)``: ``dims`` maps each group (in group order) to
     its encoder's width, ``tasks`` are the model's tasks, ``params`` the Spec's
     ``model.fusion_params`` (checked against the signature and ``param_constraints``). Sets
-    ``out_dim`` (the trunk's input width) and ``task_dim`` (the width of each task's extra
-    vector, concatenated onto the trunk's output for that task before its tower; 0: none).
-    ``fuse(parts)`` returns ``(x [B, out_dim], per_task [T, B, task_dim] or None)``.
-    ``task_parameters()`` are the parameters only the per-task vectors depend on: they are
-    not shared (the model leaves them out of ``shared_parameters``).
+    ``out_dim`` (the trunk's input width). ``forward(parts)`` returns ``[B, out_dim]``, or,
+    with ``per_task = True``, ``[T, B, out_dim]``: task ``t``'s own trunk input, in task order
+    (the model then runs the trunk on the ``T*B`` rows at once and gives each task the output
+    of its own rows). ``task_parameters()`` are the parameters only one task's input depends
+    on (per-task gates): the model counts them as task parameters, not shared ones.
     """
 
     out_dim: int
-    task_dim: int = 0
-
-    def fuse(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self(parts), None
+    per_task: ClassVar[bool] = False
 
     def task_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())

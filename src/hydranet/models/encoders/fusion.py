@@ -1,11 +1,17 @@
 """Gated fusion: each task weighs the modality vectors with its own softmax gate.
 
 ``p_g = act(P_g v_g)`` projects group ``g``'s vector to a common width ``d`` (the modality
-vectors); the trunk gets ``[p_1 .. p_G]`` (``[B, G*d]``, so every trunk takes it as it takes
-concatenated features), and task ``t`` also gets ``m_t = sum_g softmax(W_t [v_1 .. v_G])_g p_g``,
-concatenated onto the trunk's output for ``t`` before its tower. The gates are MMoE's
-(Ma et al., KDD 2018) with the modalities as the experts: one softmax gate per task, all
-``T`` gates as one GEMM.
+vectors), and task ``t``'s trunk input is its own mix ``m_t = sum_g softmax(W_t [v_1 .. v_G])_g
+p_g`` (``[T, B, d]``). The gates are MMoE's (Ma et al., KDD 2018) with the modalities as the
+experts: one softmax gate per task, all ``T`` gates as one GEMM. Any trunk takes the mixes:
+the model runs it once on the ``T*B`` rows and keeps, for each task, its output on that
+task's rows (see ``MultiTaskModel.forward_with_rep``), so the trunk costs ``T`` times its
+concat cost (the encoders, usually the expensive part, run once).
+
+Because a task's trunk input is its mix, a task can only use a group its gate lets
+through: the gate is trained by that task's loss alone and must choose. (Mixing onto the
+towers beside a concatenated trunk input, the first version, left the gates near uniform on
+a two-group test: the trunk carried both groups anyway.)
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ __all__ = ["GatedFusion"]
 
 @FUSIONS.register("gated")
 class GatedFusion(Fusion):
-    """Per-group projections to ``dim`` (shared: the trunk input) and one gate per task.
+    """Per-group projections to ``dim`` (shared) and one gate per task (task parameters).
 
     The gates read the groups' vectors before projection, as MMoE's gates read the trunk
-    input. With a single group the gate is constant 1 and each task's extra vector is that
+    input. With a single group the gate is constant 1 and every task's input is that
     group's projection (allowed, and harmless: the gate's gradient is then zero).
     """
+
+    per_task = True
 
     param_constraints = {"dim": PositiveInt, "activation": Literal["relu", "gelu", "silu", "tanh"]}
 
@@ -50,20 +58,12 @@ class GatedFusion(Fusion):
         )
         # one GEMM for all tasks' gate logits: [B, sum(dims)] -> [T, B, G]
         self.gates = BatchedLinear(len(self.tasks), sum(dims.values()), len(self.groups))
-        self.out_dim = dim * len(self.groups)
-        self.task_dim = dim
+        self.out_dim = dim
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """The trunk input alone (the gates are not run)."""
-        return _cat(self._project(parts))
-
-    def fuse(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        projected = self._project(parts)
-        mix = mix_experts(torch.stack(projected), self.gate_weights(parts))  # [T, B, d]
-        return _cat(projected), mix
-
-    def _project(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [proj(v) for proj, v in zip(self.projections, parts, strict=True)]
+        """Each task's mix of the projected groups, ``[T, B, dim]`` in task order."""
+        projected = torch.stack([p(v) for p, v in zip(self.projections, parts, strict=True)])
+        return mix_experts(projected, self.gate_weights(parts))
 
     def gate_weights(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Each task's weights over the groups, ``[T, B, G]`` (rows sum to 1)."""

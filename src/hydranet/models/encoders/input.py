@@ -61,8 +61,8 @@ def fit_encoder_states(
 class InputEncoder(nn.Module):
     """``{group: tensor} → [B, out_dim]``: each group's encoder, then the fusion, in group order.
 
-    :meth:`fused` also returns the fusion's per-task vectors (``[T, B, task_dim]`` in
-    ``tasks`` order, or None), which the model adds to the towers' input.
+    With a per-task fusion (``per_task``: gated) the output is ``[T, B, out_dim]``, each
+    task's own trunk input in ``tasks`` order.
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class InputEncoder(nn.Module):
         dims = {n: self.encoders[n].out_dim for n in self.names}
         self.fusion = fusion(dims, list(tasks), **fusion_params)
         self.out_dim = int(self.fusion.out_dim)
-        self.task_dim = int(self.fusion.task_dim)
+        self.per_task = bool(self.fusion.per_task)
 
     def reset_parameters(self) -> None:
         for enc in self.encoders.values():
@@ -101,12 +101,8 @@ class InputEncoder(nn.Module):
         """Each group's encoded vector ``[B, d_g]``, in group order (the fusion's input)."""
         return [self.encoders[n](features[n]) for n in self.names]
 
-    def fused(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The trunk input and the fusion's per-task vectors (None where it has none)."""
-        return self.fusion.fuse(self.parts(features))
-
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.fused(features)[0]
+        return self.fusion(self.parts(features))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter but the fusion's per-task ones (the gates of a gated fusion)."""
