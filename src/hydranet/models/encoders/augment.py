@@ -73,15 +73,20 @@ def augment(
 
 
 def _jitter(x: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
+    b = x.shape[0]
+    factors = _uniform(3 * b, 1 - amount, 1 + amount, x, generator).view(3, b, 1, 1, 1)
+    return jitter_with(x, *factors)
+
+
+def jitter_with(
+    x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
+) -> torch.Tensor:
+    """Colour jitter with given per-sample factors (each ``[B, 1, 1, 1]``), as torchvision's
+    ``adjust_brightness``, ``adjust_contrast`` and ``adjust_saturation`` in turn, batched."""
     from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-    b = x.shape[0]
-
-    def factor() -> torch.Tensor:
-        return _uniform(b, 1 - amount, 1 + amount, x, generator).view(b, 1, 1, 1)
-
-    x = (x * factor()).clamp(0, 1)  # brightness
+    x = (x * brightness).clamp(0, 1)
     mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = (mean + factor() * (x - mean)).clamp(0, 1)  # contrast: towards the mean grey
+    x = (mean + contrast * (x - mean)).clamp(0, 1)  # towards the picture's mean grey
     grey = rgb_to_grayscale(x)
-    return (grey + factor() * (x - grey)).clamp(0, 1)  # saturation: towards each pixel's grey
+    return (grey + saturation * (x - grey)).clamp(0, 1)  # towards each pixel's grey

@@ -220,9 +220,11 @@ class MobileNetV2(_ImageEncoder):
         if self.freeze:
             # a frozen backbone computes what it was trained to: BatchNorm on its stored
             # statistics, which must not move with our batches
-            frozen = [b for b in self.blocks() if not any(p.requires_grad for p in b.parameters())]
+            blocks = self.blocks()
+            frozen = [b for b in blocks if not any(p.requires_grad for p in b.parameters())]
             for block in frozen:
                 block.eval()
+            self.backbone.training = mode and len(frozen) < len(blocks)
         return self
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
