@@ -101,11 +101,17 @@ def test_a_missing_or_undecodable_image_names_its_column_and_row(tmp_path):
 def test_the_second_transform_decodes_nothing_and_reads_the_cache_file(tmp_path):
     for i in range(6):
         (tmp_path / f"{i}.png").write_bytes(png(solid((40 * i, 10, 200))))
-    table = pa.table({"img": [f"{i}.png" for i in range(6)]})
+    n = image_kind.CACHE_MIN_ROWS  # fewer rows are decoded in memory, not cached
+    table = pa.table({"img": [f"{i % 6}.png" for i in range(n)]})
     group = fitted(size=5, root=str(tmp_path))
     before, old = image_kind.decoded_count(), set(image_kind.cache_dir().glob("*.npy"))
+    small = group.transform(table.slice(0, n - 1))
+    assert image_kind.decoded_count() == before + n - 1
+    assert set(image_kind.cache_dir().glob("*.npy")) == old  # a few rows leave no file
+    before = image_kind.decoded_count()
     x = group.transform(table)
-    assert image_kind.decoded_count() == before + 6
+    torch.testing.assert_close(x[: n - 1], small, rtol=0, atol=0)
+    assert image_kind.decoded_count() == before + n
     files = set(image_kind.cache_dir().glob("*.npy")) - old  # the cache dir is the session's
     stamps = {f: f.stat().st_mtime_ns for f in files}
     # another run: the group rebuilt from its saved state, nothing decoded, nothing rewritten
@@ -113,7 +119,7 @@ def test_the_second_transform_decodes_nothing_and_reads_the_cache_file(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's warning on a read-only array would be raised
         y = again.transform(table)
-    assert image_kind.decoded_count() == before + 6
+    assert image_kind.decoded_count() == before + n
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
     assert set(image_kind.cache_dir().glob("*.npy")) - old == files
     torch.testing.assert_close(y, x, rtol=0, atol=0)
@@ -127,8 +133,8 @@ def test_the_second_transform_decodes_nothing_and_reads_the_cache_file(tmp_path)
     (tmp_path / "3.png").write_bytes(png(solid((0, 0, 0), 7, 7)))
     os.utime(tmp_path / "3.png", ns=(1, 1))
     z = group.transform(table)
-    assert image_kind.decoded_count() == before + 12
-    assert z[3].eq(0).all() and torch.equal(z[2], x[2])
+    assert image_kind.decoded_count() == before + 2 * n
+    assert z[3].eq(0).all() and z[9].eq(0).all() and torch.equal(z[2], x[2])
 
 
 # ---------------------------------------------------------------- augmentation
@@ -285,3 +291,39 @@ def test_a_cnn_learns_two_tasks_from_pictures(tmp_path):
     metrics = run.final_metrics["validation"]
     assert metrics["red"]["auc"] > 0.9, metrics
     assert metrics["big"]["auc"] > 0.75, metrics
+
+
+def test_a_resumed_run_draws_the_same_augmentations(tmp_path):
+    """The augmentation draws from torch's global RNG, which every checkpoint saves: a run
+    stopped mid-epoch and resumed ends with the weights of one run straight through."""
+    from safetensors.torch import load_file
+
+    from hydranet.spec import Spec
+    from hydranet.train.trainer import setup
+
+    paths = {}
+    for i, (split, n) in enumerate([("train", 96), ("validation", 32)]):
+        paths[split] = str(tmp_path / f"{split}.parquet")
+        pq.write_table(squares(n, seed=i), paths[split])
+    spec = Spec.from_dict({
+        "data": paths,
+        "features": [{"name": "pic", "kind": "image", "columns": ["pic"], "params": {"size": 12}}],
+        "tasks": [{"name": "red", "kind": "binary"}],
+        "model": {"architecture": "shared_bottom", "tower": [4],
+                  "encoders": {"pic": {"name": "cnn", "params": {"channels": [4], "out_dim": 4}}}},
+        "train": {"epochs": 2, "batch_size": 16, "checkpoint_every": 3, "seed": 0},
+    })  # fmt: skip
+    setup(spec, tmp_path / "whole", progress=False).fit()
+    setup(spec, tmp_path / "part", progress=False).fit(stop_after_steps=7)
+    setup(spec, tmp_path / "part", resume=True, progress=False).fit()
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    part = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert whole.keys() == part.keys()
+    for k in whole:
+        torch.testing.assert_close(part[k], whole[k], rtol=0, atol=0, msg=k)
+    # and the augmentation did draw: without it the weights differ
+    plain = spec.model_copy(deep=True)
+    plain.model.encoders["pic"].params["augment"] = False
+    setup(plain, tmp_path / "plain", progress=False).fit()
+    other = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert not all(torch.equal(other[k], whole[k]) for k in whole)

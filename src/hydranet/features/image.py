@@ -46,6 +46,9 @@ CACHE_VERSION = 1
 """Part of every cache key: bump it when the decoded pixels of the same file change."""
 DEFAULT_SIZE = 64
 _WHITE = (255, 255, 255)
+CACHE_MIN_ROWS = 64
+"""Tables of fewer rows are decoded in memory, not cached: quick anyway, and a server's
+requests (or a notebook's few rows) would each leave a file behind."""
 # rows decoded per step: bounds the pending futures of a large column
 _CHUNK_ROWS = 4096
 
@@ -178,10 +181,17 @@ class ImageGroup(FeatureGroup):
             if why:
                 raise UserError(f"image column {name!r} {why}")
             columns.append((name, self._values(name, col)))
-        key = self._key(columns)
+        key = self._key(columns)  # also checks that every file is there, before any decoding
+        if n < CACHE_MIN_ROWS:
+            return torch.from_numpy(self._decode_all(columns, _white((n, c, 3, s, s))))
         path = cache_dir() / f"{key}.npy"
         if not path.is_file():
-            self._write(path, columns, n)
+            try:
+                self._write(path, columns, n)
+            except OSError:
+                # no cache where it should be (a read-only data directory, a full disk):
+                # decode into memory; the run is slower the next time, not wrong
+                return torch.from_numpy(self._decode_all(columns, _white((n, c, 3, s, s))))
         return _mapped(path)
 
     def _values(self, name: str, col: pa.ChunkedArray | pa.Array) -> list[bytes | str | None]:
@@ -217,6 +227,18 @@ class ImageGroup(FeatureGroup):
                     h.update(f"p{v}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
+    def _decode_all(self, columns: list[tuple[str, list]], out: np.ndarray) -> np.ndarray:
+        """Every non-null row's picture into ``out [n, C, 3, S, S]`` (nulls stay as they are)."""
+        # Pillow releases the GIL while it decodes and resizes: threads overlap the work
+        workers = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for j, (name, values) in enumerate(columns):
+                rows = [i for i, v in enumerate(values) if v is not None]
+                for start in range(0, len(rows), _CHUNK_ROWS):
+                    chunk = rows[start : start + _CHUNK_ROWS]
+                    list(pool.map(partial(_decode_into, out, j, name, values, self.size), chunk))
+        return out
+
     def _write(self, path: Path, columns: list[tuple[str, list]], n: int) -> None:
         s = self.size
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,14 +250,7 @@ class ImageGroup(FeatureGroup):
                 tmp, mode="w+", dtype=np.uint8, shape=(n, len(columns), 3, s, s)
             )
             out[...] = 255  # a null is a white picture
-            # Pillow releases the GIL while it decodes and resizes: threads overlap the work
-            workers = min(8, os.cpu_count() or 1)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for j, (name, values) in enumerate(columns):
-                    rows = [i for i, v in enumerate(values) if v is not None]
-                    for start in range(0, len(rows), _CHUNK_ROWS):
-                        chunk = rows[start : start + _CHUNK_ROWS]
-                        list(pool.map(partial(_decode_into, out, j, name, values, s), chunk))
+            self._decode_all(columns, out)
             out.flush()
             del out
             os.replace(tmp, path)  # atomic: a reader sees the whole file or none
@@ -271,6 +286,10 @@ class ImageGroup(FeatureGroup):
             {"photo": pa.array(photo, pa.binary()), "icon": pa.array(icon, pa.binary())}
         )
         return table, {"size": 8}
+
+
+def _white(shape: tuple[int, ...]) -> np.ndarray:
+    return np.full(shape, 255, dtype=np.uint8)  # a null is a white picture
 
 
 def _mapped(path: Path) -> torch.Tensor:
