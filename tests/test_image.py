@@ -285,12 +285,12 @@ def test_a_cnn_learns_two_tasks_from_pictures(tmp_path):
         "model": {"architecture": "shared_bottom", "tower": [8],
                   "encoders": {"pic": {"name": "cnn", "params": {
                       "channels": [8, 16, 16], "out_dim": 16, "flip": True}}}},
-        "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "seed": 0},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.01, "seed": 0},
     })  # fmt: skip
     run = hydranet.train(spec, tmp_path / "run", progress=False)
     metrics = run.final_metrics["validation"]
     assert metrics["red"]["auc"] > 0.9, metrics
-    assert metrics["big"]["auc"] > 0.75, metrics
+    assert metrics["big"]["auc"] > 0.9, metrics
 
 
 def test_a_resumed_run_draws_the_same_augmentations(tmp_path):
