@@ -212,11 +212,8 @@ def test_emoji_fetch_errors_name_the_package_and_the_offline_variable(tmp_path, 
         emoji.fetch_package(tmp_path)
 
 
-def test_emoji_trains_on_its_numeric_column(fake_emoji, tmp_path):
-    # the three tasks from the default features alone, until the image and text kinds exist
-    spec = tmp_path / "emoji.toml"
-    spec.write_text(
-        """
+def test_emoji_trains_on_its_default_image_text_and_numeric_features(fake_emoji, tmp_path):
+    base = """
 name = "emoji"
 [data]
 dataset = "emoji"
@@ -232,12 +229,32 @@ kind = "binary"
 [model]
 architecture = "shared_bottom"
 tower = [4]
+[model.encoders.image]
+name = "cnn"
+params = { channels = [4, 8], out_dim = 4 }
 [train]
 epochs = 1
 batch_size = 8
 """
-    )
+    spec = tmp_path / "emoji.toml"
+    spec.write_text(base)
     run = hydranet.train(spec, tmp_path / "run")
     assert [t.name for t in run.spec.tasks] == emoji.TASKS
     assert [t.out_dim for t in run.tasks] == [4, 5, 1]  # every class of the data set is in train
+    groups = {g.name: (g.kind, g.columns) for g in run.spec.feature_groups()}
+    assert groups == {
+        "image": ("image", ["image"]),
+        "text": ("text", ["name", "short_names"]),
+        "numeric": ("numeric", ["added_in"]),
+    }
+    assert run.preprocessor.info()["image"]["shape"] == [1, 3, 64, 64]
     assert set(run.evaluate("test")) == set(emoji.TASKS)
+    # a spec that names its own feature columns gets those alone
+    spec.write_text(
+        base.replace('dataset = "emoji"', 'dataset = "emoji"\nnumeric = ["added_in"]').replace(
+            '[model.encoders.image]\nname = "cnn"\nparams = { channels = [4, 8], out_dim = 4 }\n',
+            "",
+        )
+    )
+    alone = hydranet.train(spec, tmp_path / "run-numeric")
+    assert [g.name for g in alone.spec.feature_groups()] == ["numeric"]

@@ -362,6 +362,12 @@ class Spec(_Part):
         if self.data.dataset and not shortcut:
             # a bundled dataset fills data.numeric / data.categorical when the spec is resolved
             groups |= {"numeric", "categorical"}
+            if not names:
+                # and brings its default groups of other kinds (image, text)
+                from hydranet.data.datasets import DATASETS
+
+                if self.data.dataset in DATASETS.names():
+                    groups |= {g["name"] for g in DATASETS.get(self.data.dataset).features}
         for key, enc in self.model.encoders.items():
             if key not in groups:
                 problems.append(

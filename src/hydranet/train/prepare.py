@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from hydranet.data.loader import TensorData, build_tensor_data
 from hydranet.data.preprocess import Preprocessor
-from hydranet.data.sources import load_splits, resolve_dataset
+from hydranet.data.sources import dataset_features, load_splits, resolve_dataset
 from hydranet.errors import DataError, SpecError, column_report
 from hydranet.spec import Spec
 from hydranet.tasks import Task, build_task
@@ -44,6 +44,9 @@ def resolve_spec(spec: Spec) -> Spec:
     training data's schema, all problems at once (one line each)."""
     data = spec.data if spec.data.dataset is None else resolve_dataset(spec.data)
     resolved = spec.model_copy(update={"data": data})
+    if data is not spec.data and not (spec.features or spec.data.numeric or spec.data.categorical):
+        # no feature column named: the bundled dataset's default groups (image, text) too
+        resolved = resolved.model_copy(update={"features": dataset_features(spec.data)})
     if not data.train:
         raise SpecError(
             [

@@ -2,7 +2,7 @@
 
 A bundled dataset knows how to produce its splits as Parquet files under
 :func:`data_dir` (download or generate once, then reuse the cache) and which
-columns are its default numeric and categorical features, so a Spec can say
+columns are its default features (numeric and categorical columns, and groups of other kinds), so a Spec can say
 ``dataset = "census"`` and nothing else about the data.
 """
 
@@ -41,6 +41,10 @@ class BundledDataset:
     """The values each of ``params`` accepts (see :mod:`hydranet.params`), checked at Spec load."""
     columns_for: Callable[[dict[str, Any]], tuple[list[str], list[str]]] | None = None
     """Feature columns that depend on the params (e.g. the synthetic dimension)."""
+    features: list[dict[str, Any]] = field(default_factory=list)
+    """Default ``[[features]]`` groups of other kinds (image, text): ``name``, ``kind``,
+    ``columns``, ``params``; used, beside the numeric and categorical columns, when a spec
+    names no feature column of its own."""
 
     def prepare(self, data_dir: Path, params: dict[str, Any]) -> dict[str, Path]:
         """Split name → Parquet path, building the files on first use."""
@@ -82,6 +86,7 @@ DATASETS.add(
         build=emoji.prepare,
         numeric=list(emoji.NUMERIC),
         categorical=[],
+        features=emoji.FEATURES,
     ),
 )
 DATASETS.add(

@@ -20,10 +20,13 @@ not rows of their own. Columns:
   emoji.json): people and hands, which both the picture (a yellow figure) and
   the words ("hand", "person") show.
 
-``sort_order`` is Unicode's emoji ordering, which runs through the categories
-and subcategories one after the other: it gives both away, so it is kept in
-the files but is not a default feature. The default features are
-``added_in`` only until the image and text kinds read the other columns.
+The default features (a spec that names no feature column of its own) are
+the picture, group ``image`` (kind ``image``, 64 px, the ``cnn`` encoder), the
+words, group ``text`` (kind ``text``: ``name`` and ``short_names``, 16 tokens
+each, the ``bag`` encoder) and ``added_in`` (numeric). ``sort_order`` is
+Unicode's emoji ordering, which runs through the categories and subcategories
+one after the other: it gives both away, so it is kept in the files but is not
+a default feature.
 """
 
 from __future__ import annotations
@@ -52,6 +55,16 @@ IMAGE_SIZE = 64
 SPLIT_SEED = 2016
 _EVERY = 10  # one row in ten to validation, one to test
 NUMERIC = ["added_in"]
+FEATURES = [
+    {"name": "image", "kind": "image", "columns": ["image"], "params": {"size": IMAGE_SIZE}},
+    {
+        "name": "text",
+        "kind": "text",
+        "columns": ["name", "short_names"],
+        "params": {"max_tokens": 16},
+    },
+]
+"""The default ``[[features]]`` groups beside the numeric ``added_in``."""
 TASKS = ["category", "subcategory", "skin_tones"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

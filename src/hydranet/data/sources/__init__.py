@@ -25,7 +25,7 @@ from hydranet.data.sources.base import SOURCES, Source, open_source, source_clas
 from hydranet.data.sources.base import first_line as _first_line  # noqa: F401  (stream.py)
 from hydranet.data.sources.files import FileSource
 from hydranet.errors import DataError, UserError
-from hydranet.spec_tables import DataSpec, SourceOptions
+from hydranet.spec_tables import DataSpec, FeatureGroupSpec, SourceOptions
 
 __all__ = [
     "SOURCES",
@@ -35,6 +35,7 @@ __all__ = [
     "load_splits",
     "open_source",
     "read_table",
+    "dataset_features",
     "resolve_dataset",
     "source_class",
 ]
@@ -171,6 +172,13 @@ def _carve(
         start += size
     rows["train"] = np.sort(perm[start:]).astype(np.int64)
     return table.take(rows["train"]), carved, rows
+
+
+def dataset_features(data: DataSpec) -> list[FeatureGroupSpec]:
+    """The ``[[features]]`` groups ``data.dataset`` brings by default (image, text), if any."""
+    if not data.dataset:
+        return []
+    return [FeatureGroupSpec(**g) for g in DATASETS.get(data.dataset).features]
 
 
 def resolve_dataset(data: DataSpec) -> DataSpec:
