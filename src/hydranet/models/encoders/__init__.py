@@ -5,7 +5,12 @@ Importing this package registers the built-in encoders: ``embedding`` (categoric
 ``concat`` fusion. ``ENCODERS.get("pkg.mod:MyEncoder")`` brings a user's encoder.
 """
 
-from hydranet.models.encoders import embedding, numeric, text  # noqa: F401  (imported to register)
+from hydranet.models.encoders import (  # noqa: F401  (imported to register)
+    embedding,
+    numeric,
+    pretrained_text,
+    text,
+)
 from hydranet.models.encoders.base import ENCODERS, FUSIONS, Concat, Encoder
 from hydranet.models.encoders.input import InputEncoder
 

@@ -82,6 +82,9 @@ class InputEncoder(nn.Module):
         fusion = FUSIONS.get(getattr(model_spec, "fusion", "concat"))
         self.fusion = fusion({n: self.encoders[n].out_dim for n in self.names})
         self.out_dim = int(self.fusion.out_dim)
+        # groups whose features arrive already encoded (frozen pretrained encoders' cached
+        # embeddings, set by hydranet.train.transfer for training only): their encoder is skipped
+        self.pre_encoded: set[str] = set()
 
     def reset_parameters(self) -> None:
         for enc in self.encoders.values():
@@ -89,4 +92,11 @@ class InputEncoder(nn.Module):
                 enc.reset_parameters()
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.pre_encoded:
+            return self.fusion(
+                [
+                    features[n] if n in self.pre_encoded else self.encoders[n](features[n])
+                    for n in self.names
+                ]
+            )
         return self.fusion([self.encoders[n](features[n]) for n in self.names])
