@@ -37,12 +37,18 @@ def load_local_transformer(path: str | Path, what: str) -> nn.Module:
     # read when huggingface_hub is first imported; local_files_only is what guarantees it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # hydranet's output is lines, not a bar per load
     try:
         return AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot load the model in {path}: {first}") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 @ENCODERS.register("minilm")
