@@ -39,14 +39,18 @@ def load_local_transformer(path: str | Path, what: str) -> nn.Module:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # hydranet's output is lines, not a bar per load
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    # hydranet's output is lines: no bar per load, and no report of the pooler's weights
+    # that a sentence encoder leaves unused (add_pooling_layer=False)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         return AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot load the model in {path}: {first}") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
 
