@@ -167,6 +167,8 @@ def test_unfreezing_trains_the_last_blocks_from_its_epoch_and_logs_it(make_spec,
     assert all(torch.equal(start[k], v) for k, v in _encoder_state(trainer.model).items())
     assert not enc.mid[2].training  # frozen blocks stay in eval mode (dropout off)
     trainer.fit()
+    # the unfrozen blocks train in train mode (dropout on), the frozen one stays in eval mode
+    assert trainer.model.training and enc.mid[2].training and not enc.emb.training
     end = _encoder_state(trainer.model)
     assert torch.equal(end["emb.weight"], start["emb.weight"])  # not among the last two
     assert not torch.equal(end["top.weight"], start["top.weight"])
