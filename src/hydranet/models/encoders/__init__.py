@@ -11,6 +11,7 @@ from hydranet.models.encoders import (  # noqa: F401  (imported to register)
     fusion,
     image,
     numeric,
+    pretrained_text,
     text,
 )
 from hydranet.models.encoders.base import ENCODERS, FUSIONS, Concat, Encoder, Fusion

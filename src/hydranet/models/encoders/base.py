@@ -13,7 +13,12 @@ input (:class:`Fusion`, registered in ``FUSIONS``). Every encoder:
 * declares ``kinds`` (the feature kinds it accepts; empty: any);
 * may learn something from the training data before it is built (quantile bins):
   then ``needs_fit = True`` and ``fit_state(group, x, params, target)`` returns a JSON-able
-  state that is saved in the run (``encoders.json``) and passed back as ``state``.
+  state that is saved in the run (``encoders.json``) and passed back as ``state``;
+* may start from pretrained weights: then ``pretrained = True``, its ``path_params`` name the
+  parameters that are local files (resolved against the spec file's directory), and it takes
+  ``weights``, ``freeze``, ``unfreeze_after``, ``unfreeze_blocks`` and ``lr_scale``, which
+  :mod:`hydranet.train.transfer` reads; :meth:`Encoder.blocks` lists its parts, input side
+  first, for partial unfreezing.
 
 A new encoder is one file with one such class and ``@ENCODERS.register("name")``;
 ``tests/test_encoder_contract.py`` checks every registered one.
@@ -37,11 +42,29 @@ __all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder", "Fusion"]
 class Encoder(nn.Module, DeclaredParams):
     kinds: ClassVar[tuple[str, ...]] = ()
     needs_fit: ClassVar[bool] = False
+    pretrained: ClassVar[bool] = False
+    path_params: ClassVar[tuple[str, ...]] = ()
     out_dim: int
 
     def __init__(self, group: dict[str, Any], model_spec: Any = None, state: Any = None):
         super().__init__()
         self.group = dict(group)
+
+    def blocks(self) -> list[nn.Module]:
+        """The encoder's parts, input side first: the last ``unfreeze_blocks`` of them train
+        from epoch ``unfreeze_after`` (one block, the whole encoder, unless overridden)."""
+        return [self]
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        if mode and self.pretrained:
+            # frozen pretrained parts compute what they were trained to compute: dropout off,
+            # BatchNorm on its stored statistics (the cached embeddings are made in eval mode)
+            for block in self.blocks():
+                if not any(p.requires_grad for p in block.parameters()):
+                    for m in block.modules():
+                        m.training = False
+        return self
 
     @classmethod
     def with_defaults(cls, params: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,9 @@ class InputEncoder(nn.Module):
         self.fusion = fusion(dims, list(tasks), **fusion_params)
         self.out_dim = int(self.fusion.out_dim)
         self.per_task = bool(self.fusion.per_task)
+        # groups whose features arrive already encoded (frozen pretrained encoders' cached
+        # embeddings, set by hydranet.train.transfer for training only): their encoder is skipped
+        self.pre_encoded: set[str] = set()
 
     def reset_parameters(self) -> None:
         for enc in self.encoders.values():
@@ -99,7 +102,10 @@ class InputEncoder(nn.Module):
 
     def parts(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each group's encoded vector ``[B, d_g]``, in group order (the fusion's input)."""
-        return [self.encoders[n](features[n]) for n in self.names]
+        return [
+            features[n] if n in self.pre_encoded else self.encoders[n](features[n])
+            for n in self.names
+        ]
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.fusion(self.parts(features))
