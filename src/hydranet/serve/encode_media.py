@@ -151,5 +151,9 @@ def _base64(text: str) -> bytes | None:
 
 
 def _why(e: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):  # its message repeats the file's name
+        return "not an image file Pillow can read"
     text = getattr(e, "strerror", None) or str(e)
     return (text.splitlines()[0] if text else "") or type(e).__name__
