@@ -34,6 +34,11 @@ NAMES = ENCODERS.names()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def example_params(cls) -> dict:
+    """Params an encoder cannot do without (a pretrained one's weights file), else none."""
+    return cls.example_params() if hasattr(cls, "example_params") else {}
+
+
 def example(name: str, seed: int = 0):
     """The encoder class, its example group and rows, and its fitted state (or None)."""
     cls = ENCODERS.get(name)
@@ -46,7 +51,7 @@ def example(name: str, seed: int = 0):
 def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     cls, group, x, state = example(name)
     torch.manual_seed(seed)
-    enc = cls(group, None, state=state)
+    enc = cls(group, None, state=state, **example_params(cls))
     if hasattr(enc, "reset_parameters"):
         enc.reset_parameters()
     return enc, x
@@ -142,7 +147,9 @@ class _Positional(nn.Module):
 def small_model(name: str) -> tuple[MultiTaskModel, torch.Tensor]:
     cls, group, x, _ = example(name)
     spec = ModelSpec(
-        architecture="shared_bottom", tower=[4], encoders={"g": EncoderSpec(name=name)}
+        architecture="shared_bottom",
+        tower=[4],
+        encoders={"g": EncoderSpec(name=name, params=example_params(cls))},
     )
     groups = {"g": group}
     states = fit_encoder_states(spec, groups, {"g": x})
