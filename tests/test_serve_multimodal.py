@@ -181,7 +181,6 @@ def photo_table(n: int, seed: int) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def photo_run(tmp_path_factory) -> tuple[Run, pa.Table]:
-    pytest.importorskip("hydranet.features.image")  # the image kind (branch h-image) merged?
     tmp = tmp_path_factory.mktemp("mm-photo")
     paths = {}
     for i, (split, n) in enumerate([("train", 96), ("test", 24)]):
