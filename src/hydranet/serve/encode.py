@@ -341,8 +341,3 @@ def kind_of(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__  # pragma: no cover - json.loads gives nothing else
-
-
-# the text and image kinds' encoders register themselves (a module of their own: they hand
-# the work to the feature group, and the image one brings base64 and Pillow with it)
-from hydranet.serve import encode_media  # noqa: E402, F401

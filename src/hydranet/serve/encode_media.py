@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from hydranet.errors import DataError
+from hydranet.features.image import decode
 from hydranet.serve.encode import ROW_ENCODERS, Cell, RowEncoder, _encodable, _refuse_types
 from hydranet.serve.problems import Problems
 
@@ -83,8 +85,6 @@ class ImageRows(RowEncoder):
     kind = "image"
 
     def check(self, values: list[list[Any]], problems: Problems) -> np.ndarray:
-        from hydranet.features.image import decode
-
         names, size = self.columns, self.group.size
         out = np.full((len(values), len(names), 3, size, size), 255, dtype=np.uint8)
         if not _check_strings(
@@ -115,9 +115,6 @@ class ImageRows(RowEncoder):
         kind resolves it, against the group's ``root`` param or else the working directory;
         or the file's bytes). The group's ``transform`` (and its decode cache) when every
         value decodes; else each value on its own, an undecodable one a bad row (white)."""
-        from hydranet.errors import DataError
-        from hydranet.features.image import decode
-
         try:
             return self.group.transform(table), []
         except DataError:

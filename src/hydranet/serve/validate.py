@@ -42,6 +42,7 @@ import torch
 
 from hydranet.data.preprocess import Preprocessor
 from hydranet.errors import DataError, UserError, column_report
+from hydranet.serve import encode_media  # noqa: F401  (registers the text and image row encoders)
 from hydranet.serve.encode import ROW_ENCODERS, Cell, NonFinite, RowEncoder, kind_of
 from hydranet.serve.problems import Problems, RequestError, cut  # noqa: F401  (RequestError: re-exported)
 
