@@ -3,14 +3,13 @@
 Here: the fitted word-level tokenizer's ids (padding, truncation, null, unknown words, the
 vocabulary cap), its JSON round trip, a tokenizer.json given by path, a missing or bad one as
 one line naming it, the bag's mean against its written-out reference, a training run whose
-label hangs on one word, and 'hydranet serve' refusing such a run in one line.
+label hangs on one word, and batch predict of such a run (serving it:
+tests/test_serve_multimodal.py).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -242,18 +241,8 @@ def test_training_learns_a_label_that_hangs_on_one_word(text_run):
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_serve_refuses_a_text_run_in_one_line_and_predict_takes_it(text_run, tmp_path):
+def test_batch_predict_takes_a_text_run(text_run, tmp_path):
     run, paths = text_run
-    proc = subprocess.run(
-        [sys.executable, "-m", "hydranet", "serve", str(run.path), "--port", "0"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "'words'" in lines[0] and "'text'" in lines[0] and "hydranet predict" in lines[0]
-    assert "ready" not in proc.stdout
-    # what the line promises: batch predict takes the run
     from hydranet.cli import main
 
     out = tmp_path / "p.parquet"

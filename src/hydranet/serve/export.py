@@ -3,11 +3,12 @@
 The graph computes what :class:`~hydranet.serve.predictor.TorchBackend`
 computes: one input per feature group, named after the group and in group
 order, holding the tensor :meth:`Preprocessor.transform` makes for it
-(categorical int64 ``[B, C]``, numeric float32 ``[B, width]``); one output per
-task, named after it, after the task's activation (sigmoid, softmax,
-de-standardization); the batch axis of every input and output is dynamic.
-Preprocessing is not in the graph: it stays in Python, from
-``preprocessor.json``, whose sha256 the graph records (see
+(categorical int64 ``[B, C]``, numeric float32 ``[B, width]``, text int64 token ids
+``[B, C, T]``, image uint8 ``[B, C, 3, S, S]``); one output per task, named after it,
+after the task's activation (sigmoid, softmax, de-standardization); the batch axis of
+every input and output is dynamic. Preprocessing is not in the graph: it stays in
+Python, from ``preprocessor.json`` (tokenizing texts, decoding and resizing images;
+an image encoder's scaling and normalisation of the uint8 pixels is in the graph), whose sha256 the graph records (see
 ``META_PREPROCESSOR``) so that a server refuses to pair it with another run's.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. With

@@ -7,8 +7,9 @@ activation (probabilities, values):
 * ``onnxruntime``: an ONNX graph written by ``hydranet export`` (or the int8
   one written by ``hydranet compress``). Preprocessing stays in Python: the
   graph takes the batch format's features, one input per feature group named
-  after it (categorical int64 ``[B, C]``, numeric float32 ``[B, width]``, as
-  ``Preprocessor.transform`` makes them), so the run's ``preprocessor.json`` is
+  after it (categorical int64 ``[B, C]``, numeric float32 ``[B, width]``, text ids
+  int64 ``[B, C, T]``, images uint8 ``[B, C, 3, S, S]``, as ``Preprocessor.transform``
+  makes them: tokenizing and image decoding stay in Python), so the run's ``preprocessor.json`` is
   always needed beside it. The graph records a hash of that file and is refused
   with another run's preprocessor.
 

@@ -22,6 +22,10 @@ that has no row encoder is refused at start, see :func:`check_servable`):
   in training (``3`` → ``"3"``, ``true`` → ``"true"``), so an integer-coded
   column matches its vocabulary. A value never seen in training goes to the
   out-of-vocabulary bucket, as in training.
+* text feature: a string or ``null`` (all padding), tokenized by the run's fitted
+  tokenizer as in training (:mod:`hydranet.serve.encode_media`).
+* image feature: a base64 string of the image file's bytes (PNG, JPEG, ...) or
+  ``null``; base64 or bytes that do not decode to an image are refused.
 * anything else (an object, a list) is refused, for every feature. Every row
   must have every feature, and nothing else.
 """
@@ -38,6 +42,7 @@ import torch
 
 from hydranet.data.preprocess import Preprocessor
 from hydranet.errors import DataError, UserError, column_report
+from hydranet.serve import encode_media  # noqa: F401  (registers the text and image row encoders)
 from hydranet.serve.encode import ROW_ENCODERS, Cell, NonFinite, RowEncoder, kind_of
 from hydranet.serve.problems import Problems, RequestError, cut  # noqa: F401  (RequestError: re-exported)
 
