@@ -222,6 +222,10 @@ class Trainer:
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.graph_step = self._graph_step()
+        # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
+        # the wrapped one only runs the training forward. Before the optimizer: sharding
+        # replaces the sharded encoders' parameters
+        self.ddp = self.dist.wrap(self.model, self.device, cfg.shard_encoders)
         params = list(self.model.parameters()) + [
             p for p in self.balancer.parameters() if p.requires_grad
         ]
@@ -230,9 +234,6 @@ class Trainer:
             params, cfg, self.device, capturable=self.graph_step is not None
         )
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
-        # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
-        # the wrapped one only runs the training forward
-        self.ddp = self.dist.wrap(self.model, self.device)
         self.dist.reduce_task_gradients(self.balancer)
         self.forward = build_forward(self.ddp, cfg.compile)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -274,8 +275,8 @@ class Trainer:
     # ------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.dist.full_model(self.model).state_dict(),
+            "optimizer": self.dist.full_tensors(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -332,8 +333,10 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.check_finite()  # never a checkpoint of a diverged model
+        # sharded encoders: every rank takes part in gathering the full state
+        state = self.state() if self.dist.is_main or self.dist.sharded else None
         if self.dist.is_main:
-            save_state(self.state(), self.out / rundir.CHECKPOINT)
+            save_state(state, self.out / rundir.CHECKPOINT)
         self.last_checkpoint = position(
             {"epoch": self.epoch, "step": self.step}, self.loader.state_dict()
         )
@@ -350,8 +353,8 @@ class Trainer:
             raise UserError(
                 f"cannot resume {self.out} with train.epochs = {self.cfg.epochs}: its checkpoint has trained {loop['epoch']} epochs already"
             )
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        self.dist.load_model_state(self.model, s["model"])
+        self.dist.load_optimizer_state(self.optimizer, s["optimizer"])
         if self.graph_step is not None:
             device_lr_(self.optimizer, self.device)
         self.scheduler.load_state_dict(s["scheduler"])
@@ -583,8 +586,14 @@ class Trainer:
             parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
         return "  ".join(parts)
 
+    @property
+    def eval_model(self):
+        """The model rank 0 evaluates and saves: with sharded encoders, its full replica."""
+        return self.dist.replica if self.dist.sharded else self.model
+
     def end_epoch(self, rows_per_s: float, seconds: float) -> None:
         self.check_finite()
+        self.dist.full_model(self.model)  # sharded: rank 0's replica gets this epoch's weights
         record = self.epoch_record(rows_per_s, seconds)
         for cb in self.callbacks:
             cb.on_epoch_end(self, record)
@@ -623,7 +632,7 @@ class Trainer:
     def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         s = self.splits[split]
         preds, losses = predict_arrays(
-            self.model,
+            self.eval_model,
             s.data.features,
             self.tasks,
             self.cfg.eval_batch_size,
@@ -639,7 +648,7 @@ class Trainer:
             return
         for cb in self.callbacks:
             cb.on_train_end(self)  # early stopping restores the best epoch's weights
-        rundir.write_weights(self.out, self.model)
+        rundir.write_weights(self.out, self.eval_model)
         final: dict[str, Any] = {
             "epochs": self.epoch,
             "steps": self.step,
