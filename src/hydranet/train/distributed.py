@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -308,6 +308,28 @@ class Distributed:
             ignored |= {f"{prefix}.{n}" for n, _ in encoder.named_parameters()}
             ignored |= {f"{prefix}.{n}" for n, _ in encoder.named_buffers()}
         DDP._set_params_and_buffers_to_ignore_for_model(model, list(ignored))
+
+    def clip_grad_norm_(self, params: Iterable[nn.Parameter], max_norm: float) -> None:
+        """``torch.nn.utils.clip_grad_norm_``; with sharded encoders, the norm of their
+        gradients (DTensors, reduced over the shards) and the others' are taken apart, since
+        torch's foreach kernels take no mix of the two."""
+        if not self.sharded:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return
+        from torch.distributed.tensor import DTensor
+        from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+        with_grad = [p for p in params if p.grad is not None]
+        parts = [
+            [p for p in with_grad if isinstance(p.grad, DTensor)],
+            [p for p in with_grad if not isinstance(p.grad, DTensor)],
+        ]
+        norms = [get_total_norm([p.grad for p in part]) for part in parts if part]
+        norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        for part in parts:
+            if part:
+                clip_grads_with_norm_(part, max_norm, total)
 
     # ------------------------------------------------------------ sharded state
     def full_tensors(self, obj: Any) -> Any:
