@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 import hydranet
 from hydranet import Spec, rundir
-from hydranet.errors import SpecError
+from hydranet.errors import SpecError, UserError
 from hydranet.run import Run
 from hydranet.train.distributed import Distributed
 from hydranet.train.state_io import load_tensors
@@ -122,7 +122,7 @@ def test_sharded_encoder_trains_as_ddp_and_loads_in_one_process(tmp_path):
     assert resumed == whole
 
 
-def test_shard_encoders_names_groups_and_refuses_gradient_methods(tmp_path):
+def test_shard_encoders_names_groups_and_refuses_gradient_methods_and_diagnose(tmp_path):
     spec = _spec(tmp_path).to_dict()
     spec["train"]["shard_encoders"] = ["wordz"]
     with pytest.raises(SpecError, match=r"train.shard_encoders.*no feature group 'wordz'"):
@@ -133,3 +133,5 @@ def test_shard_encoders_names_groups_and_refuses_gradient_methods(tmp_path):
         Distributed(rank=0, world_size=2).check_spec(spec)
     spec.balance.method = "uw"
     Distributed(rank=0, world_size=2).check_spec(spec)
+    with pytest.raises(UserError, match=r"--diagnose cannot run with train.shard_encoders"):
+        Distributed(rank=0, world_size=2).check_spec(spec, diagnose=True)

@@ -135,9 +135,13 @@ class Distributed:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def check_spec(self, spec) -> None:
+    def check_spec(self, spec, diagnose: bool = False) -> None:
         if not self.enabled:
             return
+        if diagnose and spec.train.shard_encoders:
+            raise UserError(
+                "--diagnose cannot run with train.shard_encoders (it compares per-task gradients over all shared parameters, which a sharded encoder holds in pieces across ranks); drop one of them"
+            )
         from hydranet.balance import BALANCERS
 
         if spec.balance.rep_grad and not BALANCERS.get(spec.balance.method).aggregates_gradients:

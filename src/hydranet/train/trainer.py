@@ -150,7 +150,7 @@ def _setup(
     else:
         # a Spec given in Python (no file): its relative data paths mean the current directory
         spec = resolve_spec(spec.absolute_paths(Path.cwd()))
-    dist.check_spec(spec)
+    dist.check_spec(spec, diagnose=diagnose)
     torch.manual_seed(spec.train.seed)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
