@@ -372,7 +372,7 @@ def _train(args) -> int:
         if not args.resume and args.nproc > 1:
             # what the spec alone decides fails here, once, before any rank starts
             distributed.Distributed(rank=0, world_size=args.nproc).check_spec(
-                _load_spec(args.spec, args.set)
+                _load_spec(args.spec, args.set), diagnose=args.diagnose
             )
         argv = [
             "train",

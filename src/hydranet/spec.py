@@ -123,6 +123,10 @@ class TrainSpec(_Part):
         0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch"
     )
     deterministic: bool = False
+    shard_encoders: list[str] = Field(
+        default_factory=list,
+        description="feature groups whose encoders are sharded across ranks with FSDP under --nproc (the rest stays DDP)",
+    )
 
 
 class BalanceSpec(_Part):
@@ -406,6 +410,14 @@ class Spec(_Part):
                 f"model.encoders.{key}.params",
                 skip=_ENCODER_BUILT_ARGS,
             )
+        for name in self.train.shard_encoders:
+            if name not in groups:
+                problems.append(
+                    (
+                        "train.shard_encoders",
+                        f"no feature group {name!r}; groups: {', '.join(sorted(groups)) or '(none)'}",
+                    )
+                )
         problems += _check_named(
             FUSIONS,
             Fusion,

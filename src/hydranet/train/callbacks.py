@@ -42,6 +42,7 @@ class Loop(Protocol):
     dist: Distributed
     progress: Progress
     model: nn.Module
+    eval_model: nn.Module  # the full model (the training one may hold shards)
     epoch: int
     step: int
 
@@ -131,7 +132,7 @@ class EarlyStopping(Callback):
         )
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, trainer.epoch + 1, 0
-            atomic_save_tensors(trainer.model.state_dict(), trainer.out / rundir.BEST)
+            atomic_save_tensors(trainer.eval_model.state_dict(), trainer.out / rundir.BEST)
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= es.patience:
@@ -139,7 +140,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer):
         if self.cfg is not None and (trainer.out / rundir.BEST).exists():
-            trainer.model.load_state_dict(load_tensors(trainer.out / rundir.BEST)[0])
+            trainer.eval_model.load_state_dict(load_tensors(trainer.out / rundir.BEST)[0])
 
     def state_dict(self):
         return {

@@ -43,13 +43,25 @@ representation path bypasses). Also not bit-exact: dropout masks (drawn per rank
 Only rank 0 writes the run directory, checkpoints and metrics, and evaluates; its
 early-stopping decision is broadcast so every rank stops at the same epoch. ``--resume``
 loads the checkpoint on every rank.
+
+Sharded encoders (``train.shard_encoders = ["text"]``). The named feature groups' encoders
+are ``fully_shard``-ed (FSDP2): each rank holds 1/N of their parameters, gradients and
+optimizer state (DTensors, sharded on dim 0), all-gathered for the forward and
+reduce-scattered (averaged, as DDP averages) in the backward; DDP ignores those parameters
+and keeps the trunk and towers. Works on CPU with gloo. Only loss weighting without
+``rep_grad`` runs sharded: the gradient-aggregation methods build per-task gradients of the
+shared parameters with ``autograd.grad``, which FSDP's backward hooks do not reduce.
+Checkpoints and ``model.safetensors`` hold full tensors (gathered on every rank, written by
+rank 0), so the run loads in one process. Rank 0 keeps a full, unsharded replica of the
+model, refreshed from the shards at each epoch end and checkpoint, which it evaluates and
+saves (its parameters only: the gradients and optimizer state stay sharded).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -84,6 +96,9 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    # rank 0's full copy of a model with sharded encoders (None elsewhere, or without sharding)
+    replica: nn.Module | None = None
+    sharded: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -120,9 +135,13 @@ class Distributed:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def check_spec(self, spec) -> None:
+    def check_spec(self, spec, diagnose: bool = False) -> None:
         if not self.enabled:
             return
+        if diagnose and spec.train.shard_encoders:
+            raise UserError(
+                "--diagnose cannot run with train.shard_encoders (it compares per-task gradients over all shared parameters, which a sharded encoder holds in pieces across ranks); drop one of them"
+            )
         from hydranet.balance import BALANCERS
 
         if spec.balance.rep_grad and not BALANCERS.get(spec.balance.method).aggregates_gradients:
@@ -131,6 +150,17 @@ class Distributed:
                     (
                         "balance.rep_grad",
                         f"{spec.balance.method!r} with rep_grad = true cannot run under DDP (its representation gradients are per row and it trains through DDP's reducer); use rep_grad = false or train in one process",
+                    )
+                ]
+            )
+        if spec.train.shard_encoders and (
+            BALANCERS.get(spec.balance.method).aggregates_gradients or spec.balance.rep_grad
+        ):
+            raise SpecError(
+                [
+                    (
+                        "train.shard_encoders",
+                        f"balance.method {spec.balance.method!r}{' with rep_grad' if spec.balance.rep_grad else ''} cannot train sharded encoders (it builds per-task gradients of the shared parameters with autograd.grad, which FSDP does not reduce); use a loss-weighting method or an empty train.shard_encoders",
                     )
                 ]
             )
@@ -202,8 +232,13 @@ class Distributed:
 
     def average_grads_(self, params: Sequence[nn.Parameter]) -> None:
         """Average ``.grad`` across ranks (parameters without a gradient are skipped: which
-        ones have one is the same on every rank, since presence decisions are global)."""
-        self.average_([p.grad for p in params if p.grad is not None])
+        ones have one is the same on every rank, since presence decisions are global; so are
+        sharded ones, whose gradients FSDP has already reduced)."""
+        from torch.distributed.tensor import DTensor
+
+        self.average_(
+            [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
+        )
 
     # ------------------------------------------------------------ the loss
     def global_losses(
@@ -235,13 +270,136 @@ class Distributed:
         return out, {t: bool(global_counts[i] > 0) for i, t in enumerate(names)}
 
     # ------------------------------------------------------------ model
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def wrap(self, model: nn.Module, device: torch.device, shard: Sequence[str] = ()) -> nn.Module:
+        """DDP around ``model``; the encoders of the feature groups in ``shard`` are sharded
+        with FSDP first (in place: ``model``'s parameters there become DTensors) and DDP
+        ignores their parameters and buffers."""
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if shard:
+            self._shard(model, device, shard)
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids, output_device=device.index if ids else None)
+
+    def _shard(self, model: nn.Module, device: torch.device, shard: Sequence[str]) -> None:
+        import copy
+        import warnings
+
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if self.is_main:
+            self.replica = copy.deepcopy(model)  # before sharding: full tensors
+        self.sharded = True
+        # FSDP warns, every step, when a sharded module returns a view (an in-place op on it
+        # would skip FSDP's pre-backward hook); encoders' outputs only meet the fusion, which
+        # concatenates them out of place
+        warnings.filterwarnings(
+            "ignore",
+            message=r"FSDP2-wrapped module .* returned a view tensor",
+            category=UserWarning,
+        )
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        names = {id(m): n for n, m in model.named_modules()}
+        ignored: set[str] = set()
+        for group in shard:
+            encoder = model.encoder.encoders[group]
+            fully_shard(encoder, mesh=mesh)
+            prefix = names[id(encoder)]
+            ignored |= {f"{prefix}.{n}" for n, _ in encoder.named_parameters()}
+            ignored |= {f"{prefix}.{n}" for n, _ in encoder.named_buffers()}
+        DDP._set_params_and_buffers_to_ignore_for_model(model, list(ignored))
+
+    def clip_grad_norm_(self, params: Iterable[nn.Parameter], max_norm: float) -> None:
+        """``torch.nn.utils.clip_grad_norm_``; with sharded encoders, the norm of their
+        gradients (DTensors, reduced over the shards) and the others' are taken apart, since
+        torch's foreach kernels take no mix of the two."""
+        if not self.sharded:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return
+        from torch.distributed.tensor import DTensor
+        from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+        with_grad = [p for p in params if p.grad is not None]
+        parts = [
+            [p for p in with_grad if isinstance(p.grad, DTensor)],
+            [p for p in with_grad if not isinstance(p.grad, DTensor)],
+        ]
+        norms = [get_total_norm([p.grad for p in part]) for part in parts if part]
+        norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        for part in parts:
+            if part:
+                clip_grads_with_norm_(part, max_norm, total)
+
+    # ------------------------------------------------------------ sharded state
+    def full_tensors(self, obj: Any) -> Any:
+        """``obj`` (nested dicts, lists) with every DTensor replaced by its full tensor on the
+        CPU. Collective under sharding: every rank calls it with the same structure."""
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(obj, DTensor):
+            return obj.full_tensor().cpu()
+        if isinstance(obj, dict):
+            return {k: self.full_tensors(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self.full_tensors(v) for v in obj)
+        return obj
+
+    def full_model(self, model: nn.Module) -> nn.Module:
+        """The model with full tensors: ``model`` itself without sharding; with it, rank 0's
+        replica refreshed from the shards (collective: every rank calls it; the other ranks
+        get ``model`` back and must not read its state)."""
+        if not self.sharded:
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.replica is None:
+            return model
+        self.replica.load_state_dict(full)
+        return self.replica
+
+    def load_model_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load a full state dict (every rank holds it) into ``model``, sharded or not."""
+        if not self.sharded:
+            model.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if self.replica is not None:
+            self.replica.load_state_dict(
+                state
+            )  # first: the next call makes state's tensors DTensors
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Load a full optimizer state dict: the state of a sharded parameter is cut to this
+        rank's shard (every rank holds the full tensors, so no communication)."""
+        if self.sharded:
+            from torch.distributed.tensor import DTensor, distribute_tensor
+
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            per_param = {}
+            for key, st in state["state"].items():
+                p = params[int(key)]
+                if isinstance(p, DTensor):
+                    st = {
+                        k: distribute_tensor(
+                            v.to(p.device), p.device_mesh, p.placements, src_data_rank=None
+                        )
+                        if isinstance(v, torch.Tensor) and v.shape == p.shape
+                        else v
+                        for k, v in st.items()
+                    }
+                per_param[key] = st
+            state = {**state, "state": per_param}
+        optimizer.load_state_dict(state)
 
     def reduce_task_gradients(self, balancer: Balancer) -> None:
         """Make the balancer aggregate the global batch's per-task gradients.

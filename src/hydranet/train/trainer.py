@@ -150,7 +150,7 @@ def _setup(
     else:
         # a Spec given in Python (no file): its relative data paths mean the current directory
         spec = resolve_spec(spec.absolute_paths(Path.cwd()))
-    dist.check_spec(spec)
+    dist.check_spec(spec, diagnose=diagnose)
     torch.manual_seed(spec.train.seed)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
@@ -229,15 +229,16 @@ class Trainer:
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.graph_step = self._graph_step()
+        # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
+        # the wrapped one only runs the training forward. Before the optimizer: sharding
+        # replaces the sharded encoders' parameters
+        self.ddp = self.dist.wrap(self.model, self.device, cfg.shard_encoders)
         self.balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
         params = transfer.param_groups(self.model, self.balancer_params)
         self.optimizer = build_optimizer(
             params, cfg, self.device, capturable=self.graph_step is not None
         )
         self.scheduler = build_scheduler(self.optimizer, cfg, cfg.epochs * len(self.loader))
-        # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
-        # the wrapped one only runs the training forward
-        self.ddp = self.dist.wrap(self.model, self.device)
         self.dist.reduce_task_gradients(self.balancer)
         self.forward = build_forward(self.ddp, cfg.compile)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -287,8 +288,8 @@ class Trainer:
     # ------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.dist.full_model(self.model).state_dict(),
+            "optimizer": self.dist.full_tensors(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -345,8 +346,10 @@ class Trainer:
 
     def checkpoint(self) -> None:
         self.check_finite()  # never a checkpoint of a diverged model
+        # sharded encoders: every rank takes part in gathering the full state
+        state = self.state() if self.dist.is_main or self.dist.sharded else None
         if self.dist.is_main:
-            save_state(self.state(), self.out / rundir.CHECKPOINT)
+            save_state(state, self.out / rundir.CHECKPOINT)
         self.last_checkpoint = position(
             {"epoch": self.epoch, "step": self.step}, self.loader.state_dict()
         )
@@ -363,8 +366,8 @@ class Trainer:
             raise UserError(
                 f"cannot resume {self.out} with train.epochs = {self.cfg.epochs}: its checkpoint has trained {loop['epoch']} epochs already"
             )
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        self.dist.load_model_state(self.model, s["model"])
+        self.dist.load_optimizer_state(self.optimizer, s["optimizer"])
         if self.graph_step is not None:
             device_lr_(self.optimizer, self.device)
         self.scheduler.load_state_dict(s["scheduler"])
@@ -534,7 +537,7 @@ class Trainer:
             self._average_gradients()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.dist.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return stacked
@@ -601,8 +604,14 @@ class Trainer:
             parts.append("w " + " ".join(f"{w:.2f}" for w in self.balancer.last_weights.values()))
         return "  ".join(parts)
 
+    @property
+    def eval_model(self):
+        """The model rank 0 evaluates and saves: with sharded encoders, its full replica."""
+        return self.dist.replica if self.dist.sharded else self.model
+
     def end_epoch(self, rows_per_s: float, seconds: float) -> None:
         self.check_finite()
+        self.dist.full_model(self.model)  # sharded: rank 0's replica gets this epoch's weights
         record = self.epoch_record(rows_per_s, seconds)
         for cb in self.callbacks:
             cb.on_epoch_end(self, record)
@@ -641,7 +650,7 @@ class Trainer:
     def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         s = self.splits[split]
         preds, losses = predict_arrays(
-            self.model,
+            self.eval_model,
             s.data.features,
             self.tasks,
             self.cfg.eval_batch_size,
@@ -657,7 +666,7 @@ class Trainer:
             return
         for cb in self.callbacks:
             cb.on_train_end(self)  # early stopping restores the best epoch's weights
-        rundir.write_weights(self.out, self.model)
+        rundir.write_weights(self.out, self.eval_model)
         final: dict[str, Any] = {
             "epochs": self.epoch,
             "steps": self.step,
