@@ -86,6 +86,47 @@ def _describe(name: str) -> str:
     return f"`{name}` ({path.name}{'; ' + extra if extra else ''})"
 
 
+def _verdict(records: list[dict[str, Any]], base: dict[int, dict[str, float]]) -> str:
+    """Issue 15's acceptance 1 (each task at LightGBM's test AUC) and 2 (a multi-task
+    configuration with Δm% > 0 against the single-task baseline), from the means above."""
+    means = {}
+    for name in CONFIGS:
+        rs = [r for r in records if r["model"] == name]
+        if rs:
+            means[name] = {t: C.mean_std([r["test"][t] for r in rs])[0] for t in TASKS}
+    if not means:
+        return ""
+    parts = []
+    for t in TASKS:
+        best = max(means, key=lambda n: means[n][t])
+        gap = means[best][t] - LIGHTGBM[t]
+        parts.append(f"{t} {means[best][t]:.4f} (`{best}`, {gap:+.4f} to LightGBM)")
+    reached = all(max(m[t] for m in means.values()) >= LIGHTGBM[t] for t in TASKS)
+    lines = [
+        f"Acceptance 1 ({'met' if reached else 'not met'}): the best mean test AUC per task is "
+        + "; ".join(parts)
+        + "."
+    ]
+    wins = []
+    for name in means:
+        ds = [
+            delta_m(r["test"], base[r["seed"]])
+            for r in records
+            if r["model"] == name and r["seed"] in base
+        ]
+        if name != BASELINE and ds and C.mean_std(ds)[0] > 0:
+            wins.append(f"`{name}` ({C.mean_std(ds)[0]:+.3f})")
+    lines.append(
+        "Acceptance 2 ("
+        + (
+            f"met: mean Δm% > 0 for {', '.join(wins)})."
+            if wins
+            else "not met): no multi-task configuration has a mean Δm% > 0 against the single-task baseline."
+        )
+    )
+    return " ".join(lines)
+
+
 def render(records: list[dict[str, Any]], args, command: str) -> str:
     base = {r["seed"]: r["test"] for r in records if r["model"] == BASELINE}
     rows = []
@@ -126,11 +167,17 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
         ],
         rows,
     )
-    # rows trained elsewhere with the same spec (recorded with their run directory)
-    adopted = sorted(
-        {f"`{r['model']}` seed {r['seed']}: {r['source']}" for r in records if r.get("source")}
-    )
-    notes = ["", "Not trained by this script: " + "; ".join(adopted) + "."] if adopted else []
+    verdict = _verdict(records, base)
+    # rows trained elsewhere with the same spec, each recorded with where it came from
+    adopted: dict[tuple[str, str], list[int]] = {}
+    for r in records:
+        if r.get("source"):
+            adopted.setdefault((r["model"], r["source"]), []).append(r["seed"])
+    notes = [
+        f"`{m}` seed(s) {', '.join(map(str, sorted(seeds)))} were not trained by this script: {src}."
+        for (m, src), seeds in adopted.items()
+    ]
+    notes = ["", " ".join(notes)] if notes else []
     return "\n".join(
         [
             "## Census: multi-task against one model per task, both with tree bins",
@@ -145,6 +192,8 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "",
             table,
             *notes,
+            "",
+            verdict,
         ]
     )
 

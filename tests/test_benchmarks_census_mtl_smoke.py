@@ -37,10 +37,11 @@ def test_census_mtl_smoke(tmp_path):
     text = results.read_text()
     assert "keep me" in text and "<!-- END census-mtl -->" in text
     assert "| baseline |" in text and "income − LightGBM" in text
+    assert "Acceptance 1 (" in text and "Acceptance 2 (" in text
     # a row trained elsewhere (its source recorded) is reported, with the note saying so
     _common.append_jsonl(
         work / "results.jsonl", {**records[0], "model": "mmoe_tree", "source": "DIR"}
     )
     census_mtl.main([*argv, "--report-only"])
-    assert "Not trained by this script: `mmoe_tree` seed 0: DIR." in results.read_text()
+    assert "`mmoe_tree` seed(s) 0 were not trained by this script: DIR." in results.read_text()
     assert _common.DEFAULT_RESULTS.read_bytes() == real
