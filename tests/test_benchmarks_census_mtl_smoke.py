@@ -25,18 +25,30 @@ def test_census_mtl_smoke(tmp_path):
     work = tmp_path / "work"
     argv = ["--smoke", "--threads", "1", "--results", str(results), "--out", str(work)]
     argv += ["--configs", "single_task_tree", "cross_stitch_tree"]
+    argv += ["income_only_tree", "marital_only_tree"]
     records = census_mtl.main(argv)["records"]
-    assert sorted(r["model"] for r in records) == ["cross_stitch_tree", "single_task_tree"]
+    assert sorted(r["model"] for r in records) == [
+        "cross_stitch_tree",
+        "income_only_tree",
+        "marital_only_tree",
+        "single_task_tree",
+    ]
     # the cross-stitch networks are the single-task ones plus a 2 x 2 mixing matrix
     params = {r["model"]: r["parameters"] for r in records}
     assert params["cross_stitch_tree"] - params["single_task_tree"] == 4
     for r in records:
-        assert 0.0 <= r["test"]["income"] <= 1.0
+        assert all(0.0 <= auc <= 1.0 for auc in r["test"].values())
+    # a one-task model is evaluated on its own task only
+    assert list(next(r for r in records if r["model"] == "marital_only_tree")["test"]) == [
+        "marital"
+    ]
     spec = json.loads((work / "runs" / "cross_stitch_tree_s0" / "spec.json").read_text())
     assert spec["model"]["encoders"]["numeric"]["params"]["bins"] == "tree"
     text = results.read_text()
     assert "keep me" in text and "<!-- END census-mtl -->" in text
     assert "| baseline |" in text and "income − LightGBM" in text
+    # the two one-task models of a seed make one row, paired with the baseline
+    assert "| `separate_tree` (" in text and "| 1+1 |" in text
     assert "Acceptance 1 (" in text and "Acceptance 2 (" in text
     # a row trained elsewhere (its source recorded) is reported, with the note saying so
     _common.append_jsonl(
