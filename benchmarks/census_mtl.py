@@ -5,11 +5,13 @@ Every configuration is one of the tuned specs (examples/census_tuned.toml, the M
 examples/census_single_task_tuned.toml, one MLP of hidden 80 per task) with the numeric
 encoder's bins set to ``tree`` (fitted on the first task's labels, income) and a few spec keys
 replaced, listed in ``CONFIGS`` as ``--set`` takes them; only the seed, threads and device are
-replaced besides. ``single_task_tree`` is the baseline: Δm% (Maninis et al.; the mean relative
+replaced besides. ``single_task_tree`` (which shares the feature encoder between the tasks'
+networks) is the baseline; ``separate_tree`` is two one-task models sharing nothing. Δm% (Maninis et al.; the mean relative
 AUC change over tasks) compares each configuration with it seed by seed, and the gap to
 LightGBM (section census-gbdt: 0.9531 / 0.9946) is given per task. Each result is appended to
 ``<out>/results.jsonl`` as soon as it exists and skipped when the same command runs again;
-``--report-only`` writes the table from what is there.
+``--report-only`` writes the table from what is there. Several processes may share one
+``--out``, each with its own ``--configs``.
 
     .venv/bin/python benchmarks/census_mtl.py --seeds 3 --threads 1
 """
@@ -230,7 +232,12 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "examples/census_single_task_tuned.toml (one MLP of hidden 80 per task) with "
             "`model.encoders.numeric.params.bins = 'tree'` (bins fitted on the income labels) and "
             "the keys named in the table replaced; 15 epochs, cosine schedule, the best epoch by "
-            "validation income AUC. LightGBM: 63 leaves, 5 seeds, section census-gbdt.",
+            "validation income AUC (marital AUC for `marital_only_tree`). `single_task_tree` shares "
+            "the feature encoder (categorical embeddings, numeric bins and their linear layers) "
+            "between the two task networks; `separate_tree` is two one-task models, nothing "
+            "shared. LightGBM: 63 leaves, 5 seeds, section census-gbdt. The runs went one "
+            "configuration per process (`--configs NAME`), two to four processes at a time, "
+            "with other work on the same 2 cores: rows/s compare only roughly.",
             "",
             table,
             *notes,
