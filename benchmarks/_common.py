@@ -246,8 +246,10 @@ def provenance(
 ) -> str:
     """The lines that head every section: command, machine, versions, date."""
     today = _dt.date.today().isoformat()
+    # a report_command of a --report-only run opens a parenthesis after the command
+    close = ")" if "` (" in command else ""
     return (
-        f"Command: `{command}`\n\n"
+        f"Command: `{command}`{close}\n\n"
         f"- Machine: {machine(device, threads)}\n"
         f"- Versions: {versions(extra)}\n"
         f"- Date: {today}\n"
