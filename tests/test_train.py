@@ -11,7 +11,7 @@ import torch
 
 import hydranet
 from hydranet import Run, Spec
-from hydranet.errors import TrainingDiverged, UserError
+from hydranet.errors import SpecError, TrainingDiverged, UserError
 from tests_helpers import ROOT
 
 
@@ -199,3 +199,15 @@ def test_package_never_unpickles():
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_early_stopping_on_the_mean_of_the_tasks_first_metrics(tiny, tmp_path):
+    from hydranet.train.callbacks import watched
+
+    metrics = {"a": {"auc": 0.8, "logloss": 0.4}, "b": {"accuracy": 0.6, "macro_f1": 0.5}}
+    assert watched("mean", "auto", metrics, {}) == (pytest.approx(0.7), True)
+    assert watched("mean", "min", metrics, {})[1] is False
+    # tiny's tasks are click (AUC first: higher is better) and value (RMSE first: lower)
+    path = tiny(epochs=1, extra='early_stopping = { metric = "mean" }\n')
+    with pytest.raises(SpecError, match=r"early_stopping\.metric: 'mean' needs .*auc, rmse"):
+        hydranet.train(path, tmp_path / "mean", progress=False)

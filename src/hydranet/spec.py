@@ -35,7 +35,7 @@ from hydranet.spec_tables import (  # noqa: F401  (the tables are re-exported fr
 
 class EarlyStopping(_Part):
     metric: str = Field(
-        description="'task.metric' to watch on the validation split, e.g. 'income.auc'; 'loss' for the mean validation loss"
+        description="'task.metric' to watch on the validation split, e.g. 'income.auc'; 'loss' for the mean validation loss; 'mean' for the mean over tasks of each task's first metric (all higher-is-better, or all lower)"
     )
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     mode: Literal["auto", "max", "min"] = Field("auto", description="'auto' picks from the metric")

@@ -19,6 +19,7 @@ from hydranet.errors import SpecError
 from hydranet.models.encoders.input import fit_encoder_states, groups_to_fit
 from hydranet.spec import Spec
 from hydranet.tasks import Task
+from hydranet.train.callbacks import mean_direction
 from hydranet.train.prepare import Split
 
 __all__ = [
@@ -119,7 +120,9 @@ def check_early_stopping(spec: Spec, tasks: list[Task], splits: dict[str, Split]
                 )
             ]
         )
-    options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss"]
+    options = [f"{t.name}.{m}" for t in tasks for m in t.metric_names] + ["loss", "mean"]
+    if es.metric == "mean":
+        mean_direction([t.metric_names[0] for t in tasks])
     if es.metric not in options:
         raise SpecError(
             [

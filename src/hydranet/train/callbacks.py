@@ -155,6 +155,22 @@ class EarlyStopping(Callback):
         self.bad_epochs, self.stopped = state["bad_epochs"], state["stopped_early"]
 
 
+def mean_direction(names: list[str]) -> bool:
+    """Whether higher is better for the mean of these metrics (each task's first); a mean of
+    metrics that go opposite ways (AUC and RMSE) means nothing, so it is refused."""
+    ways = {HIGHER_IS_BETTER.get(n, True) for n in names}
+    if len(ways) != 1:
+        raise SpecError(
+            [
+                (
+                    "train.early_stopping.metric",
+                    f"'mean' needs every task's first metric to be better the same way; got {', '.join(names)}",
+                )
+            ]
+        )
+    return ways.pop()
+
+
 def watched(
     metric: str, mode: str, metrics: dict[str, dict[str, float]], val_loss: dict[str, float]
 ) -> tuple[float, bool]:
@@ -162,6 +178,12 @@ def watched(
     if metric == "loss":
         vals = list(val_loss.values())
         return sum(vals) / len(vals), mode == "max"
+    if metric == "mean":
+        # each task's first metric, in the order the task reports them
+        firsts = [next(iter(ms.items())) for ms in metrics.values() if ms]
+        higher = mean_direction([n for n, _ in firsts])
+        higher = higher if mode == "auto" else mode == "max"
+        return sum(v for _, v in firsts) / len(firsts), higher
     task, _, name = metric.partition(".")
     if task not in metrics or name not in metrics[task]:
         options = [f"{t}.{m}" for t, ms in metrics.items() for m in ms] + ["loss"]
