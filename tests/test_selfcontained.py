@@ -170,3 +170,14 @@ def test_a_mobilenet_run_serves_base64_images_and_exports_to_onnx(mobilenet_run,
     r = post(create_app(Predictor.load(path, "onnxruntime", onnx=out)), {"rows": rows})
     assert r.status_code == 200, r.text
     assert_same_as_run(r.json()["predictions"], want, 1e-4)
+
+
+def test_image_group_sources_are_what_each_row_decodes_from(tmp_path):
+    from hydranet.features.image import ImageGroup
+
+    group = ImageGroup("pics", ["p"], root=str(tmp_path), size=4)
+    paths = pa.chunked_array([pa.array(["a.png", None]), pa.array(["sub/b.png"])])
+    assert group.sources(paths) == [str(tmp_path / "a.png"), None, str(tmp_path / "sub/b.png")]
+    assert group.sources(pa.array([b"\x89PNG", None], pa.binary())) == [b"\x89PNG", None]
+    coded = pa.array(["a.png", "a.png"]).dictionary_encode()
+    assert group.sources(coded) == [str(tmp_path / "a.png")] * 2
