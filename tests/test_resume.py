@@ -339,3 +339,25 @@ def test_sigterm_says_what_is_kept_and_exits_143(tiny, tmp_path, checkpoint_ever
             last
             == f"hydranet: stopped by SIGTERM; no checkpoint was written: `{command}` starts it afresh"
         )
+
+
+def test_shard_encoders_may_change_on_resume(tiny, tmp_path, capsys):
+    """Checkpoints hold every tensor whole (a sharded encoder's are gathered on save), so a
+    resume may shard other encoders, or none."""
+    spec = tiny(epochs=2, checkpoint_every=4)
+    out = tmp_path / "run"
+    _stopped_mid_run(spec, out, steps=6)
+    code, _, err = _cli(
+        capsys,
+        "train",
+        spec,
+        "--out",
+        out,
+        "--resume",
+        "--set",
+        'train.shard_encoders=["numeric"]',
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert 'changed on resume: train.shard_encoders [] -> ["numeric"]' in err
+    assert rundir.read_json(out / rundir.SPEC)["train"]["shard_encoders"] == ["numeric"]

@@ -19,6 +19,7 @@ from hydranet.data.preprocess import Preprocessor
 from hydranet.errors import DataError, UserError
 from hydranet.evaluate.inference import predict_arrays, split_metrics
 from hydranet.models.build import build_model
+from hydranet.models.encoders.base import weights_from_checkpoint
 from hydranet.spec import Spec
 from hydranet.tasks import Task
 from hydranet.train.state_io import load_tensors
@@ -58,7 +59,8 @@ class Run:
                 f"{path} has no trained weights ({rundir.WEIGHTS}); the training did not finish — resume it with 'hydranet train SPEC --out {path} --resume'"
             )
         try:
-            model = build_model(spec, prep, tasks, encoder_states)
+            with weights_from_checkpoint():  # pretrained encoders' files are not needed
+                model = build_model(spec, prep, tasks, encoder_states)
         except UserError:
             raise
         except Exception as e:  # run files that parsed but do not describe a model together

@@ -180,7 +180,7 @@ class ImageGroup(FeatureGroup):
             why = self.column_problem(name, col.type)
             if why:
                 raise UserError(f"image column {name!r} {why}")
-            columns.append((name, self._values(name, col)))
+            columns.append((name, self.sources(col)))
         key = self._key(columns)  # also checks that every file is there, before any decoding
         if n < CACHE_MIN_ROWS:
             return torch.from_numpy(self._decode_all(columns, _white((n, c, 3, s, s))))
@@ -194,8 +194,11 @@ class ImageGroup(FeatureGroup):
                 return torch.from_numpy(self._decode_all(columns, _white((n, c, 3, s, s))))
         return _mapped(path)
 
-    def _values(self, name: str, col: pa.ChunkedArray | pa.Array) -> list[bytes | str | None]:
-        """Each row's bytes, or its file's absolute path; None for a null."""
+    def sources(self, col: pa.ChunkedArray | pa.Array) -> list[bytes | str | None]:
+        """What each row of one of the group's columns decodes from, as :meth:`transform`
+        reads it: the image file's bytes (a binary column), or its file's absolute path (a
+        string column: the path resolved against ``root``, else the working directory);
+        None for a null (a white picture). :func:`decode` takes either."""
         if pa.types.is_dictionary(col.type):
             col = pc.cast(col, col.type.value_type)
         if pa.types.is_null(col.type):

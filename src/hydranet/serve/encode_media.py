@@ -123,7 +123,7 @@ class ImageRows(RowEncoder):
         out = np.full((n, len(self.columns), 3, size, size), 255, dtype=np.uint8)
         cells: list[Cell] = []
         for j, name in enumerate(self.columns):
-            for r, v in enumerate(self.group._values(name, table.column(name))):
+            for r, v in enumerate(self.group.sources(table.column(name))):
                 if v is None:
                     continue
                 try:

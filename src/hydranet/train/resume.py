@@ -32,12 +32,15 @@ __all__ = [
 # What a resume may change: none changes what the checkpoint's tensors mean or how a step
 # computes. train.epochs extends a run (or ends it sooner); checkpoint_every and
 # eval_batch_size change only when state is saved and how evaluation is batched; threads
-# fits the run to the machine it resumes on (CPU sums may then round differently).
+# fits the run to the machine it resumes on (CPU sums may then round differently);
+# shard_encoders too (the ranks it resumes on): checkpoints hold every tensor whole, and a
+# restore shards what the new spec shards.
 RESUMABLE_KEYS = (
     "train.epochs",
     "train.checkpoint_every",
     "train.eval_batch_size",
     "train.threads",
+    "train.shard_encoders",
 )
 
 

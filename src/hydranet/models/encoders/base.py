@@ -18,7 +18,10 @@ input (:class:`Fusion`, registered in ``FUSIONS``). Every encoder:
   parameters that are local files (resolved against the spec file's directory), and it takes
   ``weights``, ``freeze``, ``unfreeze_after``, ``unfreeze_blocks`` and ``lr_scale``, which
   :mod:`hydranet.train.transfer` reads; :meth:`Encoder.blocks` lists its parts, input side
-  first, for partial unfreezing.
+  first, for partial unfreezing. Inside :func:`weights_from_checkpoint` (how
+  :meth:`hydranet.Run.load` builds a model) it builds its architecture only, from its saved
+  ``state`` if it needs one, and never reads its weights file: a run's checkpoint holds every
+  weight, so a copied run loads where that file is not.
 
 A new encoder is one file with one such class and ``@ENCODERS.register("name")``;
 ``tests/test_encoder_contract.py`` checks every registered one.
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -36,7 +41,33 @@ from torch import nn
 from hydranet.params import DeclaredParams
 from hydranet.registry import Registry
 
-__all__ = ["ENCODERS", "FUSIONS", "Concat", "Encoder", "Fusion"]
+__all__ = [
+    "ENCODERS",
+    "FUSIONS",
+    "Concat",
+    "Encoder",
+    "Fusion",
+    "building_from_checkpoint",
+    "weights_from_checkpoint",
+]
+
+_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("hydranet_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Encoders built inside take every weight from a checkpoint loaded afterwards: a
+    pretrained one builds its architecture and leaves its ``weights`` file unread."""
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
+
+
+def building_from_checkpoint() -> bool:
+    """Whether the encoder being built gets its weights from a checkpoint (see above)."""
+    return _FROM_CHECKPOINT.get()
 
 
 class Encoder(nn.Module, DeclaredParams):

@@ -19,7 +19,7 @@ from torch import nn
 
 from hydranet.errors import UserError
 from hydranet.models.encoders.augment import augment as _augment
-from hydranet.models.encoders.base import ENCODERS, Encoder
+from hydranet.models.encoders.base import ENCODERS, Encoder, building_from_checkpoint
 from hydranet.params import NonNegativeInt, PositiveFloat, PositiveInt
 
 # ImageNet's channel statistics, which torchvision's pretrained weights expect
@@ -150,7 +150,8 @@ class MobileNetV2(_ImageEncoder):
     ``out_dim``).
 
     ``weights`` is the ``.pth`` file (``mobilenet_v2-b0353104.pth``, torchvision's
-    IMAGENET1K_V1); nothing is downloaded. With ``freeze`` the backbone keeps its weights and
+    IMAGENET1K_V1); nothing is downloaded. A trained run does not need it: its checkpoint
+    holds the backbone (:func:`~hydranet.models.encoders.base.weights_from_checkpoint`). With ``freeze`` the backbone keeps its weights and
     its BatchNorm statistics (it stays in eval mode); ``unfreeze_after``, ``unfreeze_blocks``
     and ``lr_scale`` are read by the transfer-learning machinery, ``blocks()`` being the
     backbone's 19 stages, input side first.
@@ -194,6 +195,18 @@ class MobileNetV2(_ImageEncoder):
         self.unfreeze_after = None if unfreeze_after is None else int(unfreeze_after)
         self.unfreeze_blocks, self.lr_scale = int(unfreeze_blocks), float(lr_scale)
         net = mobilenet_v2(weights=None)
+        if not building_from_checkpoint():  # a run's checkpoint holds these weights
+            self._load(net)
+        self.backbone = net.features  # the classifier (dropout + 1000 ImageNet classes) is dropped
+        width = int(net.last_channel)
+        self.proj = None if out_dim is None else nn.Linear(width, int(out_dim))
+        self.d = width if out_dim is None else int(out_dim)
+        self.out_dim = self.n_columns * self.d
+        if self.freeze:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def _load(self, net: nn.Module) -> None:
         state_dict = load_weights(self.weights, "encoder mobilenet_v2: params.weights")
         try:
             net.load_state_dict(state_dict)
@@ -203,14 +216,6 @@ class MobileNetV2(_ImageEncoder):
                 f"encoder mobilenet_v2: params.weights {self.weights!r} does not fit torchvision's "
                 f"mobilenet_v2 ({first}); {FETCH_HINT}"
             ) from None
-        self.backbone = net.features  # the classifier (dropout + 1000 ImageNet classes) is dropped
-        width = int(net.last_channel)
-        self.proj = None if out_dim is None else nn.Linear(width, int(out_dim))
-        self.d = width if out_dim is None else int(out_dim)
-        self.out_dim = self.n_columns * self.d
-        if self.freeze:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
 
     def blocks(self) -> list[nn.Module]:
         return list(self.backbone.children())

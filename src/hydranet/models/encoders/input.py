@@ -80,7 +80,9 @@ class InputEncoder(nn.Module):
         self.encoders = nn.ModuleDict()
         for name, info in groups.items():
             cls, params = _encoder_class(model_spec, name, info["kind"])
-            if cls.needs_fit and name not in states:
+            # a pretrained encoder without its state (a run saved before it had one) reads
+            # what it needs from its weights file instead
+            if cls.needs_fit and not cls.pretrained and name not in states:
                 raise UserError(
                     f"the encoder of feature group {name!r} learns from the training data, and the run has no state for it (encoders.json)"
                 )
