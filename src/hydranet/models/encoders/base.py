@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hydranet.params import DeclaredParams
+from hydranet.params import DeclaredParams, NonNegativeInt, PositiveFloat, PositiveInt
 from hydranet.registry import Registry
 
 __all__ = [
@@ -70,6 +70,15 @@ def building_from_checkpoint() -> bool:
     return _FROM_CHECKPOINT.get()
 
 
+TRANSFER_CONSTRAINTS = {
+    "freeze": bool,
+    "unfreeze_after": NonNegativeInt | None,
+    "unfreeze_blocks": PositiveInt,
+    "lr_scale": PositiveFloat,
+}
+"""The ``param_constraints`` of the transfer-learning params every pretrained encoder takes."""
+
+
 class Encoder(nn.Module, DeclaredParams):
     kinds: ClassVar[tuple[str, ...]] = ()
     needs_fit: ClassVar[bool] = False
@@ -80,6 +89,15 @@ class Encoder(nn.Module, DeclaredParams):
     def __init__(self, group: dict[str, Any], model_spec: Any = None, state: Any = None):
         super().__init__()
         self.group = dict(group)
+
+    def set_transfer(
+        self, freeze: bool, unfreeze_after: int | None, unfreeze_blocks: int, lr_scale: float
+    ) -> None:
+        """Keep a pretrained encoder's transfer-learning params, as :mod:`hydranet.train.transfer`
+        reads them."""
+        self.freeze = bool(freeze)
+        self.unfreeze_after = None if unfreeze_after is None else int(unfreeze_after)
+        self.unfreeze_blocks, self.lr_scale = int(unfreeze_blocks), float(lr_scale)
 
     def blocks(self) -> list[nn.Module]:
         """The encoder's parts, input side first: the last ``unfreeze_blocks`` of them train

@@ -19,8 +19,13 @@ from torch import nn
 
 from hydranet.errors import UserError
 from hydranet.models.encoders.augment import augment as _augment
-from hydranet.models.encoders.base import ENCODERS, Encoder, building_from_checkpoint
-from hydranet.params import NonNegativeInt, PositiveFloat, PositiveInt
+from hydranet.models.encoders.base import (
+    ENCODERS,
+    TRANSFER_CONSTRAINTS,
+    Encoder,
+    building_from_checkpoint,
+)
+from hydranet.params import PositiveInt
 
 # ImageNet's channel statistics, which torchvision's pretrained weights expect
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -161,10 +166,7 @@ class MobileNetV2(_ImageEncoder):
     path_params = ("weights",)
     param_constraints = {
         "weights": str | None,
-        "freeze": bool,
-        "unfreeze_after": NonNegativeInt | None,
-        "unfreeze_blocks": PositiveInt,
-        "lr_scale": PositiveFloat,
+        **TRANSFER_CONSTRAINTS,
         "out_dim": PositiveInt | None,
         "augment": bool,
         "flip": bool,
@@ -191,9 +193,8 @@ class MobileNetV2(_ImageEncoder):
             )
         from torchvision.models import mobilenet_v2
 
-        self.weights, self.freeze = str(weights), bool(freeze)
-        self.unfreeze_after = None if unfreeze_after is None else int(unfreeze_after)
-        self.unfreeze_blocks, self.lr_scale = int(unfreeze_blocks), float(lr_scale)
+        self.weights = str(weights)
+        self.set_transfer(freeze, unfreeze_after, unfreeze_blocks, lr_scale)
         net = mobilenet_v2(weights=None)
         if not building_from_checkpoint():  # a run's checkpoint holds these weights
             self._load(net)

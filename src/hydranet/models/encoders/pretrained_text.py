@@ -24,8 +24,12 @@ import torch
 from torch import nn
 
 from hydranet.errors import UserError
-from hydranet.models.encoders.base import ENCODERS, Encoder, building_from_checkpoint
-from hydranet.params import NonNegativeInt, PositiveFloat, PositiveInt
+from hydranet.models.encoders.base import (
+    ENCODERS,
+    TRANSFER_CONSTRAINTS,
+    Encoder,
+    building_from_checkpoint,
+)
 
 __all__ = ["MiniLM", "load_local_transformer", "read_config", "transformer_from_config"]
 
@@ -110,11 +114,7 @@ class MiniLM(Encoder):
     # and takes the weights from its checkpoint, without the model directory
     needs_fit = True
     path_params = ("weights",)
-    param_constraints = {
-        "unfreeze_after": NonNegativeInt | None,
-        "unfreeze_blocks": PositiveInt,
-        "lr_scale": PositiveFloat,
-    }
+    param_constraints = TRANSFER_CONSTRAINTS
 
     def __init__(
         self,
@@ -128,9 +128,8 @@ class MiniLM(Encoder):
         lr_scale: float = 0.1,
     ):
         super().__init__(group, model_spec, state)
-        self.weights, self.freeze = _weights_dir(weights), bool(freeze)
-        self.unfreeze_after = None if unfreeze_after is None else int(unfreeze_after)
-        self.unfreeze_blocks, self.lr_scale = int(unfreeze_blocks), float(lr_scale)
+        self.weights = _weights_dir(weights)
+        self.set_transfer(freeze, unfreeze_after, unfreeze_blocks, lr_scale)
         if building_from_checkpoint() and state is not None:
             self.model = transformer_from_config(state["config"])
         else:  # training, or a run saved before encoders.json held the config
