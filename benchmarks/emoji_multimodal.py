@@ -113,7 +113,9 @@ def _smoke_splits(work: Path) -> dict[str, str]:
         table = pa.table(
             {
                 "image": pa.array(images, pa.binary()),
-                "name": [f"{words[c].upper()} {words[s % 6]}" for c, s in zip(cat, sub)],
+                "name": [
+                    f"{words[c].upper()} {words[s % 6]}" for c, s in zip(cat, sub, strict=True)
+                ],
                 "short_names": [words[s % 6] for s in sub],
                 "added_in": rng.choice([0.6, 1.0, 13.1], size=n),
                 "category": [f"c{c}" for c in cat],
@@ -235,17 +237,25 @@ def run_one(
     out = work / "runs" / f"{config}_f{round(fraction * 100)}_s{seed}"
     run, seconds = C.train_fresh(spec, out)
     final = run.final_metrics
-    params = list(run.model.parameters())
+    from hydranet.train.transfer import pretrained_encoders
+
+    # a frozen pretrained encoder never trains (its embeddings are cached before training);
+    # counted from the spec's freeze settings, as requires_grad is not restored on load
+    frozen = sum(
+        p.numel()
+        for enc in pretrained_encoders(run.model).values()
+        if enc.freeze and enc.unfreeze_after is None
+        for p in enc.parameters()
+    )
+    total = sum(p.numel() for p in run.model.parameters())
     record: dict[str, Any] = {
         "config": config,
         "fraction": fraction,
         "seed": seed,
         "test": {t: final["test"][t][METRICS[t]] for t in TASKS},
         "validation": {t: final["validation"][t][METRICS[t]] for t in TASKS},
-        "parameters": sum(p.numel() for p in params),
-        # frozen encoders' weights never change; after training every parameter that
-        # trained still has requires_grad
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "parameters": total,
+        "trainable": total - frozen,
         "epochs_run": final["epochs"],
         "best_epoch": final["best_epoch"],
         "seconds": seconds,
