@@ -67,11 +67,15 @@ MODEL = {
     "architecture": "mmoe",
     "params": {"num_experts": 4, "expert_hidden": [64]},
     "tower": [32],
+    "dropout": 0.2,
 }
+# dropout 0.2 and AdamW's weight decay 0.01: without them every model stopped at its best
+# validation loss after 5-10 epochs (1,548 rows); chosen on validation, then used everywhere
 TRAIN = {
     "epochs": 30,
     "batch_size": 64,
-    "optimizer": "adam",
+    "optimizer": "adamw",
+    "weight_decay": 0.01,
     "lr": 3e-3,
     "early_stopping": {"metric": "loss", "patience": 4},
 }
@@ -430,7 +434,7 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "",
             f"Bundled `emoji` data (1,548 / 182 / 181 rows; seeds {', '.join(map(str, seeds))}). "
             "Every configuration is the MMoE of examples/emoji.toml (4 experts of [64], towers "
-            "[32], Adam lr 3e-3, batch 64, at most 30 epochs, early stopping on the validation "
+            "[32], dropout 0.2, AdamW lr 3e-3 with weight decay 0.01, batch 64, at most 30 epochs, early stopping on the validation "
             "loss with patience 4, the best epoch's weights kept) with its own features: "
             "picture = image group `image` (64 px), words = text group `text` (`name`, "
             "`short_names`, 16 tokens each), plus the numeric `added_in` in the multimodal rows. "
