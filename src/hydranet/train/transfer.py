@@ -106,7 +106,7 @@ def set_epoch(model: nn.Module, epoch: int) -> list[str]:
         before = any(p.requires_grad for p in enc.parameters())
         enc.requires_grad_(False)
         blocks = _trainable_blocks(enc, epoch)
-        for block in blocks:
+        for block in [*blocks, *enc.head_modules()]:  # a head trains even on a frozen encoder
             block.requires_grad_(True)
         enc.train(enc.training)  # frozen parts back to eval mode
         if enc.freeze and blocks and not before:
@@ -146,7 +146,11 @@ def cache_key(enc: Encoder, x: torch.Tensor, device: torch.device) -> str:
     cls = type(enc)
     h.update(f"{cls.__module__}.{cls.__qualname__};{device.type};".encode())
     h.update(json.dumps(enc.group, sort_keys=True, default=str).encode())
-    for name, t in sorted(enc.state_dict().items()):
+    # the head trains, and what is cached comes before it
+    head = {id(p) for m in enc.head_modules() for p in m.parameters()}
+    for name, t in sorted(enc.state_dict(keep_vars=True).items()):
+        if id(t) in head:
+            continue
         h.update(name.encode())
         _digest(h, t)
     _digest(h, x)
@@ -162,7 +166,10 @@ def embed(enc: Encoder, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     was_training = enc.training
     enc.eval()
     try:
-        parts = [enc(x[i : i + rows].to(device)).float().cpu() for i in range(0, x.shape[0], rows)]
+        parts = [
+            enc.frozen_forward(x[i : i + rows].to(device)).float().cpu()
+            for i in range(0, x.shape[0], rows)
+        ]
     finally:
         enc.train(was_training)
     return torch.cat(parts) if parts else torch.zeros(0, enc.out_dim)
@@ -173,7 +180,8 @@ def _cached_embed(enc: Encoder, x: torch.Tensor, device: torch.device) -> torch.
     if path.is_file():
         try:
             got = np.load(path, allow_pickle=False)
-            if got.shape == (x.shape[0], enc.out_dim) and got.dtype == np.float32:
+            # the frozen part's width (a head after it may change the encoder's out_dim)
+            if got.ndim == 2 and got.shape[0] == x.shape[0] and got.dtype == np.float32:
                 return torch.from_numpy(got)
         except (OSError, ValueError):
             pass  # a truncated or foreign file: computed again and replaced

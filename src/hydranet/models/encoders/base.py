@@ -99,6 +99,21 @@ class Encoder(nn.Module, DeclaredParams):
         self.unfreeze_after = None if unfreeze_after is None else int(unfreeze_after)
         self.unfreeze_blocks, self.lr_scale = int(unfreeze_blocks), float(lr_scale)
 
+    def frozen_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of ``forward`` a frozen pretrained encoder never changes, which training
+        computes once per split and caches (default: all of it); ``forward(x) ==
+        head(frozen_forward(x))``."""
+        return self(x)
+
+    def head(self, e: torch.Tensor) -> torch.Tensor:
+        """The rest of ``forward`` after :meth:`frozen_forward` (default: nothing)."""
+        return e
+
+    def head_modules(self) -> list[nn.Module]:
+        """The modules of :meth:`head`: they train even while the encoder is frozen (a
+        projection after a frozen backbone)."""
+        return []
+
     def blocks(self) -> list[nn.Module]:
         """The encoder's parts, input side first: the last ``unfreeze_blocks`` of them train
         from epoch ``unfreeze_after`` (one block, the whole encoder, unless overridden)."""

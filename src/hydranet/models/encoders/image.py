@@ -71,7 +71,7 @@ class _ImageEncoder(Encoder):
         if self.augment and self.training and self._augmenting:
             x = _augment(x, flip=self.flip)
         x = (x - self.mean) / self.std
-        return self.body(x).reshape(-1, self.out_dim)
+        return self.body(x).reshape(images.shape[0], -1)
 
     @classmethod
     def example_group(cls) -> tuple[dict[str, Any], torch.Tensor]:
@@ -234,8 +234,21 @@ class MobileNetV2(_ImageEncoder):
         return self
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.backbone(x).mean(dim=(2, 3))
-        return v if self.proj is None else self.proj(v)
+        return self.backbone(x).mean(dim=(2, 3))
+
+    def frozen_forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images)  # [B, C * 1280]: the backbone's pooled features
+
+    def head(self, e: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            return e
+        return self.proj(e.reshape(e.shape[0], self.n_columns, -1)).reshape(e.shape[0], -1)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [] if self.proj is None else [self.proj]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.frozen_forward(images))
 
     def extra_repr(self) -> str:
         return f"columns={self.n_columns}, weights={self.weights}, freeze={self.freeze}, out_dim={self.out_dim}"

@@ -105,7 +105,9 @@ class InputEncoder(nn.Module):
     def parts(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each group's encoded vector ``[B, d_g]``, in group order (the fusion's input)."""
         return [
-            features[n] if n in self.pre_encoded else self.encoders[n](features[n])
+            self.encoders[n].head(features[n])
+            if n in self.pre_encoded
+            else self.encoders[n](features[n])
             for n in self.names
         ]
 

@@ -144,6 +144,8 @@ class MiniLM(Encoder):
         self.n_columns = int(group["shape"][0])
         self.hidden = int(self.model.config.hidden_size)
         self.out_dim = self.n_columns * self.hidden
+        if self.freeze:
+            self.model.requires_grad_(False)
 
     @classmethod
     def fit_state(cls, group, x, params, target) -> dict[str, Any]:
