@@ -59,6 +59,11 @@ def test_every_trunk_takes_the_gated_fusion(arch):
     model = build(arch)
     fusion = model.encoder.fusion
     assert isinstance(fusion, GatedFusion) and model.trunk.input_dim == DIM
+    # the gates start at zero (each task: the mean of its groups); give them some weight, as
+    # training does, so that every parameter is reached
+    assert not fusion.gates.weight.any()
+    with torch.no_grad():
+        fusion.gates.weight.normal_()
     feats = batch(16)
     outputs = model(feats)
     assert {t: tuple(y.shape) for t, y in outputs.items()} == {
@@ -70,9 +75,10 @@ def test_every_trunk_takes_the_gated_fusion(arch):
     # gate leaves it as it was
     with torch.no_grad():
         before = model(feats)
-        fusion.gates.weight[0, :, 0].add_(1.0)  # task 0 leans to group 0
+        nudge = torch.randn(fusion.gates.weight.shape[1])
+        fusion.gates.weight[0, :, 0].add_(nudge)  # task 0's gate on group 0
         after = model(feats)
-        fusion.gates.weight[0, :, 0].sub_(1.0)
+        fusion.gates.weight[0, :, 0].sub_(nudge)
     assert not torch.equal(before["click"], after["click"])
     for t in ("value", "kind"):
         torch.testing.assert_close(before[t], after[t], rtol=0, atol=0)
@@ -85,7 +91,8 @@ def test_every_trunk_takes_the_gated_fusion(arch):
     model.zero_grad(set_to_none=True)
     shared = {id(p) for p in model.shared_parameters()}
     task = {id(p) for p in model.task_parameters()}
-    gates = {id(p) for p in fusion.gates.parameters()}
+    gates = {id(p) for p in fusion.task_parameters()}  # the gates and their input norms
+    assert {id(p) for p in fusion.gates.parameters()} <= gates
     assert gates <= task and not gates & shared
     assert {id(p) for p in fusion.projections.parameters()} <= shared
     assert shared | task == {id(p) for p in model.parameters()} and not shared & task
@@ -173,7 +180,8 @@ def test_fusion_params_are_checked_with_their_key():
 def test_each_task_learns_to_weigh_its_own_group(seed):
     """Task 1's classes come from group A alone, task 2's from B alone, with the default MMoE
     and towers. A task's trunk input is its own mix, so its gate has to let its group through
-    (measured over seeds 0-4 after 300 steps: 0.70-0.93 on the right group)."""
+    (measured over seeds 0-4 after 300 steps: 0.60-1.00 on the right group, and each task
+    weighs its own group 0.58-1.00 more than the other task does)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(100 + seed)
     n, width = 1024, 4
@@ -192,7 +200,9 @@ def test_each_task_learns_to_weigh_its_own_group(seed):
         loss.backward()
         opt.step()
     weights = model.modality_weights({"A": a, "B": b})
-    assert weights["t1"]["A"] > 0.6 and weights["t2"]["B"] > 0.6, weights
+    assert weights["t1"]["A"] > 0.55 and weights["t2"]["B"] > 0.55, weights
+    assert weights["t1"]["A"] - weights["t2"]["A"] > 0.3, weights
+    assert weights["t2"]["B"] - weights["t1"]["B"] > 0.3, weights
 
 
 def test_a_gated_run_saves_loads_and_exports(tiny, tmp_path, capsys):

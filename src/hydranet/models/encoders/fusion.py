@@ -33,9 +33,13 @@ __all__ = ["GatedFusion"]
 class GatedFusion(Fusion):
     """Per-group projections to ``dim`` (shared) and one gate per task (task parameters).
 
-    The gates read the groups' vectors before projection, as MMoE's gates read the trunk
-    input. With a single group the gate is constant 1 and every task's input is that
-    group's projection (allowed, and harmless: the gate's gradient is then zero).
+    The gates read the projected groups, each layer-normalised, and start at zero, so every
+    task starts from the plain mean of its groups. Read raw, a pretrained backbone's
+    1280 unnormalised features drowned the other groups' few and the gates went all or
+    nothing from the first steps (emoji, MobileNetV2 + MiniLM, test subcategory accuracy
+    0.405 gated against 0.621 concatenated). With a single group the gate is constant 1 and
+    every task's input is that group's projection (allowed, and harmless: the gate's
+    gradient is then zero).
     """
 
     per_task = True
@@ -56,21 +60,33 @@ class GatedFusion(Fusion):
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Linear(dims[g], dim), _activation(activation)) for g in self.groups
         )
-        # one GEMM for all tasks' gate logits: [B, sum(dims)] -> [T, B, G]
-        self.gates = BatchedLinear(len(self.tasks), sum(dims.values()), len(self.groups))
+        self.gate_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in self.groups)
+        # one GEMM for all tasks' gate logits: [B, G*dim] -> [T, B, G]
+        self.gates = BatchedLinear(len(self.tasks), dim * len(self.groups), len(self.groups))
         self.out_dim = dim
+        self.reset_gates()
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        self.gates.weight.zero_()
+        self.gates.bias.zero_()
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Each task's mix of the projected groups, ``[T, B, dim]`` in task order."""
-        projected = torch.stack([p(v) for p, v in zip(self.projections, parts, strict=True)])
-        return mix_experts(projected, self.gate_weights(parts))
+        projected = [p(v) for p, v in zip(self.projections, parts, strict=True)]
+        return mix_experts(torch.stack(projected), self._gates(projected))
+
+    def _gates(self, projected: list[torch.Tensor]) -> torch.Tensor:
+        normed = [n(p) for n, p in zip(self.gate_norms, projected, strict=True)]
+        return gate_softmax(self.gates(_cat(normed)))
 
     def gate_weights(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Each task's weights over the groups, ``[T, B, G]`` (rows sum to 1)."""
-        return gate_softmax(self.gates(_cat(parts)))
+        return self._gates([p(v) for p, v in zip(self.projections, parts, strict=True)])
 
     def task_parameters(self) -> Iterator[nn.Parameter]:
-        return self.gates.parameters()
+        yield from self.gates.parameters()
+        yield from self.gate_norms.parameters()
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
