@@ -1,4 +1,4 @@
-"""Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py,
+"""Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py, multifashion.py,
 synthetic_correlation.py, peers_census.py, census_gbdt.py) and of their shared RESULTS.md writer.
 
 Each script's ``main(["--smoke", ...])`` runs in-process at tiny sizes on offline data
@@ -219,3 +219,25 @@ def test_a_script_stops_on_a_hydranet_error_with_one_line_and_exit_2(capsys):
         _common.run_main(lambda: 3)  # an int result is the exit status
     assert e.value.code == 3
     _common.run_main(lambda: {"summary": 1})  # anything else: a normal end
+
+
+def test_multifashion_smoke(tmp_path, real_results_untouched):
+    import multifashion
+
+    results = _results(tmp_path)
+    argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    records = multifashion.main(argv)["records"]
+    assert sorted(r["model"] for r in records) == sorted(multifashion.MODELS)
+    for r in records:
+        assert set(r["test"]) == {"left", "right"} and r["parameters"] > 0
+        assert all(0.0 <= v <= 1.0 for v in r["test"].values())
+    # one network per task: two runs, each with its own CNN and only its own label
+    single = next(r for r in records if r["model"] == "single_task")
+    assert len(single["best_epoch"]) == 2
+    runs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
+    assert "multifashion_single_task_left_s0" in runs and "multifashion_mgda_ub_left_right_s0" in runs
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END multifashion -->" in text
+    assert "| `mgda_ub` (shared-bottom, MGDA-UB) | 1 |" in text and "Sener" in text
+    # re-running skips the (model, seed) pairs already in results.jsonl
+    assert multifashion.main([*argv, "--report-only"])["records"] == records

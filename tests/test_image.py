@@ -188,6 +188,21 @@ def test_cnn_augments_only_once_put_in_training_mode():
     torch.testing.assert_close(plain(x), plain(x), rtol=0, atol=0)
 
 
+def test_cnn_pool_grid_keeps_where_an_item_is():
+    # the same square top-left or bottom-right (an even shift, away from the borders): global
+    # pooling sees the same values, a 2x2 grid sees which corner (multifashion's left/right)
+    x = torch.zeros(2, 1, 3, 32, 32, dtype=torch.uint8)
+    x[0, 0, :, 4:10, 4:10] = 255
+    x[1, 0, :, 20:26, 20:26] = 255
+    group = {"kind": "image", "shape": [1, 3, 32, 32]}
+    torch.manual_seed(0)
+    flat = ENCODERS.get("cnn")(group, None, channels=[4], augment=False).eval()
+    torch.testing.assert_close(flat(x)[0], flat(x)[1])
+    grid = ENCODERS.get("cnn")(group, None, channels=[4], augment=False, pool=2).eval()
+    assert grid.proj.in_features == 4 * 2 * 2
+    assert not torch.allclose(grid(x)[0], grid(x)[1])
+
+
 def mobilenet_file(tmp_path: Path) -> Path:
     from torchvision.models import mobilenet_v2
 

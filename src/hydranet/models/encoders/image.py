@@ -78,14 +78,18 @@ class _ImageEncoder(Encoder):
 @ENCODERS.register("cnn")
 class CNN(_ImageEncoder):
     """A small conv net from scratch: ``len(channels)`` blocks of 3×3 conv (stride 2),
-    BatchNorm and ReLU, then global average pooling and a linear layer to ``out_dim``.
+    BatchNorm and ReLU, then average pooling to a ``pool`` × ``pool`` grid and a linear layer
+    to ``out_dim``.
 
-    At 64 px four blocks bring a picture to 4×4; ``channels`` sets their widths.
+    At 64 px four blocks bring a picture to 4×4; ``channels`` sets their widths. ``pool = 1``
+    (global pooling) forgets where things are; a larger grid keeps it for tasks defined by
+    position (multifashion's left and right item).
     """
 
     param_constraints = {
         "out_dim": PositiveInt,
         "channels": list[PositiveInt],
+        "pool": PositiveInt,
         "augment": bool,
         "flip": bool,
     }
@@ -99,6 +103,7 @@ class CNN(_ImageEncoder):
         channels: list[int] | tuple[int, ...] = (32, 64, 128, 128),
         augment: bool = True,
         flip: bool = True,
+        pool: int = 1,
     ):
         # the picture's own statistics are not known up front: centre [0, 1] on 0.5
         super().__init__(group, model_spec, state, augment, flip, (0.5,) * 3, (0.25,) * 3)
@@ -114,8 +119,9 @@ class CNN(_ImageEncoder):
             ]
             prev = int(c)
         self.channels = [int(c) for c in channels]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.proj = nn.Linear(prev, int(out_dim))
+        self.pool = int(pool)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(self.pool), nn.Flatten())
+        self.proj = nn.Linear(prev * self.pool * self.pool, int(out_dim))
         self.d = int(out_dim)
         self.out_dim = self.n_columns * self.d
 
