@@ -2,11 +2,12 @@
 one network per task against shared-bottom, MMoE and shared-bottom trained with MGDA-UB,
 left and right test accuracy over several seeds.
 
-The settings are examples/multifashion.toml (a ``cnn`` image encoder, channels [16, 32, 64],
-no augmentation, Adam 1e-3, batch 256, early stopping on the validation loss) with the trunk,
-the balancer, the epochs and the seed replaced. ``single_task`` is one run per task, each with
-only its own task (its own CNN, nothing shared), as the paper's single-task baseline; the
-``single_task`` *architecture* would still share the image encoder between the tasks.
+The settings are examples/multifashion.toml (a ``cnn`` image encoder, channels [16, 32, 64]
+average-pooled to a 2x2 grid, no augmentation, Adam 1e-3, batch 256, early stopping on the
+validation loss) with the trunk, the balancer, the epochs and the seed replaced.
+``single_task`` is one run per task, each with only its own task (its own CNN, nothing
+shared), as the paper's single-task baseline; the ``single_task`` *architecture* would still
+share the image encoder between the tasks.
 
 On 2 shared CPU cores the full 54,000 training rows x 5 runs x 3 seeds do not fit in an hour,
 so ``--train-rows`` (default 10,000) keeps the first rows of the training split, written to a
@@ -57,7 +58,6 @@ REFERENCE = (
 def multifashion_data(args, scratch: Path) -> dict[str, Any]:
     """The ``[data]`` table: the bundled splits with a training subset of ``--train-rows``,
     or for smoke runs a tiny random table of 28 px grey PNGs (offline, seconds)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if args.smoke:
@@ -92,7 +92,7 @@ def _smoke_data(scratch: Path) -> dict[str, Any]:
         images = []
         for a, b in zip(left, right, strict=True):
             pixels = rng.integers(0, 64, size=(28, 28), dtype=np.uint8)
-            pixels[: 14, : 14] += np.uint8(19 * a)  # a learnable hint of each label
+            pixels[:14, :14] += np.uint8(19 * a)  # a learnable hint of each label
             pixels[14:, 14:] += np.uint8(19 * b)
             buf = io.BytesIO()
             Image.fromarray(pixels, mode="L").save(buf, format="PNG")
@@ -195,7 +195,8 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "The MultiMNIST protocol of Sener & Koltun on Fashion-MNIST (`dataset = "
             '"multifashion"`: two items on one 28x28 picture, tasks left and right, 10 classes '
             "each). Settings: examples/multifashion.toml (`cnn` encoder, channels [16, 32, 64], "
-            "out_dim 64, no augmentation; trunk hidden 64, towers [32]; Adam 1e-3, batch 256; "
+            "out_dim 64, average-pooled to a 2x2 grid (`pool = 2`: global pooling forgets "
+            "which item is left), no augmentation; trunk hidden 64, towers [32]; Adam 1e-3, batch 256; "
             f"{args.epochs} epochs at most, early stopping on the validation loss, patience 3, "
             "the best epoch's weights), with only the trunk, the balancer and the seed replaced. "
             f"Training rows: the first {', '.join(str(n) for n in train_rows)} of the 54,000 "

@@ -235,7 +235,9 @@ def test_multifashion_smoke(tmp_path, real_results_untouched):
     single = next(r for r in records if r["model"] == "single_task")
     assert len(single["best_epoch"]) == 2
     runs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
-    assert "multifashion_single_task_left_s0" in runs and "multifashion_mgda_ub_left_right_s0" in runs
+    assert (
+        "multifashion_single_task_left_s0" in runs and "multifashion_mgda_ub_left_right_s0" in runs
+    )
     text = results.read_text()
     assert "keep me" in text and "<!-- END multifashion -->" in text
     assert "| `mgda_ub` (shared-bottom, MGDA-UB) | 1 |" in text and "Sener" in text
