@@ -241,5 +241,6 @@ def test_multifashion_smoke(tmp_path, real_results_untouched):
     text = results.read_text()
     assert "keep me" in text and "<!-- END multifashion -->" in text
     assert "| `mgda_ub` (shared-bottom, MGDA-UB) | 1 |" in text and "Sener" in text
+    assert "| `single_task` (one network per task) | 1 |" in text and "paired by seed" in text
     # re-running skips the (model, seed) pairs already in results.jsonl
     assert multifashion.main([*argv, "--report-only"])["records"] == records
