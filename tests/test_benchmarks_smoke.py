@@ -10,6 +10,7 @@ and xgboost) and are skipped without it; the synthetic plot needs matplotlib (sa
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -236,7 +237,8 @@ def test_multifashion_smoke(tmp_path, real_results_untouched):
     assert len(single["best_epoch"]) == 2
     runs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
     assert (
-        "multifashion_single_task_left_s0" in runs and "multifashion_mgda_ub_left_right_s0" in runs
+        "multifashion_single_task_left_s0_e1" in runs
+        and "multifashion_mgda_ub_left_right_s0_e1" in runs
     )
     text = results.read_text()
     assert "keep me" in text and "<!-- END multifashion -->" in text
@@ -244,3 +246,8 @@ def test_multifashion_smoke(tmp_path, real_results_untouched):
     assert "| `single_task` (one network per task) | 1 |" in text and "paired by seed" in text
     # re-running skips the (model, seed) pairs already in results.jsonl
     assert multifashion.main([*argv, "--report-only"])["records"] == records
+    # another training budget gets a table of its own, its seeds not mixed with these
+    longer = [{**r, "epochs": 20, "train_rows": 500} for r in records]
+    text = multifashion.render(records + longer, argparse.Namespace(device="cpu", threads=1), "c")
+    assert text.count("| `mmoe` (MMoE, 4 experts, equal weights) | 1 |") == 2
+    assert "**At most 20 epochs, the first 500 training rows:**" in text
