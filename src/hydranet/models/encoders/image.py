@@ -120,7 +120,23 @@ class CNN(_ImageEncoder):
             prev = int(c)
         self.channels = [int(c) for c in channels]
         self.pool = int(pool)
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(self.pool), nn.Flatten())
+        side = self.size
+        for _ in channels:  # a 3x3 conv with stride 2 and padding 1 halves, rounding up
+            side = ((side[0] + 1) // 2, (side[1] + 1) // 2)
+        if self.pool == 1:
+            pooling: nn.Module = nn.AdaptiveAvgPool2d(1)
+        elif side[0] % self.pool or side[1] % self.pool:
+            raise UserError(
+                f"encoder cnn: params.pool = {self.pool} must divide the last feature map, "
+                f"{side[0]}x{side[1]} ({len(channels)} stride-2 blocks on "
+                f"{self.size[0]}x{self.size[1]} pictures)"
+            )
+        else:
+            # a fixed window, the same average as AdaptiveAvgPool2d here: the ONNX exporter
+            # cannot export an adaptive grid other than 1x1 (the input size is not static)
+            window = (side[0] // self.pool, side[1] // self.pool)
+            pooling = nn.AvgPool2d(window, stride=window)
+        self.features = nn.Sequential(*layers, pooling, nn.Flatten())
         self.proj = nn.Linear(prev * self.pool * self.pool, int(out_dim))
         self.d = int(out_dim)
         self.out_dim = self.n_columns * self.d
