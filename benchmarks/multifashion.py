@@ -235,7 +235,10 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "6,000 and 10,000 rows. `single_task` is two runs, one per task with its own CNN "
             "(its parameters and seconds are the two runs' sums; best epochs left+right); the "
             "others are one network whose CNN and trunk the two tasks share. One table per "
-            "training budget (`--epochs`, `--train-rows`; the results of each are kept).",
+            "training budget: the command above with that table's `--epochs` (default 10) "
+            "and `--train-rows` (default 10,000); the results of each are kept. A model whose "
+            "rows are the same in two budgets had its best validation loss before the smaller "
+            "cap and early stopping ended the longer run too (same seed, same path).",
             "",
             *tables,
             REFERENCE,
