@@ -124,7 +124,7 @@ def build_spec(data: dict, model: str, args, seed: int, tasks: tuple[str, ...] =
     raw["balance"] = {"method": method}
     raw["train"].update(epochs=args.epochs, seed=seed, device=args.device, threads=args.threads)
     if args.smoke:
-        raw["model"]["encoders"]["image"]["params"]["channels"] = [4, 8]
+        raw["model"]["encoders"]["image"]["params"]["channels"] = [4, 4, 8]
     return Spec.from_dict(raw, source=f"{EXAMPLE} (benchmark overrides)")
 
 
