@@ -1,4 +1,4 @@
-"""Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py,
+"""Smoke runs of the benchmarks (benchmarks/census_paper.py, census_encoders.py, multifashion.py,
 synthetic_correlation.py, peers_census.py, census_gbdt.py) and of their shared RESULTS.md writer.
 
 Each script's ``main(["--smoke", ...])`` runs in-process at tiny sizes on offline data
@@ -10,6 +10,7 @@ and xgboost) and are skipped without it; the synthetic plot needs matplotlib (sa
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -219,3 +220,34 @@ def test_a_script_stops_on_a_hydranet_error_with_one_line_and_exit_2(capsys):
         _common.run_main(lambda: 3)  # an int result is the exit status
     assert e.value.code == 3
     _common.run_main(lambda: {"summary": 1})  # anything else: a normal end
+
+
+def test_multifashion_smoke(tmp_path, real_results_untouched):
+    import multifashion
+
+    results = _results(tmp_path)
+    argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    records = multifashion.main(argv)["records"]
+    assert sorted(r["model"] for r in records) == sorted(multifashion.MODELS)
+    for r in records:
+        assert set(r["test"]) == {"left", "right"} and r["parameters"] > 0
+        assert all(0.0 <= v <= 1.0 for v in r["test"].values())
+    # one network per task: two runs, each with its own CNN and only its own label
+    single = next(r for r in records if r["model"] == "single_task")
+    assert len(single["best_epoch"]) == 2
+    runs = sorted(p.name for p in (tmp_path / "work" / "runs").iterdir())
+    assert (
+        "multifashion_single_task_left_s0_e1" in runs
+        and "multifashion_mgda_ub_left_right_s0_e1" in runs
+    )
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END multifashion -->" in text
+    assert "| `mgda_ub` (shared-bottom, MGDA-UB) | 1 |" in text and "Sener" in text
+    assert "| `single_task` (one network per task) | 1 |" in text and "paired by seed" in text
+    # re-running skips the (model, seed) pairs already in results.jsonl
+    assert multifashion.main([*argv, "--report-only"])["records"] == records
+    # another training budget gets a table of its own, its seeds not mixed with these
+    longer = [{**r, "epochs": 20, "train_rows": 500} for r in records]
+    text = multifashion.render(records + longer, argparse.Namespace(device="cpu", threads=1), "c")
+    assert text.count("| `mmoe` (MMoE, 4 experts, equal weights) | 1 |") == 2
+    assert "**At most 20 epochs, the first 500 training rows:**" in text

@@ -188,6 +188,48 @@ def test_cnn_augments_only_once_put_in_training_mode():
     torch.testing.assert_close(plain(x), plain(x), rtol=0, atol=0)
 
 
+def test_cnn_pool_grid_keeps_where_an_item_is():
+    # the same square top-left or bottom-right (an even shift, away from the borders): global
+    # pooling sees the same values, a 2x2 grid sees which corner (multifashion's left/right)
+    x = torch.zeros(2, 1, 3, 32, 32, dtype=torch.uint8)
+    x[0, 0, :, 4:10, 4:10] = 255
+    x[1, 0, :, 20:26, 20:26] = 255
+    group = {"kind": "image", "shape": [1, 3, 32, 32]}
+    torch.manual_seed(0)
+    flat = ENCODERS.get("cnn")(group, None, channels=[4], augment=False).eval()
+    torch.testing.assert_close(flat(x)[0], flat(x)[1])
+    grid = ENCODERS.get("cnn")(group, None, channels=[4], augment=False, pool=2).eval()
+    assert grid.proj.in_features == 4 * 2 * 2
+    assert not torch.allclose(grid(x)[0], grid(x)[1])
+    with pytest.raises(UserError, match="pool = 3 must divide the last feature map, 16x16"):
+        ENCODERS.get("cnn")(group, None, channels=[4], pool=3)
+
+
+def test_cnn_pool_grid_exports_to_onnx():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    group = {"kind": "image", "shape": [1, 3, 28, 28]}
+    torch.manual_seed(0)
+    enc = ENCODERS.get("cnn")(group, None, channels=[4, 8, 8], pool=2).eval()
+    x = torch.randint(0, 256, (5, 1, 3, 28, 28), dtype=torch.uint8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning, the TorchScript exporter's deprecation
+        torch.onnx.export(
+            enc,
+            (x[:2],),
+            buf,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, enc(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def mobilenet_file(tmp_path: Path) -> Path:
     from torchvision.models import mobilenet_v2
 

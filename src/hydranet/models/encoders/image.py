@@ -83,14 +83,18 @@ class _ImageEncoder(Encoder):
 @ENCODERS.register("cnn")
 class CNN(_ImageEncoder):
     """A small conv net from scratch: ``len(channels)`` blocks of 3×3 conv (stride 2),
-    BatchNorm and ReLU, then global average pooling and a linear layer to ``out_dim``.
+    BatchNorm and ReLU, then average pooling to a ``pool`` × ``pool`` grid and a linear layer
+    to ``out_dim``.
 
-    At 64 px four blocks bring a picture to 4×4; ``channels`` sets their widths.
+    At 64 px four blocks bring a picture to 4×4; ``channels`` sets their widths. ``pool = 1``
+    (global pooling) forgets where things are; a larger grid keeps it for tasks defined by
+    position (multifashion's left and right item).
     """
 
     param_constraints = {
         "out_dim": PositiveInt,
         "channels": list[PositiveInt],
+        "pool": PositiveInt,
         "augment": bool,
         "flip": bool,
     }
@@ -104,6 +108,7 @@ class CNN(_ImageEncoder):
         channels: list[int] | tuple[int, ...] = (32, 64, 128, 128),
         augment: bool = True,
         flip: bool = True,
+        pool: int = 1,
     ):
         # the picture's own statistics are not known up front: centre [0, 1] on 0.5
         super().__init__(group, model_spec, state, augment, flip, (0.5,) * 3, (0.25,) * 3)
@@ -119,8 +124,25 @@ class CNN(_ImageEncoder):
             ]
             prev = int(c)
         self.channels = [int(c) for c in channels]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.proj = nn.Linear(prev, int(out_dim))
+        self.pool = int(pool)
+        side = self.size
+        for _ in channels:  # a 3x3 conv with stride 2 and padding 1 halves, rounding up
+            side = ((side[0] + 1) // 2, (side[1] + 1) // 2)
+        if self.pool == 1:
+            pooling: nn.Module = nn.AdaptiveAvgPool2d(1)
+        elif side[0] % self.pool or side[1] % self.pool:
+            raise UserError(
+                f"encoder cnn: params.pool = {self.pool} must divide the last feature map, "
+                f"{side[0]}x{side[1]} ({len(channels)} stride-2 blocks on "
+                f"{self.size[0]}x{self.size[1]} pictures)"
+            )
+        else:
+            # a fixed window, the same average as AdaptiveAvgPool2d here: the ONNX exporter
+            # cannot export an adaptive grid other than 1x1 (the input size is not static)
+            window = (side[0] // self.pool, side[1] // self.pool)
+            pooling = nn.AvgPool2d(window, stride=window)
+        self.features = nn.Sequential(*layers, pooling, nn.Flatten())
+        self.proj = nn.Linear(prev * self.pool * self.pool, int(out_dim))
         self.d = int(out_dim)
         self.out_dim = self.n_columns * self.d
 
