@@ -347,6 +347,26 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def run_missing(
+    records: list[dict[str, Any]],
+    log: Path,
+    jobs: list[tuple[Any, ...]],
+    run: Callable[..., dict[str, Any]],
+    done: Callable[[tuple[Any, ...], dict[str, Any]], bool],
+    line: Callable[[dict[str, Any]], str],
+) -> None:
+    """``run(*job)`` for every job no record is ``done`` for, in order; each new record goes
+    into ``log`` as soon as it exists (so a killed sweep resumes where it stopped) and into
+    ``records``, and ``line(record)`` is printed."""
+    for job in jobs:
+        if any(done(job, r) for r in records):
+            continue
+        rec = run(*job)
+        print(line(rec), flush=True)
+        append_jsonl(log, rec)
+        records.append(rec)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

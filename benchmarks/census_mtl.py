@@ -267,18 +267,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = C.census_data(args.smoke, work)
     records = C.read_jsonl(log) if log.exists() else []
     if not args.report_only:
-        for seed in range(args.seeds):
-            for name in args.configs:
-                if any(r["model"] == name and r["seed"] == seed for r in records):
-                    continue
-                rec = run_one(data, name, args, seed, work)
-                print(
-                    f"{name} seed {seed}: "
-                    + ", ".join(f"{t} {v:.4f}" for t, v in rec["test"].items()),
-                    flush=True,
-                )
-                C.append_jsonl(log, rec)
-                records.append(rec)
+        C.run_missing(
+            records,
+            log,
+            [(name, seed) for seed in range(args.seeds) for name in args.configs],
+            run=lambda name, seed: run_one(data, name, args, seed, work),
+            done=lambda job, r: (r["model"], r["seed"]) == job,
+            line=lambda r: (
+                f"{r['model']} seed {r['seed']}: "
+                + ", ".join(f"{t} {v:.4f}" for t, v in r["test"].items())
+            ),
+        )
         # another process may share the log (one configuration each): report all of it
         records = C.read_jsonl(log)
     command = C.report_command(argv, args.report_only, "re-rendered")

@@ -133,18 +133,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = C.census_data(args.smoke, work)
     records = C.read_jsonl(log) if log.exists() else []
     if not args.report_only:
-        for seed in range(args.seeds):
-            for model in args.models:
-                if any(r["model"] == model and r["seed"] == seed for r in records):
-                    continue
-                rec = run_one(data, model, args, seed, work)
-                print(
-                    f"{model} seed {seed}: "
-                    + ", ".join(f"{t} {rec['test'][t]:.4f}" for t in TASKS),
-                    flush=True,
-                )
-                C.append_jsonl(log, rec)
-                records.append(rec)
+        C.run_missing(
+            records,
+            log,
+            [(model, seed) for seed in range(args.seeds) for model in args.models],
+            run=lambda model, seed: run_one(data, model, args, seed, work),
+            done=lambda job, r: (r["model"], r["seed"]) == job,
+            line=lambda r: (
+                f"{r['model']} seed {r['seed']}: "
+                + ", ".join(f"{t} {r['test'][t]:.4f}" for t in TASKS)
+            ),
+        )
     command = C.report_command(argv, args.report_only, "re-rendered")
     body = render(records, args, command)
     print(C.write_section(C.results_path(args), SECTION, body))

@@ -487,24 +487,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paths = emoji_paths(args.smoke, work)
 
         def sweep(configs: list[str], fraction: float) -> None:
-            for seed in range(args.seeds):
-                for config in configs:
-                    if config == FLOOR and seed > 0:
-                        continue
-                    if any(
-                        r["config"] == config and r["fraction"] == fraction and r["seed"] == seed
-                        for r in records
-                    ):
-                        continue
-                    rec = run_one(config, fraction, paths, args, seed, work)
-                    print(
-                        f"{config} {round(fraction * 100)}% seed {seed}: "
-                        + ", ".join(f"{t} {rec['test'][t]:.3f}" for t in TASKS)
-                        + f" ({rec['seconds']:.0f} s)",
-                        flush=True,
-                    )
-                    C.append_jsonl(log, rec)
-                    records.append(rec)
+            C.run_missing(
+                records,
+                log,
+                [
+                    (config, seed)
+                    for seed in range(args.seeds)
+                    for config in configs
+                    if not (config == FLOOR and seed > 0)
+                ],
+                run=lambda config, seed: run_one(config, fraction, paths, args, seed, work),
+                done=lambda job, r: (r["config"], r["seed"]) == job and r["fraction"] == fraction,
+                line=lambda r: (
+                    f"{r['config']} {round(fraction * 100)}% seed {r['seed']}: "
+                    + ", ".join(f"{t} {r['test'][t]:.3f}" for t in TASKS)
+                    + f" ({r['seconds']:.0f} s)"
+                ),
+            )
 
         sweep(args.configs, 1.0)
         if not args.no_small_fraction:

@@ -263,22 +263,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.report_only:
         data = multifashion_data(args, work)
         budget = (args.epochs, 0 if args.smoke else args.train_rows)
-        for seed in range(args.seeds):
-            for model in args.models:
-                if any(
-                    r["model"] == model and r["seed"] == seed and _budget(r) == budget
-                    for r in records
-                ):
-                    continue
-                rec = run_one(data, model, args, seed, work)
-                print(
-                    f"{model} seed {seed}: "
-                    + ", ".join(f"{t} {rec['test'][t]:.4f}" for t in TASKS)
-                    + f" ({rec['seconds']:.0f} s)",
-                    flush=True,
-                )
-                C.append_jsonl(log, rec)
-                records.append(rec)
+        C.run_missing(
+            records,
+            log,
+            [(model, seed) for seed in range(args.seeds) for model in args.models],
+            run=lambda model, seed: run_one(data, model, args, seed, work),
+            done=lambda job, r: (r["model"], r["seed"]) == job and _budget(r) == budget,
+            line=lambda r: (
+                f"{r['model']} seed {r['seed']}: "
+                + ", ".join(f"{t} {r['test'][t]:.4f}" for t in TASKS)
+                + f" ({r['seconds']:.0f} s)"
+            ),
+        )
     command = C.report_command(argv, args.report_only, "re-rendered")
     body = render(records, args, command)
     results = C.results_path(args)
