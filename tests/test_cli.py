@@ -24,6 +24,9 @@ def test_plan_train_evaluate_predict(tiny, tmp_path, capsys):
     assert (
         '"architecture": "mmoe"' in out and "encoder" in out and "600 rows" in out.replace(",", "")
     )
+    assert "fusion 'concat' → " in out
+    code, out, _ = _cli(capsys, "plan", str(spec), "--set", 'model.fusion="gated"')
+    assert code == 0 and "fusion 'gated' → one trunk input per task, 64 each" in out
     code, _, err = _cli(
         capsys,
         "train",

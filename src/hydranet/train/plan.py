@@ -27,6 +27,13 @@ def plan(spec: Spec) -> str:
     for part, n in summary.items():
         lines.append(f"  {part:<{width}}  {n:>10,}")
     lines.append(f"  {'total':<{width}}  {sum(p.numel() for p in model.parameters()):>10,}")
+    fusion = model.encoder
+    per = (
+        f"one trunk input per task, {fusion.out_dim} each"
+        if fusion.per_task
+        else f"{fusion.out_dim}"
+    )
+    lines.append(f"  fusion {spec.model.fusion!r} → {per}")
     lines += ["", "# data"]
     for name, group in prep.groups.items():
         encoder = type(model.encoder.encoders[name]).__name__
