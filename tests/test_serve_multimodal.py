@@ -49,28 +49,39 @@ def caption_table(n: int, seed: int) -> pa.Table:
     })  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory) -> tuple[Run, pa.Table]:
-    tmp = tmp_path_factory.mktemp("mm-text")
+def tiny_run(tmp, name, make_table, sizes, features) -> tuple[Run, pa.Table]:
+    """A one-epoch run on generated train/test tables of ``sizes`` rows with these feature
+    groups (tasks liked and score; the text group ``words`` on a 4-d bag)."""
     paths = {}
-    for i, (split, n) in enumerate([("train", 160), ("test", 40)]):
+    for i, (split, n) in enumerate(zip(("train", "test"), sizes, strict=True)):
         paths[split] = str(tmp / f"{split}.parquet")
-        pq.write_table(caption_table(n, seed=i), paths[split])
+        pq.write_table(make_table(n, seed=i), paths[split])
     spec = hydranet.Spec.from_dict({
-        "name": "captions",
+        "name": name,
         "data": paths,
-        "features": [
-            {"name": "words", "kind": "text", "columns": ["caption", "title"],
-             "params": {"max_tokens": 6}},
-            {"name": "nums", "kind": "numeric", "columns": ["price"]},
-        ],
+        "features": features,
         "tasks": [{"name": "liked", "kind": "binary"}, {"name": "score", "kind": "regression"}],
         "model": {"architecture": "shared_bottom", "tower": [4],
                   "encoders": {"words": {"name": "bag", "params": {"d_embedding": 4}}}},
         "train": {"epochs": 1, "batch_size": 32, "seed": 0},
     })  # fmt: skip
-    run = hydranet.train(spec, tmp / "run", progress=False)
+    # module scope runs before the per-test cache directory is set: set it here too
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYDRANET_DATA_DIR", str(tmp / "cache"))
+        run = hydranet.train(spec, tmp / "run", progress=False)
     return run, pq.read_table(paths["test"])
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> tuple[Run, pa.Table]:
+    features = [
+        {"name": "words", "kind": "text", "columns": ["caption", "title"],
+         "params": {"max_tokens": 6}},
+        {"name": "nums", "kind": "numeric", "columns": ["price"]},
+    ]  # fmt: skip
+    return tiny_run(
+        tmp_path_factory.mktemp("mm-text"), "captions", caption_table, (160, 40), features
+    )
 
 
 def post(app, body) -> httpx.Response:
@@ -181,29 +192,12 @@ def photo_table(n: int, seed: int) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def photo_run(tmp_path_factory) -> tuple[Run, pa.Table]:
-    tmp = tmp_path_factory.mktemp("mm-photo")
-    paths = {}
-    for i, (split, n) in enumerate([("train", 96), ("test", 24)]):
-        paths[split] = str(tmp / f"{split}.parquet")
-        pq.write_table(photo_table(n, seed=i), paths[split])
-    spec = hydranet.Spec.from_dict({
-        "name": "photos",
-        "data": paths,
-        "features": [
-            {"name": "pictures", "kind": "image", "columns": ["photo"], "params": {"size": 8}},
-            {"name": "words", "kind": "text", "columns": ["caption"], "params": {"max_tokens": 6}},
-            {"name": "nums", "kind": "numeric", "columns": ["price"]},
-        ],
-        "tasks": [{"name": "liked", "kind": "binary"}, {"name": "score", "kind": "regression"}],
-        "model": {"architecture": "shared_bottom", "tower": [4],
-                  "encoders": {"words": {"name": "bag", "params": {"d_embedding": 4}}}},
-        "train": {"epochs": 1, "batch_size": 32, "seed": 0},
-    })  # fmt: skip
-    # module scope runs before the per-test cache directory is set: set it here too
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYDRANET_DATA_DIR", str(tmp / "cache"))
-        run = hydranet.train(spec, tmp / "run", progress=False)
-    return run, pq.read_table(paths["test"])
+    features = [
+        {"name": "pictures", "kind": "image", "columns": ["photo"], "params": {"size": 8}},
+        {"name": "words", "kind": "text", "columns": ["caption"], "params": {"max_tokens": 6}},
+        {"name": "nums", "kind": "numeric", "columns": ["price"]},
+    ]
+    return tiny_run(tmp_path_factory.mktemp("mm-photo"), "photos", photo_table, (96, 24), features)
 
 
 def json_rows(table: pa.Table) -> list[dict]:
