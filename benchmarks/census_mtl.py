@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-from census_tuned import EXAMPLES, TASKS, delta_m  # noqa: E402
+from census_tuned import EXAMPLES, TASKS, delta_m, sweep_main  # noqa: E402
 
 SECTION = "census-mtl"
 BASELINE = "single_task_tree"
@@ -254,36 +254,16 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--report-only", action="store_true")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.seeds = min(args.seeds, 1)
-    C.setup_torch(args.threads, args.device)
-    work = C.work_dir(args, SECTION)
-    log = work / "results.jsonl"
-    data = C.census_data(args.smoke, work)
-    records = C.read_jsonl(log) if log.exists() else []
-    if not args.report_only:
-        C.run_missing(
-            records,
-            log,
-            [(name, seed) for seed in range(args.seeds) for name in args.configs],
-            run=lambda name, seed: run_one(data, name, args, seed, work),
-            done=lambda job, r: (r["model"], r["seed"]) == job,
-            line=lambda r: (
-                f"{r['model']} seed {r['seed']}: "
-                + ", ".join(f"{t} {v:.4f}" for t, v in r["test"].items())
-            ),
-        )
-        # another process may share the log (one configuration each): report all of it
-        records = C.read_jsonl(log)
-    command = C.report_command(argv, args.report_only, "re-rendered")
-    body = render(records, args, command)
-    print(C.write_section(C.results_path(args), SECTION, body))
-    return {"records": records}
+    return sweep_main(
+        argv,
+        doc=__doc__,
+        section=SECTION,
+        option="configs",
+        names=list(CONFIGS),
+        seeds=3,
+        run=run_one,
+        render=render,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ relative AUC change over tasks) compares the MMoE with the single-task model of 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,29 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+def sweep_main(
+    argv: list[str] | None,
+    *,
+    doc: str,
+    section: str,
+    option: str,
+    names: list[str],
+    seeds: int,
+    run: Callable[..., dict[str, Any]],
+    render: Callable[..., str],
+) -> dict[str, Any]:
+    """A census sweep's command line: every name of ``--<option>`` for each of ``--seeds``
+    seeds, ``run(data, name, args, seed, work)`` for what results.jsonl lacks, then the section
+    ``render(records, args, command)`` writes (census_tuned and census_mtl)."""
+    p = C.base_parser(doc.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=seeds)
+    p.add_argument(f"--{option}", nargs="+", default=list(names), choices=list(names))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
         args.seeds = min(args.seeds, 1)
     C.setup_torch(args.threads, args.device)
-    work = C.work_dir(args, SECTION)
+    work = C.work_dir(args, section)
     log = work / "results.jsonl"
     data = C.census_data(args.smoke, work)
     records = C.read_jsonl(log) if log.exists() else []
@@ -136,18 +150,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         C.run_missing(
             records,
             log,
-            [(model, seed) for seed in range(args.seeds) for model in args.models],
-            run=lambda model, seed: run_one(data, model, args, seed, work),
+            [(name, seed) for seed in range(args.seeds) for name in getattr(args, option)],
+            run=lambda name, seed: run(data, name, args, seed, work),
             done=lambda job, r: (r["model"], r["seed"]) == job,
             line=lambda r: (
                 f"{r['model']} seed {r['seed']}: "
-                + ", ".join(f"{t} {r['test'][t]:.4f}" for t in TASKS)
+                + ", ".join(f"{t} {v:.4f}" for t, v in r["test"].items())
             ),
         )
+        # another process may share the log (one configuration each): report all of it
+        records = C.read_jsonl(log)
     command = C.report_command(argv, args.report_only, "re-rendered")
     body = render(records, args, command)
-    print(C.write_section(C.results_path(args), SECTION, body))
+    print(C.write_section(C.results_path(args), section, body))
     return {"records": records}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return sweep_main(
+        argv,
+        doc=__doc__,
+        section=SECTION,
+        option="models",
+        names=list(MODELS),
+        seeds=5,
+        run=run_one,
+        render=render,
+    )
 
 
 if __name__ == "__main__":
