@@ -85,7 +85,9 @@ def load_tokenizer(path: str, group: str) -> Any:
     if not file.is_file():
         raise UserError(
             f"{where} is not a file; pass the path of a local Hugging Face tokenizer.json "
-            "(nothing is downloaded), or leave 'tokenizer' out to fit one on the training data"
+            "(nothing is downloaded; a pretrained encoder's comes with its weights: "
+            "`hydranet fetch-weights minilm` prints it), or leave 'tokenizer' out to fit one "
+            "on the training data"
         )
     try:
         return Tokenizer.from_file(str(file))
