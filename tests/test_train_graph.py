@@ -210,3 +210,42 @@ def test_tensor_learning_rate_is_updated_in_place_and_survives_a_reload():
     device_lr_(fresh, torch.device("cpu"))
     group = fresh.param_groups[0]
     assert isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(seen[-1])
+
+
+def test_a_split_larger_than_half_the_free_gpu_memory_stays_on_the_host():
+    from hydranet.data.loader import TensorData
+    from hydranet.train.trainer import host_resident
+
+    data = TensorData(
+        {"x": torch.zeros(10, 4)},
+        {"y": (torch.zeros(10),)},
+        {"y": torch.ones(10, dtype=torch.bool)},
+    )
+    assert data.nbytes() == 10 * 4 * 4 + 10 * 4 + 10
+    cuda = torch.device("cuda")
+    assert host_resident(600, cuda, free=1000) and not host_resident(500, cuda, free=1000)
+    assert not host_resident(10**15, torch.device("cpu"))  # a CPU holds it where it is
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_host_resident_split_trains_as_a_device_resident_one(tiny, tmp_path, monkeypatch, capsys):
+    """Batches gathered on the host and copied per step give the same model as batches
+    gathered on the GPU (and the step is not captured as a CUDA graph)."""
+    from hydranet.train import trainer as trainer_mod
+
+    spec = _spec(tiny, epochs=2, device="cuda")
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"cuda_graph": "off"})})
+    on_device = setup(spec, tmp_path / "d", progress=False)
+    on_device.fit()
+    monkeypatch.setattr(trainer_mod, "host_resident", lambda nbytes, device, free=None: True)
+    on_host = setup(spec, tmp_path / "h", progress=False)
+    assert (
+        on_host.train_data.device.type == "cpu"
+        and "stays in host memory" in capsys.readouterr().err
+    )
+    on_host.fit()
+    for (name, a), (_, b) in zip(
+        on_device.model.state_dict().items(), on_host.model.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name

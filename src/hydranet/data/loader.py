@@ -113,6 +113,10 @@ class TensorData:
             {k: fn(v) for k, v in self.masks.items()},
         )
 
+    def nbytes(self) -> int:
+        """The bytes of every tensor of the split."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
     def to(self, device: torch.device | str) -> TensorData:
         return TensorData(*self._map(lambda t: t.to(device)))
 

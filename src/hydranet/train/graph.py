@@ -69,6 +69,8 @@ def blockers(trainer: StepOwner) -> list[str]:
         reasons.append("distributed training (DDP) is on")
     if trainer.train_data is None:
         reasons.append("the training split is streamed, not held in device memory")
+    elif trainer.train_data.device.type != trainer.device.type:
+        reasons.append("the training split stays in host memory (too large for the GPU)")
     elif not trainer.all_labeled:
         reasons.append(
             "some training rows lack a label for some task (the per-batch task presence is data-dependent)"

@@ -187,6 +187,17 @@ def _setup(
     return trainer
 
 
+def host_resident(nbytes: int, device: torch.device, free: int | None = None) -> bool:
+    """Whether a training split of ``nbytes`` stays in host memory rather than on ``device``:
+    on a GPU, when it is more than half of the free device memory (the model, optimizer state
+    and activations need the rest). A CPU holds it where it is."""
+    if device.type != "cuda":
+        return False
+    if free is None:
+        free = torch.cuda.mem_get_info(device)[0]
+    return nbytes > free // 2
+
+
 class Trainer:
     def __init__(
         self,
@@ -318,7 +329,21 @@ class Trainer:
             return split.loader(
                 cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size
             )
-        self.train_data = split.data.to(self.device)
+        nbytes = split.data.nbytes()
+        if host_resident(nbytes, self.device):
+            # batches are gathered on the host (from the memory-mapped image cache, say) and
+            # copied to the device per step; the permutation is the same either way
+            self.train_data = split.data
+            self.dist.on_main(
+                lambda: print(
+                    f"hydranet: the training split ({nbytes / 2**30:.1f} GiB) stays in host "
+                    "memory, as it is larger than half the GPU's free memory; batches are "
+                    "copied to the GPU each step",
+                    file=sys.stderr,
+                )
+            )
+        else:
+            self.train_data = split.data.to(self.device)
         loader = BatchLoader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed)
         return (
             ShardedLoader(loader, self.dist.rank, self.dist.world_size)
