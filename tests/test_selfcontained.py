@@ -143,11 +143,9 @@ def test_a_mobilenet_run_loads_without_its_weights_file(mobilenet_run):
             torch.testing.assert_close(backbone[name.removeprefix("features.")], tensor)
 
 
-def test_a_minilm_run_serves_texts_and_exports_to_onnx(minilm_run, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    path, test, _ = minilm_run
-    want = Run.load(path).predict(test)
-    rows = test.select(["t", "price"]).to_pylist()
+def _serves_and_exports(path, rows, want, tmp_path, capsys, label: str) -> None:
+    """The run served (torch) gives ``want``; exported to ONNX within 1e-4, and served from
+    the ONNX graph, too."""
     r = post(create_app(Predictor.load(path)), {"rows": rows})
     assert r.status_code == 200, r.text
     assert_same_as_run(r.json()["predictions"], want, 1e-5)
@@ -155,31 +153,27 @@ def test_a_minilm_run_serves_texts_and_exports_to_onnx(minilm_run, tmp_path, cap
     out = tmp_path / "model.onnx"
     assert main(["export", str(path), "--onnx", str(out), "--tolerance", "1e-4"]) == 0
     diff = float(re.search(r"max abs diff (\S+)", capsys.readouterr().out).group(1))
-    print(f"minilm run: onnxruntime vs torch max abs diff {diff:.2e}")
+    print(f"{label} run: onnxruntime vs torch max abs diff {diff:.2e}")
     r = post(create_app(Predictor.load(path, "onnxruntime", onnx=out)), {"rows": rows})
     assert r.status_code == 200, r.text
     assert_same_as_run(r.json()["predictions"], want, 1e-4)
+
+
+def test_a_minilm_run_serves_texts_and_exports_to_onnx(minilm_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    path, test, _ = minilm_run
+    rows = test.select(["t", "price"]).to_pylist()
+    _serves_and_exports(path, rows, Run.load(path).predict(test), tmp_path, capsys, "minilm")
 
 
 def test_a_mobilenet_run_serves_base64_images_and_exports_to_onnx(mobilenet_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     path, test, _, _ = mobilenet_run
-    want = Run.load(path).predict(test)
     rows = test.select(["photo", "price"]).to_pylist()
     for row in rows:
         if row["photo"] is not None:
             row["photo"] = base64.b64encode(row["photo"]).decode()
-    r = post(create_app(Predictor.load(path)), {"rows": rows})
-    assert r.status_code == 200, r.text
-    assert_same_as_run(r.json()["predictions"], want, 1e-5)
-
-    out = tmp_path / "model.onnx"
-    assert main(["export", str(path), "--onnx", str(out), "--tolerance", "1e-4"]) == 0
-    diff = float(re.search(r"max abs diff (\S+)", capsys.readouterr().out).group(1))
-    print(f"mobilenet run: onnxruntime vs torch max abs diff {diff:.2e}")
-    r = post(create_app(Predictor.load(path, "onnxruntime", onnx=out)), {"rows": rows})
-    assert r.status_code == 200, r.text
-    assert_same_as_run(r.json()["predictions"], want, 1e-4)
+    _serves_and_exports(path, rows, Run.load(path).predict(test), tmp_path, capsys, "mobilenet")
 
 
 def test_image_group_sources_are_what_each_row_decodes_from(tmp_path):
