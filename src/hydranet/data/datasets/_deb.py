@@ -14,13 +14,45 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+
+from hydranet.data.datasets._cache import cached_splits, local_copy
 from hydranet.errors import DataError
 
 _AR_MAGIC = b"!<arch>\n"
 _AR_HEADER = 60
+
+
+def deb_splits(
+    data_dir: Path,
+    name: str,
+    package: str,
+    deb: Path | None,
+    env: str,
+    read: Callable[[Path], Any],
+    splits: Callable[[Any], dict[str, pa.Table]],
+) -> dict[str, Path]:
+    """The cached Parquet splits of data set ``name``, built once from Debian ``package``:
+    ``splits(read(the .deb))``. ``deb`` (or ``$env``) names a local copy; without one the
+    package is fetched with ``apt-get download`` into a temporary directory."""
+    deb = local_copy(deb, env)
+
+    def build() -> dict[str, pa.Table]:
+        with tempfile.TemporaryDirectory(prefix=f"hydranet-{name}-") as tmp:
+            raw = read(deb or fetch_deb(package, Path(tmp), env))
+        return splits(raw)
+
+    def announce(out_dir: Path) -> str:
+        if deb is None:
+            return f"fetching the {name} data set: Debian package {package} (with apt-get download; set {env} to use a local copy), cached in {out_dir} ..."
+        return f"preparing the {name} data set from {deb}, cached in {out_dir} ..."
+
+    return cached_splits(data_dir, name, build, announce)
 
 
 def fetch_deb(package: str, dest: Path, env: str) -> Path:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from hydranet.data.datasets._cache import cached_splits, local_copy
-from hydranet.data.datasets._deb import deb_files, fetch_deb
+from hydranet.data.datasets._deb import deb_files, deb_splits
 from hydranet.errors import DataError
 
 PACKAGE = "dataset-fashion-mnist"
@@ -71,19 +69,7 @@ def prepare(data_dir: Path, params: dict[str, Any], *, deb: Path | None = None) 
     ``deb`` (or ``$HYDRANET_FASHION_MNIST_DEB``) names a local copy of the
     Debian package; without one it is fetched with ``apt-get download``.
     """
-    deb = local_copy(deb, DEB_ENV)
-
-    def build() -> dict[str, pa.Table]:
-        with tempfile.TemporaryDirectory(prefix="hydranet-multifashion-") as tmp:
-            raw = read_package(deb or fetch_deb(PACKAGE, Path(tmp), DEB_ENV))
-        return build_splits(raw)
-
-    def announce(out_dir: Path) -> str:
-        if deb is None:
-            return f"fetching the multifashion data set: Debian package {PACKAGE} (with apt-get download; set {DEB_ENV} to use a local copy), cached in {out_dir} ..."
-        return f"preparing the multifashion data set from {deb}, cached in {out_dir} ..."
-
-    return cached_splits(data_dir, "multifashion", build, announce)
+    return deb_splits(data_dir, "multifashion", PACKAGE, deb, DEB_ENV, read_package, build_splits)
 
 
 def read_package(deb: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -38,7 +38,6 @@ drawings; the 0.05..0.4 band mixed both and is therefore left null).
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,8 +45,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from hydranet.data.datasets._cache import cached_splits, local_copy
-from hydranet.data.datasets._deb import deb_files, fetch_deb
+from hydranet.data.datasets._deb import deb_files, deb_splits
 from hydranet.errors import DataError
 
 PACKAGE = "tuxpaint-stamps-default"
@@ -72,19 +70,7 @@ def prepare(data_dir: Path, params: dict[str, Any], *, deb: Path | None = None) 
     ``deb`` (or ``$HYDRANET_STAMPS_DEB``) names a local copy of the Debian
     package; without one it is fetched with ``apt-get download``.
     """
-    deb = local_copy(deb, DEB_ENV)
-
-    def build() -> dict[str, pa.Table]:
-        with tempfile.TemporaryDirectory(prefix="hydranet-stamps-") as tmp:
-            table = read_package(deb or fetch_deb(PACKAGE, Path(tmp), DEB_ENV))
-        return split(table)
-
-    def announce(out_dir: Path) -> str:
-        if deb is None:
-            return f"fetching the stamps data set: Debian package {PACKAGE} (with apt-get download; set {DEB_ENV} to use a local copy), cached in {out_dir} ..."
-        return f"preparing the stamps data set from {deb}, cached in {out_dir} ..."
-
-    return cached_splits(data_dir, "stamps", build, announce)
+    return deb_splits(data_dir, "stamps", PACKAGE, deb, DEB_ENV, read_package, split)
 
 
 def read_package(deb: Path) -> pa.Table:
