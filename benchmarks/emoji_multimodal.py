@@ -6,7 +6,9 @@ version ``added_in``; tasks category, subcategory, skin_tones), a few seeds each
 - single modality: the picture alone (``cnn`` from scratch; ``mobilenet_v2`` frozen), the
   words alone (``bag`` from scratch; ``minilm`` frozen), ``added_in`` alone (a floor);
 - multimodal from scratch (cnn + bag + added_in) and pretrained (mobilenet_v2 + minilm frozen
-  + added_in), each with ``concat`` and ``gated`` fusion;
+  + added_in), each with ``concat`` and ``gated`` fusion, and with ``concat`` over
+  layer-normalised groups plus modality dropout (``fusion_params``: ``norm``,
+  ``modality_dropout``); the normalised concat for the frozen single modalities too;
 - 10% of the labels: the three labels are nulled on a seeded 90% of the training rows
   (validation and test keep theirs) and the best scratch and pretrained multimodal models
   (by validation score) run against the best picture-only and words-only ones.
@@ -33,34 +35,44 @@ TASKS = ("category", "subcategory", "skin_tones")
 METRICS = {"category": "accuracy", "subcategory": "accuracy", "skin_tones": "auc"}
 SMALL_FRACTION = 0.1
 
-# (picture encoder, words encoder, added_in, fusion); None leaves the modality out
-CONFIGS: dict[str, tuple[str | None, str | None, bool, str]] = {
-    "image_cnn": ("cnn", None, False, "concat"),
-    "image_mobilenet": ("mobilenet_v2", None, False, "concat"),
-    "text_bag": (None, "bag", False, "concat"),
-    "text_minilm": (None, "minilm", False, "concat"),
-    "added_in": (None, None, True, "concat"),
-    "mm_scratch_concat": ("cnn", "bag", True, "concat"),
-    "mm_scratch_gated": ("cnn", "bag", True, "gated"),
-    "mm_pretrained_concat": ("mobilenet_v2", "minilm", True, "concat"),
-    "mm_pretrained_gated": ("mobilenet_v2", "minilm", True, "gated"),
+# (picture encoder, words encoder, added_in, fusion, fusion params); None leaves the modality out
+NORM = {"norm": True}  # each group layer-normalised before the concatenation
+NORM_MD = {"norm": True, "modality_dropout": 0.2}  # and each group dropped per row with p 0.2
+CONFIGS: dict[str, tuple[str | None, str | None, bool, str, dict[str, Any]]] = {
+    "image_cnn": ("cnn", None, False, "concat", {}),
+    "image_mobilenet": ("mobilenet_v2", None, False, "concat", {}),
+    "image_mobilenet_norm": ("mobilenet_v2", None, False, "concat", NORM),
+    "text_bag": (None, "bag", False, "concat", {}),
+    "text_minilm": (None, "minilm", False, "concat", {}),
+    "text_minilm_norm": (None, "minilm", False, "concat", NORM),
+    "added_in": (None, None, True, "concat", {}),
+    "mm_scratch_concat": ("cnn", "bag", True, "concat", {}),
+    "mm_scratch_gated": ("cnn", "bag", True, "gated", {}),
+    "mm_scratch_norm_md": ("cnn", "bag", True, "concat", NORM_MD),
+    "mm_pretrained_concat": ("mobilenet_v2", "minilm", True, "concat", {}),
+    "mm_pretrained_gated": ("mobilenet_v2", "minilm", True, "gated", {}),
+    "mm_pretrained_norm_md": ("mobilenet_v2", "minilm", True, "concat", NORM_MD),
 }
 FLOOR = "added_in"  # one seed is enough for the floor
 LABELS = {
     "image_cnn": "picture only, cnn",
     "image_mobilenet": "picture only, mobilenet_v2 frozen",
+    "image_mobilenet_norm": "picture only, mobilenet_v2 frozen, normalised",
     "text_bag": "words only, bag",
     "text_minilm": "words only, minilm frozen",
+    "text_minilm_norm": "words only, minilm frozen, normalised",
     "added_in": "added_in only (floor)",
     "mm_scratch_concat": "multimodal scratch, concat",
     "mm_scratch_gated": "multimodal scratch, gated",
+    "mm_scratch_norm_md": "multimodal scratch, concat, normalised + modality dropout",
     "mm_pretrained_concat": "multimodal pretrained, concat",
     "mm_pretrained_gated": "multimodal pretrained, gated",
+    "mm_pretrained_norm_md": "multimodal pretrained, concat, normalised + modality dropout",
 }
-SINGLE_IMAGE = ("image_cnn", "image_mobilenet")
-SINGLE_TEXT = ("text_bag", "text_minilm")
-MM_SCRATCH = ("mm_scratch_concat", "mm_scratch_gated")
-MM_PRETRAINED = ("mm_pretrained_concat", "mm_pretrained_gated")
+SINGLE_IMAGE = ("image_cnn", "image_mobilenet", "image_mobilenet_norm")
+SINGLE_TEXT = ("text_bag", "text_minilm", "text_minilm_norm")
+MM_SCRATCH = ("mm_scratch_concat", "mm_scratch_gated", "mm_scratch_norm_md")
+MM_PRETRAINED = ("mm_pretrained_concat", "mm_pretrained_gated", "mm_pretrained_norm_md")
 
 # the settings of examples/emoji.toml; the benchmark replaces only the features and encoders
 MODEL = {
@@ -185,7 +197,7 @@ def weights_paths(args) -> tuple[str, str]:
 def build_raw(
     config: str, paths: dict[str, str], args, seed: int, size: int, epochs: int
 ) -> dict[str, Any]:
-    image, text, numeric, fusion = CONFIGS[config]
+    image, text, numeric, fusion, fusion_params = CONFIGS[config]
     mobilenet, minilm = weights_paths(args)
     features, encoders = [], {}
     if image:
@@ -217,7 +229,12 @@ def build_raw(
             {"name": "subcategory", "kind": "multiclass"},
             {"name": "skin_tones", "kind": "binary"},
         ],
-        "model": {**MODEL, "encoders": encoders, "fusion": fusion},
+        "model": {
+            **MODEL,
+            "encoders": encoders,
+            "fusion": fusion,
+            "fusion_params": dict(fusion_params),
+        },
         "train": {
             **TRAIN,
             "epochs": epochs,
@@ -395,7 +412,17 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
     pre10 = best_by_validation(records, MM_PRETRAINED, SMALL_FRACTION)
     if scratch10 and pre10:
         pairs.append((scratch10, pre10, SMALL_FRACTION))
-    for title, chosen in (("Gated vs concat", pairs[:2]), ("Pretrained vs scratch", pairs[2:])):
+    norm_pairs = [
+        ("mm_scratch_concat", "mm_scratch_norm_md", 1.0),
+        ("mm_pretrained_concat", "mm_pretrained_norm_md", 1.0),
+        ("image_mobilenet", "image_mobilenet_norm", 1.0),
+        ("text_minilm", "text_minilm_norm", 1.0),
+    ]
+    for title, chosen in (
+        ("Gated vs concat", pairs[:2]),
+        ("Pretrained vs scratch", pairs[2:]),
+        ("Normalised groups (+ modality dropout with several groups) vs plain concat", norm_pairs),
+    ):
         diffs = [line for a, b, f in chosen if (line := _pair_line(records, a, b, f))]
         if diffs:
             lines.append(
@@ -445,7 +472,10 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
             "`short_names`, 16 tokens each), plus the numeric `added_in` in the multimodal rows. "
             "`cnn` has channels [16, 32, 64, 64]; `bag` 32-d; `mobilenet_v2` (ImageNet) and "
             "`minilm` (all-MiniLM-L6-v2) are frozen, so their embeddings are computed once and "
-            "cached. MMoE rather than shared_bottom: the default trunk and the one the other "
+            "cached. 'normalised': `fusion_params.norm = true` (each group's vector "
+            "layer-normalised before the concatenation); 'modality dropout': "
+            "`fusion_params.modality_dropout = 0.2` (in training each group of each row is "
+            "zeroed with probability 0.2). MMoE rather than shared_bottom: the default trunk and the one the other "
             "examples use, and with three tasks of different difficulty the experts' gates can "
             "share less than a single bottom must. Metrics on the test split: accuracy for "
             "category (10 classes) and subcategory (99), AUC for skin_tones; mean ± std over "

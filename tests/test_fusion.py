@@ -161,6 +161,32 @@ def test_concat_ignores_the_tasks_and_gives_one_trunk_input():
     assert model.towers.hidden.in_dim == model.trunk.out_dims["click"]
 
 
+def test_concat_normalises_each_group_and_drops_whole_groups_in_training():
+    torch.manual_seed(0)
+    concat = FUSIONS.get("concat")({"a": 3, "b": 5}, ["t"], norm=True, modality_dropout=0.5)
+    n = 4000
+    # very different scales, as a frozen image backbone's features next to a sentence embedding
+    parts = [100 * torch.randn(n, 3) + 50, 0.1 * torch.randn(n, 5)]
+    concat.eval()
+    out = concat(parts)
+    assert out.shape == (n, 8)
+    # each group on its own (LayerNorm starts as scale 1, shift 0), not the joined vector
+    want = torch.cat([F.layer_norm(parts[0], (3,)), F.layer_norm(parts[1], (5,))], 1)
+    torch.testing.assert_close(out, want)
+    assert torch.equal(concat(parts), out)  # evaluation keeps every group, every time
+    concat.train()
+    dropped = concat(parts)
+    for cols in (slice(0, 3), slice(3, 8)):
+        block, kept = dropped[:, cols], out[:, cols]
+        zero = (block == 0).all(1)
+        # a row's group is dropped whole, or kept whole and scaled by 1 / (1 - p)
+        torch.testing.assert_close(block[~zero], 2 * kept[~zero])
+        assert 0.45 < zero.float().mean() < 0.55
+    # the two groups are dropped independently
+    both = ((dropped[:, :3] == 0).all(1) & (dropped[:, 3:] == 0).all(1)).float().mean()
+    assert 0.2 < both < 0.3
+
+
 def test_fusion_params_are_checked_with_their_key():
     base = {
         "data": {"train": "t.parquet", "numeric": ["a"]},
@@ -172,6 +198,14 @@ def test_fusion_params_are_checked_with_their_key():
         ({"fusion": "gated", "fusion_params": {"dimm": 8}}, r"model\.fusion_params\.dimm: .*dim"),
         ({"fusion": "gated", "fusion_params": {"dim": 0}}, r"model\.fusion_params\.dim: "),
         ({"fusion": "concat", "fusion_params": {"dim": 8}}, r"model\.fusion_params\.dim: "),
+        (
+            {"fusion": "concat", "fusion_params": {"modality_dropout": 1.0}},
+            r"model\.fusion_params\.modality_dropout: ",
+        ),
+        (
+            {"fusion": "concat", "fusion_params": {"norm": "yes"}},
+            r"model\.fusion_params\.norm: ",
+        ),
         ({"fusion": "nope"}, r"model\.fusion: .*gated"),
     ):
         with pytest.raises(SpecError, match=message):
@@ -207,21 +241,32 @@ def test_each_task_learns_to_weigh_its_own_group(seed):
     assert weights["t2"]["B"] - weights["t1"]["B"] > 0.3, weights
 
 
-def test_a_gated_run_saves_loads_and_exports(tiny, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("fusion", "params", "toml"),
+    [
+        ("gated", {"dim": 4}, "{ dim = 4 }"),
+        (
+            "concat",
+            {"norm": True, "modality_dropout": 0.3},
+            "{ norm = true, modality_dropout = 0.3 }",
+        ),
+    ],
+)
+def test_a_fused_run_saves_loads_and_exports(tiny, tmp_path, capsys, fusion, params, toml):
     import hydranet
     from hydranet.cli import main
     from hydranet.run import Run
 
     path = tiny(arch="mmoe", epochs=1)
     text = path.read_text().replace(
-        "tower = [8]\n", 'tower = [8]\nfusion = "gated"\nfusion_params = { dim = 4 }\n'
+        "tower = [8]\n", f'tower = [8]\nfusion = "{fusion}"\nfusion_params = {toml}\n'
     )
     path.write_text(text)
     run = hydranet.train(hydranet.Spec.load(str(path)), tmp_path / "run", progress=False)
     test = pq.read_table(tiny.paths["test"])
     loaded = Run.load(tmp_path / "run")
-    assert isinstance(loaded.model.encoder.fusion, GatedFusion)
-    assert loaded.spec.model.fusion_params == {"dim": 4}
+    assert isinstance(loaded.model.encoder.fusion, FUSIONS.get(fusion))
+    assert loaded.spec.model.fusion_params == params
     ref = run.predict(test)
     assert loaded.predict(test).equals(ref)
 

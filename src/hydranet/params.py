@@ -30,6 +30,7 @@ __all__ = [
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
+    "Probability",
     "Unit",
     "Widths",
     "Finite",
@@ -40,6 +41,8 @@ Widths = Annotated[list[PositiveInt], Field(min_length=1)]
 """Hidden-layer widths: a non-empty list of positive ints."""
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 """A fraction or probability in [0, 1]."""
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A drop probability: in [0, 1), as 1 would drop everything."""
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 """Any float but inf and nan."""
 

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hydranet.params import DeclaredParams, NonNegativeInt, PositiveFloat, PositiveInt
+from hydranet.params import DeclaredParams, NonNegativeInt, PositiveFloat, PositiveInt, Probability
 from hydranet.registry import Registry
 
 __all__ = [
@@ -183,13 +183,44 @@ class Fusion(nn.Module, DeclaredParams):
 
 
 class Concat(Fusion):
-    """The groups' vectors side by side, in group order: ``[B, sum(dims)]``; no per-task vector."""
+    """The groups' vectors side by side, in group order: ``[B, sum(dims)]``; no per-task vector.
 
-    def __init__(self, dims: dict[str, int], tasks: Sequence[str] = ()):
+    Two options for groups of very different kinds (a frozen image backbone's 1280 features
+    next to a sentence embedding and a few numbers), both off by default:
+
+    * ``norm = true``: each group's vector is layer-normalised (with its own scale and shift)
+      before the concatenation, so no group's scale decides how fast the trunk learns it;
+    * ``modality_dropout = p``: in training, each group of each row is zeroed with
+      probability ``p`` and the kept ones scaled by ``1/(1-p)`` (ModDrop, Neverova et al.,
+      2015): the trunk cannot lean on one modality alone, which matters when one group fits
+      the training rows fast and the others would be ignored. Evaluation keeps every group.
+    """
+
+    param_constraints = {"norm": bool, "modality_dropout": Probability}
+
+    def __init__(
+        self,
+        dims: dict[str, int],
+        tasks: Sequence[str] = (),
+        *,
+        norm: bool = False,
+        modality_dropout: float = 0.0,
+    ):
         super().__init__()
-        self.out_dim = sum(dims.values())
+        self.dims = [int(d) for d in dims.values()]
+        self.out_dim = sum(self.dims)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims) if norm else None
+        self.modality_dropout = float(modality_dropout)
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.norms is not None:
+            parts = [n(v) for n, v in zip(self.norms, parts, strict=True)]
+        if self.training and self.modality_dropout > 0.0 and len(parts) > 1:
+            keep = 1.0 - self.modality_dropout
+            # one draw per row and group: [B, G], expanded over each group's width
+            mask = torch.rand(parts[0].shape[0], len(parts), device=parts[0].device) < keep
+            scale = mask.to(parts[0].dtype) / keep
+            parts = [v * scale[:, g : g + 1] for g, v in enumerate(parts)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
