@@ -407,6 +407,7 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
         ("mm_pretrained_concat", "mm_pretrained_gated", 1.0),
         ("mm_scratch_concat", "mm_pretrained_concat", 1.0),
         ("mm_scratch_gated", "mm_pretrained_gated", 1.0),
+        ("mm_scratch_norm_md", "mm_pretrained_norm_md", 1.0),
     ]
     scratch10 = best_by_validation(records, MM_SCRATCH, SMALL_FRACTION)
     pre10 = best_by_validation(records, MM_PRETRAINED, SMALL_FRACTION)

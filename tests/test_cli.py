@@ -27,6 +27,10 @@ def test_plan_train_evaluate_predict(tiny, tmp_path, capsys):
     assert "fusion 'concat' → " in out
     code, out, _ = _cli(capsys, "plan", str(spec), "--set", 'model.fusion="gated"')
     assert code == 0 and "fusion 'gated' → one trunk input per task, 64 each" in out
+    code, out, _ = _cli(
+        capsys, "plan", str(spec), "--set", "model.fusion_params={norm=true,modality_dropout=0.2}"
+    )
+    assert code == 0 and "fusion 'concat' (norm = True, modality_dropout = 0.2) → " in out
     code, _, err = _cli(
         capsys,
         "train",

@@ -33,7 +33,10 @@ def plan(spec: Spec) -> str:
         if fusion.per_task
         else f"{fusion.out_dim}"
     )
-    lines.append(f"  fusion {spec.model.fusion!r} → {per}")
+    params = ", ".join(f"{k} = {v!r}" for k, v in spec.model.fusion_params.items())
+    lines.append(
+        f"  fusion {spec.model.fusion!r}" + (f" ({params})" if params else "") + f" → {per}"
+    )
     lines += ["", "# data"]
     for name, group in prep.groups.items():
         encoder = type(model.encoder.encoders[name]).__name__
