@@ -117,7 +117,11 @@ class TrainSpec(_Part):
         "auto",
         description="capture the whole training step as one CUDA graph (auto: on CUDA when the run allows it)",
     )
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None,
+        description="torch intra-op threads on CPU (default: torch's count); 'auto' times a few "
+        "steps each epoch on all threads and on one, and trains on the faster",
+    )
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(
         0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch"

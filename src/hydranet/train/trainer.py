@@ -51,6 +51,7 @@ from hydranet.train.prepare import Split, prepare, resolve_auto_sizes, resolve_s
 from hydranet.train.progress import Progress
 from hydranet.train.resume import RunFinished, position, record_changes, resume_spec
 from hydranet.train.state_io import load_state, save_state
+from hydranet.train.threads import ThreadChooser
 
 __all__ = ["Trainer", "build_balancer", "select_device", "setup", "train"]
 
@@ -152,7 +153,7 @@ def _setup(
         spec = resolve_spec(spec.absolute_paths(Path.cwd()))
     dist.check_spec(spec, diagnose=diagnose)
     torch.manual_seed(spec.train.seed)
-    if spec.train.threads:
+    if isinstance(spec.train.threads, int):
         torch.set_num_threads(spec.train.threads)
     if spec.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -240,6 +241,15 @@ class Trainer:
 
             self.diagnostics = ConflictTracker([t.name for t in tasks])
         self.graph_step = self._graph_step()
+        # train.threads = "auto": one process on the CPU measures its thread count per epoch
+        self.thread_chooser = (
+            ThreadChooser(torch.get_num_threads())
+            if cfg.threads == "auto"
+            and self.device.type == "cpu"
+            and not self.dist.enabled
+            and self.graph_step is None
+            else None
+        )
         # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
         # the wrapped one only runs the training forward. Before the optimizer: sharding
         # replaces the sharded encoders' parameters
@@ -458,6 +468,8 @@ class Trainer:
                 self._split_params()
                 if self.dist.is_main:
                     print("\n".join(f"hydranet: {line}" for line in lines), file=sys.stderr)
+            if self.thread_chooser is not None:
+                self.thread_chooser.start_epoch()
             t0 = time.perf_counter()
             with self.progress.epoch(
                 self.epoch, cfg.epochs, len(self.loader), start=self.loader.state_dict()["position"]
@@ -483,7 +495,13 @@ class Trainer:
             else:
                 if batch.device != self.device:
                     batch = batch.to(self.device, non_blocking=True)
-                self.train_step(batch)
+                chooser = self.thread_chooser
+                if chooser is not None and chooser.measuring:
+                    t0 = time.perf_counter()
+                    self.train_step(batch)
+                    chooser.observe(time.perf_counter() - t0)
+                else:
+                    self.train_step(batch)
                 rows += batch.size
             if bar is not None:
                 bar.advance(self._progress_fields)
@@ -670,6 +688,9 @@ class Trainer:
             record["diagnostics"] = self.diagnostics.epoch_summary()
         record["rows_per_s"] = rows_per_s
         record["seconds"] = seconds
+        if self.thread_chooser is not None:
+            record["threads"] = self.thread_chooser.end_epoch()
+            record["step_ms"] = {str(n): m * 1e3 for n, m in self.thread_chooser.medians.items()}
         return record
 
     def evaluate(self, split: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
