@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -240,6 +241,10 @@ def test_multifashion_smoke(tmp_path, real_results_untouched):
         "multifashion_single_task_left_s0_e1" in runs
         and "multifashion_mgda_ub_left_right_s0_e1" in runs
     )
+    spec = json.loads(
+        (tmp_path / "work/runs/multifashion_mmoe_head1_left_right_s0_e1/spec.json").read_text()
+    )
+    assert spec["model"]["head_init_scale"] == 1.0 and spec["model"]["architecture"] == "mmoe"
     text = results.read_text()
     assert "keep me" in text and "<!-- END multifashion -->" in text
     assert "| `mgda_ub` (shared-bottom, MGDA-UB) | 1 |" in text and "Sener" in text
