@@ -63,7 +63,7 @@ class ModelSpec(_Part):
     head_init_scale: float | None = Field(
         None,
         ge=0.0,
-        description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); unset: the trunk's own default, 0.1 for the gated expert mixtures (mmoe, omoe, cgc, ple) and 1.0 for the others; with plain SGD and 0.1 a larger lr makes up for the small first gradients",
+        description="the towers' output layers start at PyTorch's default initialisation times this (0: every prediction starts at its output bias); unset: the trunk's own default, 0.1 for the gated expert mixtures (mmoe, omoe, cgc, ple) and 1.0 for the others; with plain SGD and 0.1 a larger lr makes up for the small first gradients; multiclass heads of a gated trunk learn faster with 1.0 (MultiFashion MMoE: +9 points)",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="the architecture's hyper-parameters"
