@@ -1,0 +1,35 @@
+"""Smoke run of benchmarks/census_costs.py: every configuration builds a real Trainer on a tiny
+census-shaped table and is timed; the MMoE example is the unit of the ratios; only its own
+section of a temporary RESULTS file is written. No timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+
+OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
+
+
+def test_census_costs_smoke(tmp_path):
+    import census_costs
+
+    real = _common.DEFAULT_RESULTS.read_bytes()
+    results = tmp_path / "RESULTS.md"
+    results.write_text(OTHER)
+    argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
+    out = census_costs.main([*argv, "--configs", "mmoe_pl_tree", "tabm_identity"])
+    # the MMoE example is always measured: it is what the ratios divide by
+    assert set(out["speeds"]) == {"mmoe_identity", "mmoe_pl_tree", "tabm_identity"}
+    assert all(len(s) == 2 and min(s) > 0 for s in out["speeds"].values())
+    # tree bins add the binned numeric embedding's parameters to the same MMoE
+    assert out["parameters"]["mmoe_pl_tree"] > out["parameters"]["mmoe_identity"]
+    text = results.read_text()
+    assert "keep me" in text and "<!-- END census-costs -->" in text
+    assert "| `mmoe_identity` (MMoE example, numeric values as they are) |" in text
+    assert text.count("| 1.000 |") >= 1
+    assert _common.DEFAULT_RESULTS.read_bytes() == real
