@@ -55,8 +55,7 @@ SMOKE_TABM = {"k": 2, "d_block": 8, "n_blocks": 1}
 
 def build_trainer(name: str, data: dict[str, Any], args, work: Path):
     from hydranet.spec import Spec
-    from hydranet.train.distributed import Distributed
-    from hydranet.train.trainer import _setup
+    from hydranet.train.trainer import setup
 
     example, model, _ = CONFIGS[name]
     raw = Spec.load(example).to_dict()
@@ -68,7 +67,7 @@ def build_trainer(name: str, data: dict[str, Any], args, work: Path):
     raw["train"].update(epochs=1, seed=0, device=args.device, threads=args.threads)
     raw["train"]["early_stopping"] = None
     spec = Spec.from_dict(raw, source=f"{example} (benchmark overrides)")
-    trainer = _setup(spec, work / name, Distributed(), resume=False, diagnose=False, progress=False)
+    trainer = setup(spec, work / name, progress=False)
     trainer.model.train()
     return trainer
 

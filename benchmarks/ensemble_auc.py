@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, object]]:
     table = pq.read_table(spec["data"][args.split])
     runs = [Run.load(d) for d in args.runs]
     tasks = [t.name for t in runs[0].tasks if t.kind == "binary"]
+    predictions = [r.predict(table) for r in runs]  # once per run, every task's column
     out: dict[str, dict[str, object]] = {}
     for t in tasks:
         labels = table.column(t).to_numpy(zero_copy_only=False).astype(float)
         keep = ~np.isnan(labels)
         members = [
-            r.predict(table).column(t).to_numpy(zero_copy_only=False).astype(float)[keep]
-            for r in runs
+            p.column(t).to_numpy(zero_copy_only=False).astype(float)[keep] for p in predictions
         ]
         out[t] = {
             "members": [float(auc(m, labels[keep])) for m in members],

@@ -35,18 +35,14 @@ TASKS = ("left", "right")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "multifashion.toml"
 # model -> (architecture, trunk params, balance method, other [model] keys); tower [32] and the
 # encoder are the example's. Hidden widths 64 everywhere so the trunks are about the same size.
+MMOE = {"num_experts": 4, "expert_hidden": [64]}
 MODELS: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "single_task": ("single_task", {"hidden": [64]}, "ew", {}),
     "shared_bottom": ("shared_bottom", {"hidden": [64]}, "ew", {}),
-    "mmoe": ("mmoe", {"num_experts": 4, "expert_hidden": [64]}, "ew", {}),
+    "mmoe": ("mmoe", MMOE, "ew", {}),
     # the gated trunks start their towers' output layers at 0.1x (chosen on census, binary
     # tasks); 10-way softmax heads that small learn slowly and early stopping ends them first
-    "mmoe_head1": (
-        "mmoe",
-        {"num_experts": 4, "expert_hidden": [64]},
-        "ew",
-        {"head_init_scale": 1.0},
-    ),
+    "mmoe_head1": ("mmoe", MMOE, "ew", {"head_init_scale": 1.0}),
     "mgda_ub": ("shared_bottom", {"hidden": [64]}, "mgda_ub", {}),
 }
 LABELS = {

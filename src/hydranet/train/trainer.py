@@ -244,10 +244,7 @@ class Trainer:
         # train.threads = "auto": one process on the CPU measures its thread count per epoch
         self.thread_chooser = (
             ThreadChooser(torch.get_num_threads())
-            if cfg.threads == "auto"
-            and self.device.type == "cpu"
-            and not self.dist.enabled
-            and self.graph_step is None
+            if cfg.threads == "auto" and self.device.type == "cpu" and not self.dist.enabled
             else None
         )
         # under DDP self.model stays the plain module (state_dict keys, evaluation, rep);
@@ -478,6 +475,8 @@ class Trainer:
                 if rows is None:
                     return
             seconds = time.perf_counter() - t0
+            if self.thread_chooser is not None:
+                self.thread_chooser.end_epoch()  # an epoch too short to measure settles here
             if self.dist.enabled:
                 rows = int(self.dist.sum(torch.tensor([rows], dtype=torch.float64))[0])
             self.end_epoch(rows / max(seconds, 1e-9), seconds)
@@ -689,7 +688,7 @@ class Trainer:
         record["rows_per_s"] = rows_per_s
         record["seconds"] = seconds
         if self.thread_chooser is not None:
-            record["threads"] = self.thread_chooser.end_epoch()
+            record["threads"] = self.thread_chooser.chosen
             record["step_ms"] = {str(n): m * 1e3 for n, m in self.thread_chooser.medians.items()}
         return record
 

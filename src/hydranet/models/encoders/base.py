@@ -207,9 +207,9 @@ class Concat(Fusion):
         modality_dropout: float = 0.0,
     ):
         super().__init__()
-        self.dims = [int(d) for d in dims.values()]
-        self.out_dim = sum(self.dims)
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims) if norm else None
+        widths = [int(d) for d in dims.values()]
+        self.out_dim = sum(widths)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in widths) if norm else None
         self.modality_dropout = float(modality_dropout)
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
