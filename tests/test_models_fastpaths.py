@@ -77,6 +77,40 @@ def test_gate_softmax_equals_softmax_in_values_gradients_and_layout():
         torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["gemm_view", "contiguous"])
+def test_mix_experts_equals_einsum_in_values_and_gradients(layout):
+    # The CPU fast path (broadcast multiply, sum over experts) is taken only for the strided
+    # [E, B, H] view of one [B, E*H] GEMM; a contiguous [E, B, H] takes einsum. Both must
+    # equal the plain contraction, gradients to experts and gates included.
+    from hydranet.models import blocks
+
+    torch.manual_seed(0)
+    e, b, h, t = 5, 33, 6, 3
+    flat = torch.randn(b, e * h, dtype=torch.float64)
+    if layout == "gemm_view":
+        base = flat.clone().requires_grad_(True)
+        experts = base.view(b, e, h).transpose(0, 1)
+        assert experts.transpose(0, 1).is_contiguous()
+    else:
+        base = flat.view(b, e, h).transpose(0, 1).contiguous().requires_grad_(True)
+        experts = base
+    probs = torch.randn(t, b, e, dtype=torch.float64).softmax(-1).requires_grad_(True)
+    out = blocks.mix_experts(experts, probs)
+    assert out.shape == (t, b, h)
+    ref_experts = experts.detach().clone().requires_grad_(True)
+    ref_probs = probs.detach().clone().requires_grad_(True)
+    ref = torch.stack(
+        [sum(ref_probs[k, :, i, None] * ref_experts[i] for i in range(e)) for k in range(t)]
+    )
+    torch.testing.assert_close(out, ref)
+    cot = torch.randn_like(out)
+    grads = torch.autograd.grad((out * cot).sum(), [base, probs])
+    ref_grads = torch.autograd.grad((ref * cot).sum(), [ref_experts, ref_probs])
+    grad_experts = grads[0].view(b, e, h).transpose(0, 1) if layout == "gemm_view" else grads[0]
+    torch.testing.assert_close(grad_experts, ref_grads[0])
+    torch.testing.assert_close(grads[1], ref_grads[1])
+
+
 def test_mse_loss_matches_torch_bit_for_bit():
     from hydranet.tasks import mse_loss
 
