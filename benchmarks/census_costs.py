@@ -1,8 +1,8 @@
 """What each census encoder and trunk costs in training rows/s, measured side by side.
 
 One process builds a real ``Trainer`` for each configuration (examples/census.toml's MMoE with
-each numeric encoder; examples/census_tabm.toml's TabM with the plain and the tree-binned
-numeric input) and times ``Trainer.train_step`` on its own batches: ``--rounds`` rounds, each
+each numeric encoder; the wide single-task and cross-stitch networks of census_mtl.py;
+examples/census_tabm.toml's TabM with the plain and the tree-binned numeric input) and times ``Trainer.train_step`` on its own batches: ``--rounds`` rounds, each
 visiting every configuration in a rotated order for ``--steps`` steps after one untimed step,
 so that all of them see the same load on a shared machine. Reported: the median rows/s over
 rounds and the median over rounds of each configuration's rows/s divided by the MMoE
@@ -27,7 +27,9 @@ import _common as C  # noqa: E402
 
 SECTION = "census-costs"
 TABM_EXAMPLE = C.ROOT / "examples" / "census_tabm.toml"
+SINGLE_TASK_TUNED = C.ROOT / "examples" / "census_single_task_tuned.toml"
 TREE = {"numeric": {"name": "piecewise_linear", "params": {"bins": "tree"}}}
+WIDE = {"params": {"hidden": [256, 128]}, "dropout": 0.15}
 # name -> (example, [model] keys replaced, label)
 CONFIGS: dict[str, tuple[Path, dict[str, Any], str]] = {
     "mmoe_identity": (C.CENSUS_EXAMPLE, {}, "MMoE example, numeric values as they are"),
@@ -45,6 +47,17 @@ CONFIGS: dict[str, tuple[Path, dict[str, Any], str]] = {
         C.CENSUS_EXAMPLE,
         {"encoders": {"numeric": {"name": "periodic"}}},
         "MMoE, periodic numeric embedding (PLR)",
+    ),
+    # the best single models of section census-mtl (its `_wide` rows)
+    "single_task_tree_wide": (
+        SINGLE_TASK_TUNED,
+        {"encoders": TREE, **WIDE},
+        "single-task, tree bins, hidden [256, 128]",
+    ),
+    "cross_stitch_tree_wide": (
+        SINGLE_TASK_TUNED,
+        {"encoders": TREE, **WIDE, "architecture": "cross_stitch"},
+        "cross-stitch, tree bins, hidden [256, 128]",
     ),
     "tabm_identity": (TABM_EXAMPLE, {}, "TabM example (k = 32, d_block 128, 2 blocks)"),
     "tabm_pl_tree": (TABM_EXAMPLE, {"encoders": TREE}, "TabM, tree bins"),
