@@ -61,7 +61,7 @@ def test_gate_softmax_equals_softmax_in_values_gradients_and_layout():
     b = 64
     x_in = torch.randn(b, 5)
     cases = []
-    for t, e in [(3, 8), (1, 2), (2, 16), (2, 40)]:
+    for t, e in [(3, 8), (1, 2), (4, 5), (2, 16), (2, 40)]:  # below 8 experts: the fast path
         # gates come as a transposed view of one GEMM: [B, T*E] -> [T, B, E]
         cases.append((x_in @ torch.randn(5, t * e)).view(b, t, e).transpose(0, 1))
     cases.append(x_in @ torch.randn(5, 12))  # one [B, E] gate (PLE's shared gate)
