@@ -319,9 +319,9 @@ def render(
                 threads,
                 "**ratio hydranet / DeepCTR**",
                 "",
-                f"**{res['ratio_train']:.1f}×**",
+                f"**{res['ratio_train']:.2f}×**",
                 "",
-                f"**{res['ratio_infer']:.1f}×**",
+                f"**{res['ratio_infer']:.2f}×**",
                 f"{hyd['auc']['income'] - deep['auc']['income']:+.4f}",
                 f"{hyd['auc']['marital'] - deep['auc']['marital']:+.4f}",
             ]
@@ -353,8 +353,9 @@ def render(
             for task in TASKS
         )
         return (
-            f"{t} threads: throughput ≥ 3× {'yes' if r['ratio_train'] >= 3 else 'no'} "
-            f"({r['ratio_train']:.1f}×); mean AUC equal or better: {auc}"
+            f"{t} threads: throughput ≥ 3× {'yes' if r['ratio_train'] >= 3 else 'no'}, "
+            f"≥ 4× (issue 15) {'yes' if r['ratio_train'] >= 4 else 'no'} "
+            f"({r['ratio_train']:.2f}×); mean AUC equal or better: {auc}"
         )
 
     verdicts = "; ".join(verdict(t, r) for t, r in results.items())
@@ -381,7 +382,7 @@ def render(
         "Per-epoch train rows/s: "
         f"{per_epoch}.\n\n"
         + table
-        + "\n\n**Target (≥ 3× DeepCTR-Torch training throughput with equal or better AUC):** "
+        + "\n\n**Target (≥ 3× DeepCTR-Torch training throughput with equal or better AUC; issue 15 asks ≥ 4×):** "
         f"{verdicts}." + gpu
     )
 
