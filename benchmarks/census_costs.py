@@ -24,43 +24,40 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
+import census_mtl  # noqa: E402
 
 SECTION = "census-costs"
 TABM_EXAMPLE = C.ROOT / "examples" / "census_tabm.toml"
-SINGLE_TASK_TUNED = C.ROOT / "examples" / "census_single_task_tuned.toml"
-TREE = {"numeric": {"name": "piecewise_linear", "params": {"bins": "tree"}}}
-WIDE = {"params": {"hidden": [256, 128]}, "dropout": 0.15}
-# name -> (example, [model] keys replaced, label)
+TREE = {"model.encoders": {"numeric": {"name": "piecewise_linear", "params": {"bins": "tree"}}}}
+# name -> (example, keys replaced as `--set` takes them, label)
 CONFIGS: dict[str, tuple[Path, dict[str, Any], str]] = {
     "mmoe_identity": (C.CENSUS_EXAMPLE, {}, "MMoE example, numeric values as they are"),
     "mmoe_pl_quantile": (
         C.CENSUS_EXAMPLE,
-        {"encoders": {"numeric": {"name": "piecewise_linear"}}},
+        {"model.encoders": {"numeric": {"name": "piecewise_linear"}}},
         "MMoE, piecewise-linear numeric embedding, quantile bins",
     ),
     "mmoe_pl_tree": (
         C.CENSUS_EXAMPLE,
-        {"encoders": TREE},
+        TREE,
         "MMoE, piecewise-linear numeric embedding, tree bins (income)",
     ),
     "mmoe_periodic": (
         C.CENSUS_EXAMPLE,
-        {"encoders": {"numeric": {"name": "periodic"}}},
+        {"model.encoders": {"numeric": {"name": "periodic"}}},
         "MMoE, periodic numeric embedding (PLR)",
     ),
-    # the best single models of section census-mtl (its `_wide` rows)
+    # the best single models of section census-mtl: its `_wide` rows, the same specs
     "single_task_tree_wide": (
-        SINGLE_TASK_TUNED,
-        {"encoders": TREE, **WIDE},
+        *census_mtl.CONFIGS["single_task_tree_wide"],
         "single-task, tree bins, hidden [256, 128]",
     ),
     "cross_stitch_tree_wide": (
-        SINGLE_TASK_TUNED,
-        {"encoders": TREE, **WIDE, "architecture": "cross_stitch"},
+        *census_mtl.CONFIGS["cross_stitch_tree_wide"],
         "cross-stitch, tree bins, hidden [256, 128]",
     ),
     "tabm_identity": (TABM_EXAMPLE, {}, "TabM example (k = 32, d_block 128, 2 blocks)"),
-    "tabm_pl_tree": (TABM_EXAMPLE, {"encoders": TREE}, "TabM, tree bins"),
+    "tabm_pl_tree": (TABM_EXAMPLE, TREE, "TabM, tree bins"),
 }
 BASE = "mmoe_identity"
 SMOKE_TABM = {"k": 2, "d_block": 8, "n_blocks": 1}
@@ -68,13 +65,15 @@ SMOKE_TABM = {"k": 2, "d_block": 8, "n_blocks": 1}
 
 def build_trainer(name: str, data: dict[str, Any], args, work: Path):
     from hydranet.spec import Spec
+    from hydranet.spec_keys import assign
     from hydranet.train.trainer import setup
 
-    example, model, _ = CONFIGS[name]
+    example, sets, _ = CONFIGS[name]
     raw = Spec.load(example).to_dict()
     raw["name"] = f"census_costs_{name}"
     raw["data"] = {**data}
-    raw["model"].update(model)
+    for key, value in sets.items():
+        assign(raw, key, value, flag="")
     if args.smoke and raw["model"]["architecture"] == "tabm":
         raw["model"]["params"] = dict(SMOKE_TABM)
     raw["train"].update(epochs=1, seed=0, device=args.device, threads=args.threads)

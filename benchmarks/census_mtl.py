@@ -217,17 +217,12 @@ def render(records: list[dict[str, Any]], args, command: str) -> str:
         deltas = [delta_m(r["test"], base[r["seed"]]) for r in rs if r["seed"] in base]
         if name == BASELINE or name in BASELINE_OF.values():
             row.append("baseline")
-        elif name in BASELINE_OF:
-            mean, std = C.mean_std(deltas) if deltas else (0.0, 0.0)
-            row.append(
-                f"{mean:+.3f} ± {std:.3f} ({', '.join(f'{d:+.3f}' for d in deltas)}) "
-                f"vs `{BASELINE_OF[name]}`"
-                if deltas
-                else ""
-            )
         elif deltas:
             mean, std = C.mean_std(deltas)
-            row.append(f"{mean:+.3f} ± {std:.3f} ({', '.join(f'{d:+.3f}' for d in deltas)})")
+            paired = f" vs `{BASELINE_OF[name]}`" if name in BASELINE_OF else ""
+            row.append(
+                f"{mean:+.3f} ± {std:.3f} ({', '.join(f'{d:+.3f}' for d in deltas)}){paired}"
+            )
         else:
             row.append("")
         speeds = [r["rows_per_s"] for r in rs if r["rows_per_s"]]

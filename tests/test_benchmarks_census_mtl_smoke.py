@@ -26,16 +26,21 @@ def test_census_mtl_smoke(tmp_path):
     argv = ["--smoke", "--threads", "1", "--results", str(results), "--out", str(work)]
     argv += ["--configs", "single_task_tree", "cross_stitch_tree"]
     argv += ["income_only_tree", "marital_only_tree"]
+    argv += ["single_task_tree_wide", "cross_stitch_tree_wide"]
     records = census_mtl.main(argv)["records"]
     assert sorted(r["model"] for r in records) == [
         "cross_stitch_tree",
+        "cross_stitch_tree_wide",
         "income_only_tree",
         "marital_only_tree",
         "single_task_tree",
+        "single_task_tree_wide",
     ]
     # the cross-stitch networks are the single-task ones plus a 2 x 2 mixing matrix
     params = {r["model"]: r["parameters"] for r in records}
     assert params["cross_stitch_tree"] - params["single_task_tree"] == 4
+    # two hidden layers: a 2 x 2 mix after each
+    assert params["cross_stitch_tree_wide"] - params["single_task_tree_wide"] == 8
     for r in records:
         assert all(0.0 <= auc <= 1.0 for auc in r["test"].values())
     # a one-task model is evaluated on its own task only
@@ -47,6 +52,12 @@ def test_census_mtl_smoke(tmp_path):
     text = results.read_text()
     assert "keep me" in text and "<!-- END census-mtl -->" in text
     assert "| baseline |" in text and "income − LightGBM" in text
+    # the wide cross-stitch is paired with the wide single-task model, and says so
+    wide_row = next(
+        line for line in text.splitlines() if line.startswith("| `cross_stitch_tree_wide`")
+    )
+    assert "vs `single_task_tree_wide`" in wide_row
+    assert text.count("| baseline |") == 2
     # the two one-task models of a seed make one row, paired with the baseline
     assert "| `separate_tree` (" in text and "| 1+1 |" in text
     assert "Acceptance 1 (" in text and "Acceptance 2 (" in text
