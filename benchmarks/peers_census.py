@@ -409,6 +409,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="auto",
         help="hydranet's training step (see the docstring; default auto)",
     )
+    p.add_argument(
+        "--section",
+        default=None,
+        help="the RESULTS.md section to write (default: peers-census, or "
+        "peers-census-DEVICE-MODE off the CPU default); another machine's run gets its own",
+    )
     args = p.parse_args(argv)
     if args.mode == "cuda-graph" and not args.device.startswith("cuda"):
         p.error(
@@ -443,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def section_name(args) -> str:
     """One RESULTS.md section per device kind and step mode (the CPU default keeps the old name)."""
+    if args.section:
+        return args.section
     device = args.device.split(":")[0]
     if device == "cpu" and args.mode == "auto":
         return SECTION

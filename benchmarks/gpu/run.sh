@@ -11,6 +11,9 @@
 # its own section into a copy of benchmarks/RESULTS.md under $OUT. Copy the sections you keep
 # back into benchmarks/RESULTS.md here. Environment knobs (defaults in brackets):
 #   MODES ["cuda-graph eager max-autotune"]  EPOCHS [15]  SEEDS [3]  TESTS [1]  DEVICE [cuda]
+#   CPU_THREADS [""]: also run the CPU comparison (5 epochs, CPU_SEEDS [5] seeds, at these thread
+#   counts) on the device machine's own processor, a host not shared with other jobs, into the
+#   section peers-census-device-host
 # (a dry run here: PYVER=3.11 prepare.sh, then PY=.venv/bin/python DEVICE=cpu MODES=eager run.sh)
 # A mode that fails does not stop the others; the exit status is the number of failed steps.
 # Why 15 epochs: the GPU target wants test income AUC >= 0.940 at batch 1024; with this
@@ -48,5 +51,15 @@ for mode in ${MODES:-cuda-graph eager max-autotune}; do
         --seeds "${SEEDS:-3}" --results "$OUT/RESULTS.md" --out "/tmp/peers-$mode" 2>&1 | tee "$OUT/peers-$mode.log"
     [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
 done
+if [ -n "${CPU_THREADS:-}" ]; then
+    echo "== peers_census --device cpu --thread-counts $CPU_THREADS (the device machine's processor)"
+    lscpu | grep -E "^(Model name|CPU\(s\)|Thread)" | tee "$OUT/cpu.txt"
+    # shellcheck disable=SC2086
+    "$PY" benchmarks/peers_census.py --device cpu --thread-counts $CPU_THREADS \
+        --epochs 5 --seeds "${CPU_SEEDS:-5}" --section peers-census-device-host \
+        --results "$OUT/RESULTS.md" --out /tmp/peers-cpu 2>&1 | tee "$OUT/peers-cpu.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
+fi
+
 echo "run.sh: $failed step(s) failed; sections in $OUT/RESULTS.md"
 exit "$failed"
