@@ -15,6 +15,16 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _auto_device_is_cpu(request, monkeypatch):
+    """``train.device = "auto"`` means the CPU in every test but the ``gpu`` ones (and in the
+    CLI and torchrun processes they start): the suite's CPU tests mean the same on a machine
+    with a GPU. On an H200 they had picked CUDA, and 20 of them failed there, among them the
+    DDP tests, which put two ranks on its one GPU. The ``gpu`` tests name ``cuda`` themselves."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("HYDRANET_DEVICE", "cpu")
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch intra-op thread for the test, restored after it. A module opts in with

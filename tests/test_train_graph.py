@@ -33,10 +33,34 @@ def _fit(spec: Spec, out, static: bool, capture: bool = False):
     return trainer
 
 
-def test_static_index_steps_equal_plain_steps_bit_for_bit(tiny, tmp_path):
+_ON_CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+
+
+@pytest.fixture
+def restore_determinism(monkeypatch):
+    """``train.deterministic`` switches torch's process-wide mode on (and sets cuBLAS's
+    workspace variable); both are put back after the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("device", ["cpu", _ON_CUDA])
+def test_static_index_steps_equal_plain_steps_bit_for_bit(
+    tiny, tmp_path, device, restore_determinism
+):
     """600 rows at batch 64: 9 full batches through the static index buffer, the 10th (24
-    rows) eagerly; parameters, optimizer state and logged losses equal the plain loop's."""
-    spec = _spec(tiny, epochs=2, grad_clip=1.0)
+    rows) eagerly; parameters, optimizer state and logged losses equal the plain loop's.
+    On CUDA with ``train.deterministic``: the embedding gradient is a sum by atomics
+    otherwise, reordered from run to run (an H200 showed the two runs' tables differ)."""
+    spec = _spec(tiny, epochs=2, grad_clip=1.0, device=device, deterministic=device == "cuda")
     plain = _fit(spec, tmp_path / "plain", static=False)
     static = _fit(spec, tmp_path / "static", static=True)
     assert static.graph_step.index.shape == (64,)
@@ -64,14 +88,14 @@ def test_fully_labeled_split_needs_no_presence_check(tiny, tmp_path):
 
 
 def test_cuda_graph_on_says_why_it_cannot(tiny, tmp_path):
-    spec = _spec(tiny, cuda_graph="on")
+    spec = _spec(tiny, cuda_graph="on", device="cpu")
     spec = spec.model_copy(update={"balance": spec.balance.model_copy(update={"method": "uw"})})
     with pytest.raises(SpecError) as e:
         setup(spec, tmp_path / "on", progress=False)
     text = str(e.value)
     assert "train.cuda_graph" in text and "the device is cpu" in text and "'uw'" in text
     # auto on CPU: the plain loop, no error
-    assert setup(_spec(tiny), tmp_path / "auto", progress=False).graph_step is None
+    assert setup(_spec(tiny, device="cpu"), tmp_path / "auto", progress=False).graph_step is None
 
 
 def test_divergence_checked_late_names_the_first_bad_step(tiny, tmp_path):
@@ -146,19 +170,7 @@ def _flat(d, prefix=""):
     return out
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=[
-                pytest.mark.gpu,
-                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("device", ["cpu", _ON_CUDA])
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_result(tiny, tmp_path, device):
     """On CUDA the step is a captured graph (capturable optimizer, lr as a device tensor, static
     index buffer): a run stopped mid-epoch and resumed from its checkpoint ends where an unbroken

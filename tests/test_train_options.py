@@ -182,3 +182,17 @@ def test_cpu_training_tunes_glibc_malloc_once_and_can_be_switched_off():
     assert off.stdout.split() == ["False", "False"]
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert on.stdout.split() == ["True", "True"]  # glibc accepted both settings
+
+
+def test_pos_weight_tensor_is_made_once_per_device_and_dtype(tiny, tmp_path):
+    """The loss's pos_weight tensor is kept: made per step it would be a host-to-device copy
+    inside a captured CUDA graph step."""
+    spec = Spec.load(tiny(epochs=1))
+    spec.tasks[0].pos_weight = "auto"
+    run = hydranet.train(spec, tmp_path / "pw", progress=False)
+    task = run.tasks[0]
+    out = torch.zeros(4, 1)
+    first = task._loss_kwargs(out)["pos_weight"]
+    assert first is task._loss_kwargs(out)["pos_weight"]
+    assert float(first) == pytest.approx(task.state["pos_weight"])
+    assert task._loss_kwargs(out.double())["pos_weight"].dtype == torch.float64

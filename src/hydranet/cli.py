@@ -371,9 +371,11 @@ def _train(args) -> int:
     if args.nproc is not None and distributed.env_world_size() == 1:
         if not args.resume and args.nproc > 1:
             # what the spec alone decides fails here, once, before any rank starts
+            spec = _load_spec(args.spec, args.set)
             distributed.Distributed(rank=0, world_size=args.nproc).check_spec(
-                _load_spec(args.spec, args.set), diagnose=args.diagnose
+                spec, diagnose=args.diagnose
             )
+            distributed.check_gpus_per_rank(spec.train.device, args.nproc)
         argv = [
             "train",
             args.spec,

@@ -108,7 +108,11 @@ class TrainSpec(_Part):
     grad_clip: float | None = Field(None, gt=0.0)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     seed: int = 0
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field(
+        "auto",
+        description="auto, cpu, cuda or cuda:N; auto is CUDA when there is one, unless "
+        "$HYDRANET_DEVICE names another (HYDRANET_DEVICE=cpu keeps runs on the CPU)",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the model's forward: true (default mode) or a mode"
@@ -126,7 +130,12 @@ class TrainSpec(_Part):
     checkpoint_every: int = Field(
         0, ge=0, description="steps between checkpoints; 0 = at the end of each epoch"
     )
-    deterministic: bool = False
+    deterministic: bool = Field(
+        False,
+        description="deterministic kernels only (torch.use_deterministic_algorithms): on CUDA "
+        "the same seed gives the same weights bit for bit (sums by atomics, such as the "
+        "embedding gradient, are otherwise reordered run to run); slower on CUDA",
+    )
     shard_encoders: list[str] = Field(
         default_factory=list,
         description="feature groups whose encoders are sharded across ranks with FSDP under --nproc (the rest stays DDP)",

@@ -125,11 +125,17 @@ class BinaryTask(Task):
     # -- training and inference
     def _loss_kwargs(self, out):
         pw = self.state.get("pos_weight")
-        return {
-            "pos_weight": None
-            if pw is None
-            else torch.tensor(pw, dtype=out.dtype, device=out.device)
-        }
+        if pw is None:
+            return {"pos_weight": None}
+        # Made once per (value, dtype, device) and kept: a tensor made from a Python float
+        # on CUDA is a host-to-device copy, which a CUDA graph capture of the step does not
+        # allow; the graph's eager warm-up steps make it, the captured step reuses it.
+        key = (pw, out.dtype, out.device)
+        cached = getattr(self, "_pos_weight_tensor", None)
+        if cached is None or cached[0] != key:
+            cached = (key, torch.tensor(pw, dtype=out.dtype, device=out.device))
+            self._pos_weight_tensor = cached
+        return {"pos_weight": cached[1]}
 
     def output(self, out):
         return out.reshape(out.shape[0])

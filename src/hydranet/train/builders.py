@@ -20,6 +20,7 @@ from hydranet.models.encoders.input import fit_encoder_states, groups_to_fit
 from hydranet.spec import Spec
 from hydranet.tasks import Task
 from hydranet.train.callbacks import mean_direction
+from hydranet.train.device import device_type, select_device
 from hydranet.train.prepare import Split
 
 __all__ = [
@@ -30,27 +31,6 @@ __all__ = [
     "fit_encoders",
     "select_device",
 ]
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SpecError(
-            [("train.device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")]
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(
-            [
-                (
-                    "train.device",
-                    f"{name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'",
-                )
-            ]
-        )
-    return dev
 
 
 def build_balancer(spec: Spec) -> Balancer:
@@ -92,12 +72,6 @@ def fit_encoders(spec: Spec, prep, tasks: list[Task], train) -> dict[str, Any]:
     y = data.targets[first.name][0]
     target = (y, first.continuous_target) if bool(mask.all()) else None
     return fit_encoder_states(spec.model, groups, data.features, target)
-
-
-def device_type(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name.startswith("cuda") else "cpu"
 
 
 def build_forward(module: torch.nn.Module, compile: bool | str) -> torch.nn.Module:

@@ -70,6 +70,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hydranet.errors import SpecError, UserError
+from hydranet.train.device import device_type
 
 if TYPE_CHECKING:
     from hydranet.balance import Balancer
@@ -86,6 +87,19 @@ def env_world_size() -> int:
 def is_main_process() -> bool:
     """False on the ranks other than 0 of a torchrun launch (they print and write nothing)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_gpus_per_rank(device: str, ranks: int) -> None:
+    """CUDA ranks take one GPU each (``cuda:LOCAL_RANK``): ``ranks`` on this machine need as
+    many. Without this, a second rank on a one-GPU machine died in ``set_device`` with a CUDA
+    traceback (seen on an H200)."""
+    if device_type(device) != "cuda":
+        return
+    gpus = torch.cuda.device_count()
+    if ranks > gpus:
+        raise UserError(
+            f"{ranks} CUDA ranks on this machine need {ranks} GPUs, and it has {gpus}: start at most {gpus} (--nproc), or set train.device = 'cpu' (or HYDRANET_DEVICE=cpu) for CPU ranks"
+        )
 
 
 @dataclass
@@ -120,6 +134,7 @@ class Distributed:
         if not dist.is_initialized():
             backend = "nccl" if device_type == "cuda" else "gloo"
             if device_type == "cuda":
+                check_gpus_per_rank("cuda", local + 1)
                 torch.cuda.set_device(local)
             dist.init_process_group(backend=backend, init_method="env://")
             owns = True

@@ -13,6 +13,7 @@ an atomic rename, so ``--resume`` after a kill continues bit-for-bit on CPU.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,11 @@ def _setup(
     if isinstance(spec.train.threads, int):
         torch.set_num_threads(spec.train.threads)
     if spec.train.deterministic:
+        # cuBLAS (CUDA >= 10.2) is deterministic only with a fixed workspace, and torch's
+        # deterministic mode raises at the first CUDA matrix product without this setting
+        # (torch's reproducibility notes). cuBLAS reads it when its
+        # handle is made, which is later than this (no CUDA work has run yet in a fresh run).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     tasks, prep, splits = prepare(spec)
     # a resumed run's spec holds the numbers its first start chose: nothing is auto any more
