@@ -236,7 +236,7 @@ def run_interleaved(
             t0 = time.perf_counter()
             preds[s.name] = s.predict()
             infer[s.name].append(n_test / (time.perf_counter() - t0))
-    return [
+    out = [
         {
             "train_rows_per_s": train[s.name],
             "train_seconds": sum(s.n / v for v in train[s.name]),
@@ -246,6 +246,11 @@ def run_interleaved(
         }
         for s in sides
     ]
+    # the seed's test AUCs in the log too: a run cut short (a time limit) keeps them
+    for s, r in zip(sides, out, strict=True):
+        aucs = ", ".join(f"{t} {r['auc'][t]:.4f}" for t in TASKS)
+        print(f"  test AUC: {s.name} {aucs}", flush=True)
+    return out
 
 
 def compare(spec, prepared, work: Path, args, threads: int) -> dict[str, Any]:
