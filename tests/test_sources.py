@@ -406,3 +406,26 @@ def test_spark_source_reads_a_dataframe(tmp_path, spark):
     assert max(b.num_rows for b in iter_batches(df, columns=["x"], batch_rows=32)) == 32
     with pytest.raises(DataError, match="column 'nope' not found in the Spark DataFrame"):
         iter_batches(df, columns=["nope"])
+
+
+def test_text_from_a_frame_is_arrow_string_as_from_a_file():
+    """pandas 3 keeps text in its ``str`` dtype, which Arrow reads as ``large_string``; the
+    frame source gives ``string``, the type of the same column read from a file (pandas 2
+    gives ``string`` already, so the large table here stands in for pandas 3's)."""
+    from hydranet.data.sources.frame import plain_strings
+
+    large = pa.table(
+        {"k": pa.array(["a", None, "b"], pa.large_string()), "x": [1.0, 2.0, 3.0]},
+        metadata={b"pandas": b"{}"},
+    )
+    got = plain_strings(large)
+    assert (
+        got.schema.field("k").type == pa.string() and got.schema.metadata == large.schema.metadata
+    )
+    assert got.column("k").to_pylist() == ["a", None, "b"]
+    assert plain_strings(large.schema).field("k").type == pa.string()
+    plain = pa.table({"x": [1.0]})
+    assert plain_strings(plain) is plain  # nothing to cast: the same table
+    assert (
+        read_table(large, columns=["k"]).schema.field("k").type == pa.large_string()
+    )  # Arrow in, as given

@@ -221,8 +221,10 @@ def _from_pandas(frame: Any, columns: list[str] | None) -> pa.Table:
     cannot type (numbers and strings mixed) is a DataError naming it and two of its rows."""
     if columns is not None and all(c in frame.columns for c in columns):
         frame = frame[columns]
+    from hydranet.data.sources.frame import plain_strings
+
     try:
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        return plain_strings(pa.Table.from_pandas(frame, preserve_index=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
         pass
     for name in frame.columns:

@@ -25,6 +25,26 @@ def _is_pandas(obj: Any) -> bool:
     return isinstance(obj, pd.DataFrame)
 
 
+def plain_strings(data: pa.Table | pa.Schema) -> pa.Table | pa.Schema:
+    """Text columns as Arrow ``string``, the type files give: pandas 3 keeps text in its
+    ``str`` dtype, which Arrow converts to ``large_string``, so the same rows from a
+    DataFrame and from a file had different types (seen with pandas 3.1). A table whose text
+    does not fit 32-bit offsets (over 2 GiB in one chunk) keeps ``large_string``."""
+    schema = data if isinstance(data, pa.Schema) else data.schema
+    if not any(pa.types.is_large_string(f.type) for f in schema):
+        return data
+    plain = pa.schema(
+        [f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+    if isinstance(data, pa.Schema):
+        return plain
+    try:
+        return data.cast(plain)
+    except (pa.ArrowInvalid, pa.ArrowCapacityError):
+        return data
+
+
 @SOURCES.register("frame")
 class FrameSource(Source):
     """An in-memory pandas DataFrame, pyarrow Table or RecordBatch."""
@@ -54,7 +74,7 @@ class FrameSource(Source):
                 f"the frame source takes a pandas DataFrame or an Arrow table, not a {type(obj).__name__}"
             )
         try:
-            return pa.Schema.from_pandas(obj, preserve_index=False)
+            return plain_strings(pa.Schema.from_pandas(obj, preserve_index=False))
         except (pa.ArrowException, TypeError, ValueError) as e:
             raise DataError(f"cannot read {self.name}: {first_line(e)}") from None
 
@@ -67,8 +87,8 @@ class FrameSource(Source):
             return obj if columns is None else obj.select(columns)
         try:
             # only the asked-for columns are converted: a frame can be much wider
-            return pa.Table.from_pandas(
-                obj if columns is None else obj[columns], preserve_index=False
+            return plain_strings(
+                pa.Table.from_pandas(obj if columns is None else obj[columns], preserve_index=False)
             )
         except (pa.ArrowException, TypeError, ValueError) as e:
             raise DataError(f"cannot read {self.name}: {first_line(e)}") from None
