@@ -26,6 +26,22 @@ def _auto_device_is_cpu(request, monkeypatch):
 
 
 @pytest.fixture
+def scratch_results(tmp_path):
+    """A temporary RESULTS.md holding one other section, for a benchmark's ``--smoke`` run;
+    after the test, the real benchmarks/RESULTS.md must be byte for byte as before."""
+    from tests_helpers import BENCH, OTHER_SECTION
+
+    real = BENCH / "RESULTS.md"
+    before = real.read_bytes() if real.exists() else None
+    path = tmp_path / "RESULTS.md"
+    path.write_text(OTHER_SECTION)
+    yield path
+    assert (real.read_bytes() if real.exists() else None) == before, (
+        "a --smoke run changed benchmarks/RESULTS.md"
+    )
+
+
+@pytest.fixture
 def one_torch_thread():
     """One torch intra-op thread for the test, restored after it. A module opts in with
     ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``: on tiny tensors more

@@ -5,23 +5,18 @@ temporary RESULTS file. No timing is asserted."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from tests_helpers import benchmarks_on_path
+
+benchmarks_on_path()
 
 import _common  # noqa: E402
 
-OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
 
-
-def test_census_mtl_smoke(tmp_path):
+def test_census_mtl_smoke(tmp_path, scratch_results):
     import census_mtl
 
-    real = _common.DEFAULT_RESULTS.read_bytes()
-    results = tmp_path / "RESULTS.md"
-    results.write_text(OTHER)
+    results = scratch_results
     work = tmp_path / "work"
     argv = ["--smoke", "--threads", "1", "--results", str(results), "--out", str(work)]
     argv += ["--configs", "single_task_tree", "cross_stitch_tree"]
@@ -67,4 +62,3 @@ def test_census_mtl_smoke(tmp_path):
     )
     census_mtl.main([*argv, "--report-only"])
     assert "`mmoe_tree` seed(s) 0 were not trained by this script: DIR." in results.read_text()
-    assert _common.DEFAULT_RESULTS.read_bytes() == real

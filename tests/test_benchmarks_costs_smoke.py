@@ -4,23 +4,15 @@ section of a temporary RESULTS file is written. No timing is asserted."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from tests_helpers import benchmarks_on_path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import _common  # noqa: E402
-
-OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
+benchmarks_on_path()
 
 
-def test_census_costs_smoke(tmp_path):
+def test_census_costs_smoke(tmp_path, scratch_results):
     import census_costs
 
-    real = _common.DEFAULT_RESULTS.read_bytes()
-    results = tmp_path / "RESULTS.md"
-    results.write_text(OTHER)
+    results = scratch_results
     argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
     out = census_costs.main([*argv, "--configs", "mmoe_pl_tree", "tabm_identity"])
     # the MMoE example is always measured: it is what the ratios divide by
@@ -32,4 +24,3 @@ def test_census_costs_smoke(tmp_path):
     assert "keep me" in text and "<!-- END census-costs -->" in text
     assert "| `mmoe_identity` (MMoE example, numeric values as they are) |" in text
     assert text.count("| 1.000 |") >= 1
-    assert _common.DEFAULT_RESULTS.read_bytes() == real

@@ -5,28 +5,21 @@ asserted: only what was decoded, cached and trained."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from tests_helpers import benchmarks_on_path
 
-import _common  # noqa: E402
-
-OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
+benchmarks_on_path()
 
 
 @pytest.mark.slow  # 8 training runs and 2 processes (~20 s of CPU): `make bench-smoke` runs it
-def test_image_throughput_smoke(tmp_path):
+def test_image_throughput_smoke(tmp_path, scratch_results):
     import image_throughput
 
-    real = _common.DEFAULT_RESULTS.read_bytes()
     data_dir = os.environ.get("HYDRANET_DATA_DIR")
-    results = tmp_path / "RESULTS.md"
-    results.write_text(OTHER)
+    results = scratch_results
     work = tmp_path / "work"
     argv = ["--smoke", "--results", str(results), "--out", str(work)]
     out = image_throughput.main(argv)
@@ -62,7 +55,6 @@ def test_image_throughput_smoke(tmp_path):
     # a second call skips what results.jsonl holds and writes the same records
     assert image_throughput.main([*argv, "--report-only"])["records"] == records
     assert os.environ.get("HYDRANET_DATA_DIR") == data_dir  # put back after the runs
-    assert _common.DEFAULT_RESULTS.read_bytes() == real
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from tests_helpers import OTHER_SECTION as OTHER
+from tests_helpers import benchmarks_on_path
+
+benchmarks_on_path()
 
 import _common  # noqa: E402
-
-OTHER = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
 
 
 @pytest.fixture

@@ -5,6 +5,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+# a RESULTS file's other section, which a benchmark's --smoke run must leave as it is
+OTHER_SECTION = "# Benchmark results\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n"
+
+
+def benchmarks_on_path() -> None:
+    """benchmarks/ importable (its scripts and their ``_common``), as the scripts run."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
 
 
 def read_only_mount_works(src: Path, dst: Path) -> bool:
