@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -25,23 +24,8 @@ benchmarks_on_path()
 import _common  # noqa: E402
 
 
-@pytest.fixture
-def real_results_untouched():
-    path = _common.DEFAULT_RESULTS
-    before = path.read_bytes() if path.exists() else None
-    yield
-    after = path.read_bytes() if path.exists() else None
-    assert before == after, "a --smoke run changed benchmarks/RESULTS.md"
-
-
-def _results(tmp_path: Path) -> Path:
-    path = tmp_path / "RESULTS.md"
-    path.write_text(OTHER)
-    return path
-
-
-def test_write_section_replaces_only_its_own_section(tmp_path):
-    path = _results(tmp_path)
+def test_write_section_replaces_only_its_own_section(scratch_results):
+    path = scratch_results
     _common.write_section(path, "mine", "first")
     _common.write_section(path, "mine", "second")
     text = path.read_text()
@@ -52,8 +36,8 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
         _common.write_section(path, "mine", "third")
 
 
-def test_about_section_goes_under_the_title_once(tmp_path):
-    path = _results(tmp_path)
+def test_about_section_goes_under_the_title_once(scratch_results):
+    path = scratch_results
     _common.ensure_about(path)
     _common.ensure_about(path)
     text = path.read_text()
@@ -78,10 +62,10 @@ def test_provenance_names_command_machine_versions_and_date():
         assert key in text
 
 
-def test_census_paper_smoke(tmp_path, real_results_untouched):
+def test_census_paper_smoke(tmp_path, scratch_results):
     import census_paper
 
-    results = _results(tmp_path)
+    results = scratch_results
     summary = census_paper.main(
         ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
     )
@@ -102,10 +86,10 @@ def test_census_paper_smoke(tmp_path, real_results_untouched):
     assert results.read_text().count("<!-- BEGIN census-paper -->") == 1
 
 
-def test_census_encoders_smoke(tmp_path, real_results_untouched):
+def test_census_encoders_smoke(tmp_path, scratch_results):
     import census_encoders
 
-    results = _results(tmp_path)
+    results = scratch_results
     argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
     records = census_encoders.main(argv)["records"]
     # every numeric encoder trained (piecewise_linear's bins fitted from the training split)
@@ -124,10 +108,10 @@ def test_census_encoders_smoke(tmp_path, real_results_untouched):
     assert "| `single_task` | `identity` | 1 |" in results.read_text()
 
 
-def test_census_tuned_smoke(tmp_path, real_results_untouched):
+def test_census_tuned_smoke(tmp_path, scratch_results):
     import census_tuned
 
-    results = _results(tmp_path)
+    results = scratch_results
     argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
     records = census_tuned.main(argv)["records"]
     # both shipped specs train (piecewise-linear bins, embedding 16) and pair up for Δm%
@@ -141,10 +125,10 @@ def test_census_tuned_smoke(tmp_path, real_results_untouched):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs the bench extra")
-def test_synthetic_correlation_smoke(tmp_path, real_results_untouched):
+def test_synthetic_correlation_smoke(tmp_path, scratch_results):
     import synthetic_correlation
 
-    results = _results(tmp_path)
+    results = scratch_results
     plot = tmp_path / "curves.png"
     out = synthetic_correlation.main(
         [
@@ -167,10 +151,10 @@ def test_synthetic_correlation_smoke(tmp_path, real_results_untouched):
     importlib.util.find_spec("deepctr_torch") is None,
     reason="deepctr-torch is in the optional bench extra (pip install -e '.[bench]')",
 )
-def test_peers_census_smoke(tmp_path, real_results_untouched):
+def test_peers_census_smoke(tmp_path, scratch_results):
     import peers_census
 
-    results = _results(tmp_path)
+    results = scratch_results
     out = peers_census.main(["--smoke", "--results", str(results), "--out", str(tmp_path / "work")])
     for side in ("deepctr", "hydranet"):
         assert out[side]["train_rows_per_s"] and all(v > 0 for v in out[side]["train_rows_per_s"])
@@ -184,10 +168,10 @@ def test_peers_census_smoke(tmp_path, real_results_untouched):
     importlib.util.find_spec("lightgbm") is None or importlib.util.find_spec("xgboost") is None,
     reason="lightgbm and xgboost are in the optional bench extra (pip install -e '.[bench]')",
 )
-def test_census_gbdt_smoke(tmp_path, real_results_untouched):
+def test_census_gbdt_smoke(tmp_path, scratch_results):
     import census_gbdt
 
-    results = _results(tmp_path)
+    results = scratch_results
     argv = ["--smoke", "--threads", "1", "--results", str(results), "--out", str(tmp_path / "w")]
     out = census_gbdt.main(argv)
     models = out["models"]
@@ -222,10 +206,10 @@ def test_a_script_stops_on_a_hydranet_error_with_one_line_and_exit_2(capsys):
     _common.run_main(lambda: {"summary": 1})  # anything else: a normal end
 
 
-def test_multifashion_smoke(tmp_path, real_results_untouched):
+def test_multifashion_smoke(tmp_path, scratch_results):
     import multifashion
 
-    results = _results(tmp_path)
+    results = scratch_results
     argv = ["--smoke", "--results", str(results), "--out", str(tmp_path / "work")]
     records = multifashion.main(argv)["records"]
     assert sorted(r["model"] for r in records) == sorted(multifashion.MODELS)

@@ -159,8 +159,8 @@ def _setup(
     if spec.train.deterministic:
         # cuBLAS (CUDA >= 10.2) is deterministic only with a fixed workspace, and torch's
         # deterministic mode raises at the first CUDA matrix product without this setting
-        # (torch's reproducibility notes). cuBLAS reads it when its
-        # handle is made, which is later than this (no CUDA work has run yet in a fresh run).
+        # (torch's reproducibility notes). cuBLAS reads it when its handle is made, which is
+        # later than this (no CUDA work has run yet in a fresh run).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     tasks, prep, splits = prepare(spec)
